@@ -1,0 +1,96 @@
+"""Distributions, not means: ``summarize(samples) -> Summary``.
+
+A Summary is n, mean, std (population, ddof=0), min, p50, p90, p99 (numpy's
+linear interpolation), max and a histogram of at most 20 equal-width bins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from storage import InvalidRequest
+
+MAX_BINS = 20
+FIELDS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The distribution of one metric: count, moments, quantiles and a histogram."""
+
+    n: int
+    mean: float
+    std: float
+    min: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    histogram: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as plain JSON-ready data (histogram as [lo, hi, count] lists)."""
+        d = asdict(self)
+        d["histogram"] = [list(b) for b in self.histogram]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Summary:
+        """Rebuild a Summary from :meth:`as_dict` output or a storage row."""
+        hist = [(float(lo), float(hi), int(c)) for lo, hi, c in d.get("histogram") or []]
+        return cls(
+            n=int(d["n"]),
+            **{k: float(d[k]) if d[k] is not None else math.nan for k in FIELDS[1:]},
+            histogram=hist,
+        )
+
+
+def as_array(samples: Iterable[float], what: str = "samples") -> np.ndarray:
+    """``samples`` as a 1-d float64 array; non-numeric or non-finite values are an InvalidRequest."""
+    try:
+        arr = np.asarray(list(samples) if not isinstance(samples, np.ndarray) else samples, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"{what} must be numbers; got {samples!r:.80}") from exc
+    arr = arr.reshape(-1)
+    if arr.size and not np.isfinite(arr).all():
+        bad = arr[~np.isfinite(arr)][0]
+        raise InvalidRequest(f"{what} contain a non-finite value ({bad}); pass finite numbers only")
+    return arr
+
+
+def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Summary:
+    """Summarise ``samples`` (finite numbers, at least one).
+
+    Example:
+        >>> summarize([1, 0, 1, 1]).mean
+        0.75
+    """
+    arr = as_array(samples)
+    if arr.size == 0:
+        raise InvalidRequest("cannot summarise an empty list of samples; pass at least one")
+    p50, p90, p99 = np.percentile(arr, (50, 90, 99))
+    lo, hi = float(arr.min()), float(arr.max())
+    nbins = max(1, min(bins, int(np.unique(arr).size)))
+    counts, edges = np.histogram(arr, bins=nbins, range=(lo, hi) if hi > lo else (lo - 0.5, hi + 0.5))
+    hist = [(float(edges[i]), float(edges[i + 1]), int(c)) for i, c in enumerate(counts)]
+    return Summary(
+        n=int(arr.size),
+        mean=float(arr.mean()),
+        std=float(arr.std()),
+        min=lo,
+        p50=float(p50),
+        p90=float(p90),
+        p99=float(p99),
+        max=hi,
+        histogram=hist,
+    )
+
+
+def summary_attrs(name: str, s: Summary) -> dict[str, float | int]:
+    """The flat ``name.p50``-style user_attrs that optuna-dashboard shows for a summary."""
+    return {f"{name}.{k}": getattr(s, k) for k in FIELDS}

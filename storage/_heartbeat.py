@@ -1,0 +1,84 @@
+"""One daemon thread a process that keeps the trials it runs alive in the database.
+
+Optuna heartbeats only inside ``Study.optimize`` (optuna issues 3215, 3293); a
+trial taken with ``ask`` and never told would stay RUNNING forever after its
+process died. Every trial studyhall hands out is registered here until it is
+told, so a dead process's trials go stale after the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from storage._storage import Storage
+
+_log = logging.getLogger("studyhall.heartbeat")
+
+
+class Heartbeat:
+    """Records a heartbeat for every registered trial each ``storage.heartbeat_interval``."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._trials: set[int] = set()
+        self._fresh: set[int] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, trial_id: int) -> None:
+        """Keep ``trial_id`` alive until :meth:`discard`; its first beat is written at once."""
+        with self._lock:
+            self._trials.add(trial_id)
+            self._fresh.add(trial_id)
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._loop, name="studyhall-heartbeat", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def discard(self, trial_id: int) -> None:
+        """Stop beating for ``trial_id`` (it was told, or handed to another owner)."""
+        with self._lock:
+            self._trials.discard(trial_id)
+            self._fresh.discard(trial_id)
+
+    def tracked(self) -> set[int]:
+        """The trial ids currently kept alive by this process."""
+        with self._lock:
+            return set(self._trials)
+
+    def stop(self) -> None:
+        """Stop the thread (trials then go stale after the grace period)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        from storage._storage import retrying
+
+        interval = self._storage.heartbeat_interval
+        last_full = float("-inf")
+        while not self._stop.is_set():
+            self._wake.clear()
+            now = time.monotonic()
+            with self._lock:
+                fresh, self._fresh = self._fresh, set()
+                if now - last_full >= interval:
+                    due, last_full = set(self._trials), now
+                else:
+                    due = fresh & self._trials
+            for trial_id in due:
+                try:
+                    retrying(self._storage.optuna.record_heartbeat, trial_id)
+                except Exception:  # a missed beat is retried next round; never kill the thread
+                    _log.warning("heartbeat for trial %s failed", trial_id, exc_info=True)
+            self._wake.wait(max(0.0, last_full + interval - time.monotonic()))

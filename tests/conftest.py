@@ -1,0 +1,95 @@
+"""Shared fixtures: a storage parametrised over SQLite, PostgreSQL and MariaDB.
+
+Each test session gets its own PostgreSQL schema and its own MariaDB database
+(dropped at the end), and each test its own study names, so runs never see each
+other's rows. Under CI=true a missing server fails the run; elsewhere the cases
+that need it skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+import storage
+from storage import Storage, connect
+
+PG_ADMIN = os.environ.get("STUDYHALL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MYSQL_ADMIN = os.environ.get("STUDYHALL_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+BACKENDS = ["sqlite", "postgresql", "mysql"]
+SESSION_TAG = uuid.uuid4().hex[:10]
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    msg = f"{what} is not reachable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+    if IN_CI:
+        pytest.fail(f"{msg}; CI=true requires it", pytrace=False)
+    pytest.skip(f"{msg}; start it to run these cases")
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a schema of this test session's own."""
+    schema = f"sh_{SESSION_TAG}"
+    try:
+        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server"
+        _unavailable("PostgreSQL at 127.0.0.1:5432", exc)
+    yield f"{PG_ADMIN}?options=-csearch_path%3D{schema}"
+    _close_all()
+    with admin.connect() as c:
+        c.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> Iterator[str]:
+    """A MariaDB URL on a database of this test session's own."""
+    db = f"sh_{SESSION_TAG}"
+    try:
+        admin = sa.create_engine(MYSQL_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.exec_driver_sql(f"CREATE DATABASE {db}")
+    except Exception as exc:  # noqa: BLE001
+        _unavailable("MariaDB at 127.0.0.1:3306", exc)
+    yield MYSQL_ADMIN.rsplit("/", 1)[0] + f"/{db}"
+    _close_all()
+    with admin.connect() as c:
+        c.exec_driver_sql(f"DROP DATABASE {db}")
+    admin.dispose()
+
+
+def _close_all() -> None:
+    for st in list(storage._storage._cache.values()):
+        st.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """A fresh SQLite file for one test."""
+    return f"sqlite:///{tmp_path / 'studyhall.db'}"
+
+
+@pytest.fixture(params=BACKENDS)
+def storage_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an isolated database, once per backend."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def store(storage_url: str) -> Storage:
+    """A connected Storage, once per backend."""
+    return connect(storage_url)
+
+
+@pytest.fixture
+def study_name(request: pytest.FixtureRequest) -> str:
+    """A study name no other test (or test run) uses."""
+    return f"{request.node.name[:60]}-{uuid.uuid4().hex[:8]}"
