@@ -1,0 +1,93 @@
+"""bridge's exceptions: what can go wrong across a process or network boundary.
+
+::
+
+    StudyhallError (storage)
+    ├── InvalidRequest
+    │   └── ...                    bad arguments to a pool, limiter or client
+    ├── TaskTimeout (TimeoutError)        a pool task ran past its deadline
+    ├── WorkerCrashed                     a worker process died under a task
+    ├── PoolClosed                        submit() after shutdown(), or the pool gave up
+    │   └── RestartStorm                  fresh workers kept dying at start-up
+    ├── RateLimitTimeout (TimeoutError)   acquire() could not get capacity in time
+    └── ProviderError                     an LLM provider answered with an error
+        ├── RateLimited                   429s outlasted the retries
+        └── LLMTimeout (TimeoutError)     the call ran out of time
+"""
+
+from __future__ import annotations
+
+from storage import InvalidRequest, StudyhallError
+
+
+class TaskTimeout(StudyhallError, TimeoutError):
+    """A pool task ran past its timeout; its worker was killed and replaced."""
+
+
+class WorkerCrashed(StudyhallError):
+    """A worker process died while running a task (exit code, signal and pid attached)."""
+
+    def __init__(
+        self, message: str, *, exitcode: int | None = None, signal: int | None = None, pid: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.signal = signal
+        self.pid = pid
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_crash, (str(self), self.exitcode, self.signal, self.pid))
+
+
+def _rebuild_crash(message: str, exitcode: int | None, signal: int | None, pid: int | None) -> WorkerCrashed:
+    return WorkerCrashed(message, exitcode=exitcode, signal=signal, pid=pid)
+
+
+class PoolClosed(StudyhallError, RuntimeError):
+    """The pool is shut down (or gave up respawning) and takes no more work."""
+
+
+class RestartStorm(PoolClosed):
+    """Fresh workers kept dying at start-up (a broken import?); the pool stopped respawning."""
+
+
+class RateLimitTimeout(StudyhallError, TimeoutError):
+    """``acquire`` could not get capacity from every bucket before its timeout."""
+
+
+class ProviderError(StudyhallError):
+    """An LLM provider answered with an error (status and the provider's message attached)."""
+
+    def __init__(self, message: str, *, status: int | None = None, model: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.model = model
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_provider_error, (type(self), str(self), self.status, self.model))
+
+
+def _rebuild_provider_error(cls: type[ProviderError], message: str, status: int | None, model: str | None) -> ProviderError:
+    return cls(message, status=status, model=model)
+
+
+class RateLimited(ProviderError):
+    """The provider kept answering 429 through every retry."""
+
+
+class LLMTimeout(ProviderError, TimeoutError):
+    """An LLM call (with its retries) ran out of time."""
+
+
+__all__ = [
+    "InvalidRequest",
+    "LLMTimeout",
+    "PoolClosed",
+    "ProviderError",
+    "RateLimitTimeout",
+    "RateLimited",
+    "RestartStorm",
+    "StudyhallError",
+    "TaskTimeout",
+    "WorkerCrashed",
+]
