@@ -7,6 +7,7 @@ Example:
     >>> study.tell(t, scores=[1, 0, 1, 1])  # doctest: +SKIP
 """
 
+from optimizer._optimize import OptimizeReport
 from optimizer._orchestrator import Orchestrator, StudyInfo, make_sampler
 from optimizer._space import Categorical, Float, Int
 from optimizer._study import Evaluation, Study, TrialHandle
@@ -19,6 +20,7 @@ __all__ = [
     "Float",
     "Int",
     "InvalidRequest",
+    "OptimizeReport",
     "Orchestrator",
     "Study",
     "StudyInfo",
