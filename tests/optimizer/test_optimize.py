@@ -1,0 +1,191 @@
+"""Study.optimize: every trial accounted for, in the report and in the database."""
+
+from __future__ import annotations
+
+import threading
+
+import optuna
+import pytest
+
+from optimizer import Float, OptimizeReport, Orchestrator, services
+from storage import InvalidRequest
+from tests.optimizer import optimize_objectives as objectives
+
+OBJ = "tests.optimizer.optimize_objectives"
+
+
+@pytest.fixture
+def study(sqlite_url, study_name):
+    return Orchestrator(sqlite_url).create_study(study_name, direction="maximize", sampler="random", seed=0)
+
+
+def enqueue_kinds(study, *kinds: str) -> None:
+    for kind in kinds:
+        study.enqueue({"kind": kind})
+
+
+def by_number(study) -> dict[int, optuna.trial.FrozenTrial]:
+    return {t.number: t for t in study.trials()}
+
+
+def assert_nothing_left(study) -> None:
+    assert not study.trials(states=["running", "waiting"])
+
+
+def check_evaluation_trial(study, t: optuna.trial.FrozenTrial) -> None:
+    assert t.state.name == "COMPLETE" and t.value == 0.75
+    m = study.trial_metrics(t.number)
+    assert m["score"].n == 4 and m["llm.latency_s"].n == 3 and m["llm.latency_s"].max == 0.4
+    assert m["judge.latency_s"].n == 1 and m["len"].mean == 15
+    attrs = t.user_attrs
+    assert attrs["llm.tokens"] == 120 and attrs["llm.rate_limited"] == 1
+    assert attrs["prompt"] == "be brief" and attrs["model"] == "fake"
+    assert attrs["llm.latency_s.p50"] == 0.2 and attrs["score.mean"] == 0.75
+
+
+def test_in_process_outcomes_and_telemetry(study):
+    enqueue_kinds(study, "ok", "raise", "nan", "scores", "evaluation")
+    report = study.optimize(f"{OBJ}:by_kind", n_trials=5, workers=0, progress=False)
+    assert isinstance(report, OptimizeReport)
+    assert (report.completed, report.failed, report.n_trials) == (3, 2, 5)
+    assert report.best_value == 1.0 and report.best_params == {"kind": "ok"}
+    trials = by_number(study)
+    assert trials[1].state.name == "FAIL" and trials[1].user_attrs["error"] == "ValueError: bad prompt template"
+    assert "raise ValueError" in trials[1].user_attrs["traceback"]
+    assert len(trials[1].user_attrs["traceback"].splitlines()) <= 20
+    assert "non-finite" in trials[2].user_attrs["error"] and trials[2].values is None
+    assert trials[3].value == 0.75 and study.trial_metrics(3)["score"].n == 4
+    check_evaluation_trial(study, trials[4])
+    assert_nothing_left(study)
+
+
+def test_pool_accounts_for_crashes_hangs_and_errors(study):
+    enqueue_kinds(study, "ok", "raise", "crash", "hang", "evaluation", "nan", "scores")
+    report = study.optimize(f"{OBJ}:by_kind", n_trials=7, workers=2, trial_timeout=1.5, progress=False)
+    assert (report.completed, report.failed, report.crashed, report.timed_out) == (3, 2, 1, 1)
+    assert report.pruned == report.retried == report.interrupted == 0 and report.n_trials == 7
+    trials = {t.params["kind"]: t for t in study.trials()}
+    assert trials["raise"].user_attrs["error"] == "ValueError: bad prompt template"
+    crash = trials["crash"]
+    assert crash.state.name == "FAIL" and crash.user_attrs["failure"] == "crash"
+    assert "crashed" in crash.user_attrs["error"] and "exit code 7" in crash.user_attrs["error"]
+    hang = trials["hang"]
+    assert hang.state.name == "FAIL" and hang.user_attrs["failure"] == "timeout"
+    assert "trial_timeout=1.5" in hang.user_attrs["error"]
+    assert trials["scores"].value == 0.75
+    check_evaluation_trial(study, trials["evaluation"])
+    assert_nothing_left(study)
+
+
+def test_retries_rerun_the_params_of_crashed_trials(study, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYHALL_TEST_MARKERS", str(tmp_path))
+    for x in (0.25, 0.75):
+        study.enqueue({"x": x})
+    report = study.optimize(f"{OBJ}:crash_once", n_trials=4, workers=2, retries=1, progress=False)
+    assert (report.crashed, report.retried, report.completed) == (2, 2, 2)
+    assert study.retries == 1
+    trials = study.trials()
+    crashed = [t for t in trials if t.state.name == "FAIL"]
+    retried = [t for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(t.params["x"] for t in crashed) == sorted(t.params["x"] for t in retried) == [0.25, 0.75]
+    for t in retried:
+        origin = next(c for c in crashed if c.params == t.params)
+        assert t.user_attrs["retry_of"] == origin.number and t.user_attrs["retry"] == 1
+    assert_nothing_left(study)
+
+
+def test_should_prune_runs_the_parents_pruner(sqlite_url, study_name):
+    study = Orchestrator(sqlite_url).create_study(study_name, pruner=optuna.pruners.ThresholdPruner(upper=50.0))
+    report = study.optimize(objectives.pruned_by_parent, n_trials=3, workers=1, progress=False)
+    assert report.pruned == 3 and report.completed == 0
+    for t in study.trials():
+        assert t.state.name == "PRUNED" and t.intermediate_values == {0: 100.0}
+
+
+def test_override_reaches_workers_and_closures_travel(study):
+    with services.override("scale", 3.5):
+        report = study.optimize(objectives.uses_service, n_trials=2, workers=1, progress=False)
+    assert report.completed == 2 and {t.value for t in study.trials()} == {3.5}
+
+    offset = 10.0
+    report = study.optimize(lambda t: t.suggest_float("y", 0, 1) + offset, n_trials=2, workers=1, progress=False)
+    assert report.completed == 2 and all(t.value >= 10 for t in study.trials()[2:])
+
+
+def test_space_is_sampled_up_front(study):
+    def objective(trial):  # type: ignore[no-untyped-def]
+        assert set(trial.params) == {"x"}  # known before any suggest: no round trip needed
+        return trial.suggest_float("x", 0, 1)
+
+    report = study.optimize(objective, n_trials=3, workers=0, space={"x": Float(0, 1)}, progress=False)
+    assert report.completed == 3
+    assert all(t.value == t.params["x"] for t in study.trials())
+
+
+def test_max_total_trials_counts_the_whole_study(study):
+    for _ in range(3):
+        study.tell(study.ask({"x": Float(0, 1)}), 0.5)
+    study.tell(study.ask(), state="fail", error="elsewhere")
+    report = study.optimize(f"{OBJ}:quadratic", max_total_trials=9, n_trials=100, workers=2, progress=False)
+    assert report.completed == 5
+    assert len(study.trials()) == 9
+    assert_nothing_left(study)
+
+
+def test_multi_objective_sequences_are_values(sqlite_url, study_name):
+    study = Orchestrator(sqlite_url).create_study(study_name, directions=["minimize", "maximize"])
+    report = study.optimize(lambda t: (t.suggest_float("x", 0, 1), 2.0), n_trials=2, workers=0, progress=False)
+    assert report.completed == 2 and report.best_value is None
+    assert all(t.values[1] == 2.0 for t in study.trials())
+
+
+def test_uncaught_exception_stops_the_run_and_is_raised(study):
+    def objective(trial):  # type: ignore[no-untyped-def]
+        if trial.number == 1:
+            raise KeyError("missing example")
+        return trial.suggest_float("x", 0, 1)
+
+    with pytest.raises(KeyError, match="missing example") as info:
+        study.optimize(objective, n_trials=5, workers=0, catch=(ValueError,), progress=False)
+    assert any("traceback" in note for note in info.value.__notes__)
+    assert [t.state.name for t in study.trials()] == ["COMPLETE", "FAIL"]
+
+
+def test_ctrl_c_fails_running_trials_and_reraises(study):
+    def interrupt_when_running() -> None:
+        from tests._util import wait_until
+
+        wait_until(lambda: len(study.trials(states=["running"])) == 2, timeout=30, what="two running trials")
+        import _thread
+
+        _thread.interrupt_main()
+
+    enqueue_kinds(study, "hang", "hang")
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(f"{OBJ}:by_kind", n_trials=4, workers=2, progress=False)
+    trials = study.trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["error"] == "interrupted" for t in trials)
+    assert_nothing_left(study)
+
+
+def test_bad_arguments_are_invalid_requests(study):
+    lock = threading.Lock()
+    for kwargs in (
+        {"workers": -1},
+        {"n_trials": 1.5},
+        {"workers": 0, "trial_timeout": 5},
+        {"trial_timeout": 0},
+        {"retries": -2},
+        {"catch": ValueError},
+    ):
+        with pytest.raises(InvalidRequest):
+            study.optimize(objectives.quadratic, progress=False, **kwargs)
+    with pytest.raises(InvalidRequest, match="package.module:function"):
+        study.optimize("no_colon_here", n_trials=1, progress=False)
+    with pytest.raises(InvalidRequest, match="cannot load objective"):
+        study.optimize("tests.optimizer.optimize_objectives:nope", n_trials=1, progress=False)
+    with pytest.raises(InvalidRequest, match="cannot be pickled"):
+        study.optimize(lambda t: lock.locked(), n_trials=1, progress=False)
+    assert study.trials() == []
