@@ -1,0 +1,76 @@
+"""`studyhall worker`: parallel trial scripts on one database, Ctrl-C, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from optimizer import Orchestrator
+from tests._util import ROOT, wait_until
+
+OBJ = "tests.optimizer.optimize_objectives"
+CLI = "from optimizer.cli import main; main()"
+
+
+def start(*args: str, sleep: float = 0.02) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STUDYHALL_TEST_SLEEP": str(sleep)}
+    return subprocess.Popen(
+        [sys.executable, "-c", CLI, "worker", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_three_workers_share_one_postgresql_study(postgresql_url, study_name):
+    args = (study_name, "--objective", f"{OBJ}:sleepy", "--total", "60", "--workers", "2",
+            "--storage", postgresql_url, "--create", "--direction", "maximize", "--json")
+    procs = [start(*args) for _ in range(3)]
+    reports = []
+    for p in procs:
+        out, err = p.communicate(timeout=100)
+        assert p.returncode == 0, err[-3000:]
+        reports.append(json.loads(out))
+    study = Orchestrator(postgresql_url).load_study(study_name)
+    trials = study.trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))  # none duplicated
+    assert not study.trials(states=["running", "waiting"])  # none lost
+    finished = [t for t in trials if t.state.is_finished()]
+    # Each process checks the study-wide count before it asks: at most the others' in-flight trials overshoot.
+    assert 60 <= len(finished) <= 60 + 3 * 2
+    assert sum(r["n_trials"] for r in reports) == len(finished)
+    assert all(r["completed"] == r["n_trials"] for r in reports)
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing_running(sqlite_url, study_name):
+    Orchestrator(sqlite_url).create_study(study_name)
+    p = start(study_name, "--objective", f"{OBJ}:sleepy", "--trials", "4", "--workers", "2",
+              "--storage", sqlite_url, "--json", sleep=60)
+    study = Orchestrator(sqlite_url).load_study(study_name)
+    wait_until(lambda: len(study.trials(states=["running"])) == 2, timeout=60, what="two running trials")
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err[-3000:]
+    assert "interrupted" in err and "Traceback" not in err
+    trials = study.trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert {t.user_attrs["error"] for t in trials} == {"interrupted"}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["no-such-study", "--objective", f"{OBJ}:sleepy", "--trials", "1"], "no study named"),
+        (["s", "--create", "--objective", "nocolon", "--trials", "1"], "package.module:function"),
+        (["s", "--create", "--objective", f"{OBJ}:sleepy"], "would never stop"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(sqlite_url, args, needle):
+    p = start(*args, "--storage", sqlite_url)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 2, err[-3000:]
+    assert needle in err and "Traceback" not in err
