@@ -160,7 +160,7 @@ def _register_commands() -> None:
     # Each feature's commands register on `app` when their module is imported.
     import importlib
 
-    for module in ("optimizer._cli_demo",):
+    for module in ("optimizer._cli_demo", "optimizer._cli_worker"):
         importlib.import_module(module)
 
 
