@@ -7,6 +7,7 @@ Example:
     >>> study.tell(t, scores=[1, 0, 1, 1])  # doctest: +SKIP
 """
 
+from bridge import FallbackError, with_fallbacks
 from optimizer._optimize import OptimizeReport
 from optimizer._orchestrator import Orchestrator, StudyInfo, make_sampler
 from optimizer._space import Categorical, Float, Int
@@ -17,6 +18,7 @@ from storage import InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
 __all__ = [
     "Categorical",
     "Evaluation",
+    "FallbackError",
     "Float",
     "Int",
     "InvalidRequest",
@@ -31,4 +33,5 @@ __all__ = [
     "TrialNotFound",
     "make_sampler",
     "summarize",
+    "with_fallbacks",
 ]
