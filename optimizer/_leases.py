@@ -1,0 +1,291 @@
+"""Leases: a trial asked over HTTP stays RUNNING only while its client tells or renews it.
+
+Why not the heartbeat thread? studyhall fails a trial as stale when the *process*
+running it stops heartbeating (``storage/_heartbeat.py``). Over HTTP the service
+does not run the trial, a client somewhere else does: if the service's thread
+kept the trial alive, a dead client's trial would stay RUNNING for as long as the
+service lives; if nothing beat for it, every process's stale check
+(``Study.fail_stale_trials``, Optuna's own) would fail it ``grace_period`` (10 s)
+after the ask, long before a 300 s lease ends. So leased trials are never given
+to the heartbeat thread, and the lease is written into Optuna's terms instead::
+
+    ask        ─> optuna.ask ─> lease row (expires_at = db now + lease_s)
+                              + Optuna heartbeat row dated expires_at (the future)
+    heartbeat  ─> both moved forward, only while the lease is still valid
+    tell       ─> lease row claimed (deleted) while valid ─> Study.tell
+    sweep      ─> expired row claimed (expires_at := -claim time) ─> user_attrs
+                  error "lease expired" ─> FAIL ─> Study.retry ─> row deleted
+
+The future-dated heartbeat makes every stale check in every process agree with
+the lease without knowing about it: by Optuna's rule (now - heartbeat > grace)
+the trial turns stale ``grace_period`` after its lease ends. The service's sweep
+(a background task, and a throttled check on requests) fails it first, with the
+precise reason; if every service process is down, any worker's stale check still
+fails and retries it a grace period later. Nothing stays RUNNING forever.
+
+Exactly-once across service processes on one database: a tell and an expiry
+claim the same row with conditional statements, so only one of them proceeds;
+two sweeps race on a compare-and-set of ``expires_at``; and against
+``Study.fail_stale_trials`` in other processes, whoever's
+``set_trial_state_values`` wins retries the trial, the loser gets
+``UpdateFinishedTrialError`` and only deletes the row. A sweeper that died
+mid-claim is taken over after ``RECLAIM_S``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
+
+from optimizer._study import TrialHandle, _quiet_ask
+from storage import Storage, retrying
+from storage._metrics import write_trial_telemetry
+from storage._schema import leases
+
+if TYPE_CHECKING:
+    from optimizer._space import Space
+    from optimizer._study import Study
+
+_log = logging.getLogger("studyhall.service")
+
+RECLAIM_S = 60.0  # a claimed expiry not finished by then was abandoned by a dead process
+SWEEP_BATCH = 100
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease row as claimed by a tell (kept to put it back if the tell is rejected)."""
+
+    trial_id: int
+    study_id: int
+    lease_s: float
+    expires_at: float
+
+
+class LeaseExpired:
+    """Marker returned by ``claim``/``renew`` when the trial's lease has run out."""
+
+
+EXPIRED = LeaseExpired()
+
+
+def _beat(conn: sa.Connection, trial_ids: Sequence[int], seconds: float) -> None:
+    # Optuna's heartbeat column is a naive datetime in the database's now() frame
+    # (UTC on SQLite, the session time zone elsewhere): date it from that clock.
+    hb = models.TrialHeartbeatModel.__table__
+    now = conn.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
+    when = now + datetime.timedelta(seconds=seconds)
+    ids = list(trial_ids)
+    done = conn.execute(sa.update(hb).where(hb.c.trial_id.in_(ids)).values(heartbeat=when)).rowcount
+    if done < len(ids):
+        have = set(conn.execute(sa.select(hb.c.trial_id).where(hb.c.trial_id.in_(ids))).scalars())
+        conn.execute(sa.insert(hb), [{"trial_id": t, "heartbeat": when} for t in ids if t not in have])
+
+
+class Leases:
+    """Hands out leased trials and expires the leases nobody renewed.
+
+    Args:
+        storage: the studyhall storage.
+        study_of: the Study of a study id (the service's cache), for retries.
+        sweep_interval: seconds between expiry checks triggered by requests.
+        on_expire: called with (study name, trial number) for each trial this process expired.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        study_of: Callable[[int], Study],
+        *,
+        sweep_interval: float = 1.0,
+        on_expire: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.storage = storage
+        self._study_of = study_of
+        self.sweep_interval = sweep_interval
+        self._on_expire = on_expire or (lambda _name, _number: None)
+        self._next_sweep = 0.0
+        self._sweeping = threading.Lock()
+
+    # ---- ask, renew, claim -------------------------------------------------------------
+
+    def ask(self, study: Study, space: Space | None, k: int, lease_s: float) -> tuple[list[TrialHandle], float]:
+        """``k`` trials of ``study``, each leased for ``lease_s`` seconds; also their expiry time."""
+        dists = study._remember_space(space)
+        study._maybe_fail_stale()
+        handles: list[TrialHandle] = []
+        try:
+            with _quiet_ask(study.optuna):
+                for _ in range(k):
+                    trial = retrying(study.optuna.ask, fixed_distributions=dists)
+                    handles.append(TrialHandle(trial.number, dict(trial.params), trial._trial_id))
+        finally:
+            # Lease whatever was asked, even if a later ask failed, so none is orphaned.
+            expires = self.grant(study._study_id, [h.trial_id for h in handles], lease_s) if handles else 0.0
+        return handles, expires
+
+    def grant(self, study_id: int, trial_ids: Sequence[int], lease_s: float) -> float:
+        """Lease new trials for ``lease_s`` seconds; returns the expiry (database clock)."""
+        expires = self.storage.now() + lease_s
+
+        def write(conn: sa.Connection) -> None:
+            conn.execute(
+                sa.insert(leases),
+                [{"trial_id": t, "study_id": study_id, "lease_s": lease_s, "expires_at": expires} for t in trial_ids],
+            )
+            _beat(conn, trial_ids, lease_s)
+
+        self.storage.run(write)
+        return expires
+
+    def renew(self, trial_id: int, lease_s: float | None = None) -> float | LeaseExpired | None:
+        """Extend a valid lease (by its own length, or ``lease_s``); EXPIRED, or None if never leased."""
+        now = self.storage.now()
+
+        def write(conn: sa.Connection) -> float | LeaseExpired | None:
+            row = conn.execute(sa.select(leases.c.lease_s).where(leases.c.trial_id == trial_id)).first()
+            if row is None:
+                return None
+            length = float(lease_s if lease_s is not None else row.lease_s)
+            done = conn.execute(
+                sa.update(leases)
+                .where(leases.c.trial_id == trial_id, leases.c.expires_at >= now)
+                .values(lease_s=length, expires_at=now + length)
+            ).rowcount
+            if done != 1:
+                return EXPIRED
+            _beat(conn, [trial_id], length)
+            return now + length
+
+        return self.storage.run(write)
+
+    def claim(self, trial_id: int) -> Lease | LeaseExpired | None:
+        """Take a trial's valid lease for a tell; EXPIRED if it ran out, None if it has none."""
+        now = self.storage.now()
+
+        def write(conn: sa.Connection) -> Lease | LeaseExpired | None:
+            row = conn.execute(sa.select(leases).where(leases.c.trial_id == trial_id)).first()
+            if row is None:
+                return None
+            done = conn.execute(
+                sa.delete(leases).where(leases.c.trial_id == trial_id, leases.c.expires_at >= now)
+            ).rowcount
+            if done != 1:
+                return EXPIRED
+            return Lease(row.trial_id, row.study_id, row.lease_s, row.expires_at)
+
+        return self.storage.run(write)
+
+    def restore(self, lease: Lease) -> None:
+        """Put back a lease claimed by a tell that was rejected (the trial is still RUNNING)."""
+
+        def write(conn: sa.Connection) -> None:
+            conn.execute(sa.delete(leases).where(leases.c.trial_id == lease.trial_id))
+            conn.execute(
+                sa.insert(leases).values(
+                    trial_id=lease.trial_id, study_id=lease.study_id, lease_s=lease.lease_s, expires_at=lease.expires_at
+                )
+            )
+
+        self.storage.run(write)
+
+    # ---- expiry ------------------------------------------------------------------------
+
+    def due(self) -> bool:
+        """Whether ``sweep_interval`` has passed since the last sweep."""
+        return time.monotonic() >= self._next_sweep
+
+    def maybe_sweep(self) -> None:
+        """Run :meth:`sweep` if ``sweep_interval`` has passed and no other thread is sweeping."""
+        if time.monotonic() < self._next_sweep or not self._sweeping.acquire(blocking=False):
+            return
+        try:
+            self._next_sweep = time.monotonic() + self.sweep_interval
+            self.sweep()
+        finally:
+            self._sweeping.release()
+
+    def sweep(self) -> list[tuple[str, int]]:
+        """FAIL (and retry per the study's ``retries``) every trial whose lease ran out.
+
+        Returns (study name, trial number) of each trial this call expired.
+        """
+        now = self.storage.now()
+        rows = self.storage.run(
+            lambda c: c.execute(
+                sa.select(leases).where(leases.c.expires_at < now).order_by(leases.c.expires_at).limit(SWEEP_BATCH)
+            ).all()
+        )
+        expired = []
+        for row in rows:
+            if row.expires_at < 0 and now + row.expires_at < RECLAIM_S:
+                continue  # another process is expiring it right now
+            if not self._take(row.trial_id, row.expires_at, now):
+                continue
+            try:
+                done = self._expire(row._mapping)
+            except Exception:  # one bad row must not stop the others; it is reclaimed later
+                _log.exception("expiring the lease of trial %s failed", row.trial_id)
+                continue
+            if done is not None:
+                expired.append(done)
+                self._on_expire(*done)
+        return expired
+
+    def _take(self, trial_id: int, seen: float, now: float) -> bool:
+        # Compare-and-set: of several sweepers, only the one that changes the value it saw proceeds.
+        return (
+            self.storage.run(
+                lambda c: c.execute(
+                    sa.update(leases)
+                    .where(leases.c.trial_id == trial_id, leases.c.expires_at == seen)
+                    .values(expires_at=-now)
+                ).rowcount
+            )
+            == 1
+        )
+
+    def _expire(self, row: Mapping[str, Any]) -> tuple[str, int] | None:
+        trial_id = row["trial_id"]
+        try:
+            study = self._study_of(row["study_id"])
+            frozen = retrying(self.storage.optuna.get_trial, trial_id)
+        except KeyError:  # the study or trial was deleted meanwhile
+            self._drop(trial_id)
+            return None
+        result = None
+        if frozen.state == TrialState.RUNNING:
+            reason = (
+                f"lease expired: no tell or heartbeat within {row['lease_s']:g}s; the client "
+                "evaluating this trial died, hung or lost its connection"
+            )
+            # Attributes first: Optuna's cache never re-reads a finished trial.
+            write_trial_telemetry(
+                self.storage,
+                study_id=row["study_id"],
+                trial_id=trial_id,
+                trial_number=frozen.number,
+                user_attrs={"error": reason, "failure": "lease"},
+            )
+            try:
+                changed = retrying(self.storage.optuna.set_trial_state_values, trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                changed = False  # a stale check elsewhere failed it first, and retries it
+            if changed:
+                study.retry(frozen, study.retries)
+                result = (study.name, frozen.number)
+        self._drop(trial_id)
+        return result
+
+    def _drop(self, trial_id: int) -> None:
+        self.storage.run(lambda c: c.execute(sa.delete(leases).where(leases.c.trial_id == trial_id)))
