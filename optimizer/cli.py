@@ -27,7 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output is read by people too (CI logs, `| less`): do not crush tables to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 StorageOpt = Annotated[
@@ -107,7 +108,16 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
-TRIAL_COLUMNS = ("score.n", "score.mean", "score.p50", "score.p90", "score.std", "llm.latency_s.p50", "llm.latency_s.p90", "llm.tokens")
+# user_attr -> column header for the telemetry shown by `studyhall trials`.
+TRIAL_COLUMNS = {
+    "score.n": "n",
+    "score.p50": "p50",
+    "score.p90": "p90",
+    "score.std": "std",
+    "llm.latency_s.p50": "lat p50 s",
+    "llm.latency_s.p90": "lat p90 s",
+    "llm.tokens": "tokens",
+}
 
 
 @app.command()
@@ -141,7 +151,7 @@ def trials(
         )
         return
     present = [c for c in TRIAL_COLUMNS if any(c in t.user_attrs for t in rows)]
-    table = Table("#", "state", "value", "params", *present, "error", title=f"study {name}")
+    table = Table("#", "state", "value", "params", *(TRIAL_COLUMNS[c] for c in present), "error", title=f"study {name}")
     for t in rows:
         value = ", ".join(fmt(v) for v in t.values) if t.values else "-"
         params = " ".join(f"{k}={fmt(v, 3)}" for k, v in t.params.items())
@@ -165,4 +175,7 @@ def _register_commands() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # Run the imported module's app: commands register on `optimizer.cli.app`, not `__main__.app`.
+    from optimizer.cli import main as _main
+
+    _main()
