@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optimizer import telemetry
 from optimizer._space import Space, check_params, space_from_json, space_to_json, to_distributions
 from optimizer._summary import Summary, as_array, summarize, summary_attrs
 from storage import InvalidRequest, Storage, TrialNotFound, retrying
@@ -25,6 +26,7 @@ from storage._metrics import read_trial_metrics, write_trial_telemetry
 
 if TYPE_CHECKING:
     from optimizer._optimize import OptimizeReport
+    from optimizer.telemetry import StudyMetrics
 
 SPACE_ATTR = "studyhall:space"
 RETRIES_ATTR = "studyhall:retries"
@@ -150,6 +152,10 @@ class Study:
         """One trial by number; TrialNotFound if there is none."""
         return retrying(self.storage.optuna.get_trial, self._trial_id(number))
 
+    def metrics(self, name: str = "score") -> StudyMetrics:
+        """The study's distributions: trial values, ``name`` and LLM latency pooled over trials."""
+        return telemetry.study_metrics(self, name)
+
     def trial_metrics(self, number: int) -> dict[str, Summary]:
         """Every distribution stored for trial ``number`` (``score``, ``llm.latency_s``, ...)."""
         rows = read_trial_metrics(self.storage, self._trial_id(number))
@@ -253,6 +259,8 @@ class Study:
                 rows.append((name, s.as_dict(), arr))
         if error is not None:
             attrs["error"] = str(error)[:_MAX_ERROR_LEN]
+        # a failed trial's last trace steps; the dashboard note rides in the same transaction
+        note = telemetry.before_tell(self._study_id, trial_id, int(number), st, attrs, rows)
         if attrs or rows:
             write_trial_telemetry(
                 self.storage,
@@ -261,6 +269,7 @@ class Study:
                 trial_number=int(number),
                 user_attrs=attrs,
                 metrics=rows,
+                extra=note,
             )
         try:
             retrying(self.optuna.tell, int(number), vals, state=st)
@@ -270,6 +279,7 @@ class Study:
             raise
         finally:
             self.storage.heartbeat.discard(trial_id)
+        telemetry.after_tell(self.name, st, vals, rows, attrs)
         return retrying(self.storage.optuna.get_trial, trial_id)
 
     def _values(

@@ -10,7 +10,7 @@ telemetry and Optuna's cache (which re-reads unfinished trials) sees it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -36,8 +36,12 @@ def write_trial_telemetry(
     trial_number: int,
     user_attrs: Mapping[str, Any],
     metrics: Iterable[tuple[str, Mapping[str, Any], np.ndarray | None]] = (),
+    extra: Callable[[sa.Connection], None] | None = None,
 ) -> None:
-    """Upsert ``user_attrs`` on the trial and one metrics row per (name, summary, samples)."""
+    """Upsert ``user_attrs`` on the trial and one metrics row per (name, summary, samples).
+
+    ``extra(conn)`` runs in the same transaction (the optuna-dashboard note).
+    """
     ua = _user_attrs_table()
     rows = list(metrics)
     attrs = {k: json.dumps(v) for k, v in user_attrs.items()}
@@ -64,6 +68,8 @@ def write_trial_telemetry(
                     for name, summary, samples in rows
                 ],
             )
+        if extra is not None:
+            extra(conn)
 
     st.run(write)
 
