@@ -13,6 +13,8 @@ from optimizer._orchestrator import Orchestrator, StudyInfo, make_sampler
 from optimizer._space import Categorical, Float, Int
 from optimizer._study import Evaluation, Study, TrialHandle
 from optimizer._summary import Summary, summarize
+from optimizer._workflow import Workflow, WorkflowError, WorkflowResult
+from optimizer import events, telemetry, trace  # noqa: E402  (modules: events.record, trace.step, ...)
 from storage import InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
 
 __all__ = [
@@ -31,7 +33,13 @@ __all__ = [
     "Summary",
     "TrialHandle",
     "TrialNotFound",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowResult",
+    "events",
     "make_sampler",
     "summarize",
+    "telemetry",
+    "trace",
     "with_fallbacks",
 ]
