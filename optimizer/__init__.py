@@ -17,8 +17,36 @@ from optimizer._workflow import Workflow, WorkflowError, WorkflowResult
 from optimizer import events, telemetry, trace  # noqa: E402  (modules: events.record, trace.step, ...)
 from storage import InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
 
+# The HTTP service and its client load on first use: fastapi and httpx would add
+# a third of a second to every `import optimizer`, pool workers included.
+_LAZY = {
+    "Client": "optimizer._client",
+    "RemoteStudy": "optimizer._client",
+    "ServiceError": "optimizer._client",
+    "create_app": "optimizer._service",
+}
+
+import typing
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from optimizer._client import Client, RemoteStudy, ServiceError
+    from optimizer._service import create_app
+
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'optimizer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "Categorical",
+    "Client",
     "Evaluation",
     "FallbackError",
     "Float",
@@ -26,6 +54,8 @@ __all__ = [
     "InvalidRequest",
     "OptimizeReport",
     "Orchestrator",
+    "RemoteStudy",
+    "ServiceError",
     "Study",
     "StudyInfo",
     "StudyNotFound",
@@ -36,6 +66,7 @@ __all__ = [
     "Workflow",
     "WorkflowError",
     "WorkflowResult",
+    "create_app",
     "events",
     "make_sampler",
     "summarize",

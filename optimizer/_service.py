@@ -533,6 +533,7 @@ def create_app(
                 metrics=body.metrics,
                 state=body.state,
                 error=body.error,
+                user_attrs=body.user_attrs,
             )
         except InvalidRequest as exc:
             state = retrying(st.optuna.get_trial, trial_id).state

@@ -109,6 +109,7 @@ class TellRequest(Model):
     state: Literal["complete", "fail", "pruned"] | None = None
     error: Annotated[str, Field(max_length=10_000)] | None = None
     metrics: Annotated[dict[Annotated[str, Field(max_length=128)], list[Number]], Field(max_length=64)] | None = None
+    user_attrs: Annotated[dict[Annotated[str, Field(min_length=1, max_length=256)], Any], Field(max_length=64)] | None = None
 
 
 class HeartbeatRequest(Model):

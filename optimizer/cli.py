@@ -170,7 +170,7 @@ def _register_commands() -> None:
     # Each feature's commands register on `app` when their module is imported.
     import importlib
 
-    for module in ("optimizer._cli_demo", "optimizer._cli_worker"):
+    for module in ("optimizer._cli_demo", "optimizer._cli_worker", "optimizer._cli_serve"):
         importlib.import_module(module)
 
 
