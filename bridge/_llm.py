@@ -280,6 +280,9 @@ class LLMClient:
             storage, else this process's memory.
         attempt_timeout: seconds one HTTP attempt may take (default: ``timeout``).
         max_connections: size of the HTTP connection pool.
+        backoff: without a Retry-After, the first retry waits up to this many
+            seconds (full jitter), doubling each retry up to 30 s.
+        api_key_env: the environment variable the key is read from.
 
     Example:
         >>> lm = LLMClient("gpt-4o-mini", limiter=RateLimiter("openai", rpm=500, tpm=200_000))  # doctest: +SKIP
@@ -301,6 +304,7 @@ class LLMClient:
         storage: Storage | str | None = None,
         attempt_timeout: float | None = None,
         max_connections: int = 64,
+        backoff: float = 0.5,
         api_key_env: str = "OPENAI_API_KEY",
     ) -> None:
         if not isinstance(model, str) or not model:
@@ -323,6 +327,7 @@ class LLMClient:
         self.fallbacks: tuple[LLMClient, ...] = tuple(fallbacks)
         self.cache = cache
         self.max_connections = max_connections
+        self.backoff = float(backoff)
         self.api_key_env = api_key_env
         self._cache_storage: Storage | None = None
         if storage is not None:
@@ -625,8 +630,8 @@ class LLMClient:
             if getattr(exc, "status", None) == 429 and self.limiter is not None:
                 return 0.0  # the limiter was paused for it: the next acquire() waits
             return delay * (1.0 + 0.1 * random.random())
-        # Exponential backoff with full jitter: 0.5s, 1s, 2s ... capped at 30s.
-        return random.uniform(0.0, min(30.0, 0.5 * 2 ** (retry_state.attempt_number - 1)))
+        # Exponential backoff with full jitter: up to backoff, 2*backoff, ... capped at 30s.
+        return random.uniform(0.0, min(30.0, self.backoff * 2 ** (retry_state.attempt_number - 1)))
 
     def _stop(self, deadline: float) -> Any:
         max_attempts = self.max_retries + 1
