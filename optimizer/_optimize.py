@@ -33,7 +33,8 @@ from optuna.trial import TrialState
 from bridge import PoolClosed, TaskTimeout, WorkerCrashed
 from optimizer import services
 from optimizer._optimize_progress import make_progress
-from optimizer._remote_trial import TrialJob, TrialOutcome, TrialProxy, load_objective, run_trial
+from optimizer._remote_trial import BOOT, RUNNER_FILE, TrialOutcome, TrialProxy, load_objective, make_job
+from optimizer._trial_runner import run_trial
 from optimizer._space import Space
 from storage import InvalidRequest
 
@@ -79,7 +80,7 @@ class OptimizeReport:
 class _Flight:
     number: int
     trial_id: int
-    future: Future[TrialOutcome] | None = None
+    future: Future[dict[str, Any]] | None = None
 
 
 class _Inline:
@@ -87,27 +88,34 @@ class _Inline:
 
     capacity = 1
 
-    def submit(self, job: TrialJob, proxy: TrialProxy) -> Future[TrialOutcome]:
-        fut: Future[TrialOutcome] = Future()
+    def submit(self, job: dict[str, Any], proxy: TrialProxy) -> Future[dict[str, Any]]:
+        fut: Future[dict[str, Any]] = Future()
         fut.set_result(run_trial(job, proxy.handle))
         return fut
 
-    def shutdown(self) -> None:
+    def close(self, exc: BaseException | None = None) -> None:
         pass
 
 
 class _Pooled:
+    """``workers=N``: a WorkerPool of N; its workers start while the parent reads the study."""
+
     def __init__(self, workers: int, trial_timeout: float | None) -> None:
         from bridge import WorkerPool
 
         self.capacity = workers
         self.pool = WorkerPool(min_workers=workers, max_workers=workers, task_timeout=trial_timeout)
+        self.pool.__enter__()
+        self._open = True
 
-    def submit(self, job: TrialJob, proxy: TrialProxy) -> Future[TrialOutcome]:
-        return self.pool.submit(run_trial, job, on_call=proxy.handle)
+    def submit(self, job: dict[str, Any], proxy: TrialProxy) -> Future[dict[str, Any]]:
+        return self.pool.submit(BOOT, RUNNER_FILE, job, on_call=proxy.handle)
 
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_pending=True)
+    def close(self, exc: BaseException | None = None) -> None:
+        """Stop the workers; after an error, kill the running ones too (the pool's exit on error)."""
+        if self._open:
+            self._open = False
+            self.pool.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
 
 
 def optimize(
@@ -177,7 +185,7 @@ def _ship(obj: Any, what: str) -> bytes:
         ) from exc
 
 
-def _picklable_services() -> bytes:
+def _picklable_services() -> bytes | None:
     shipped, skipped = {}, []
     for name, service in services.snapshot().items():
         try:
@@ -187,7 +195,7 @@ def _picklable_services() -> bytes:
             skipped.append(name)
     if skipped:  # logged, not warned: a process-wide registration must not break every run
         _log.warning("services %s cannot be pickled and are not available in pool workers", ", ".join(sorted(skipped)))
-    return cloudpickle.dumps(shipped)
+    return cloudpickle.dumps(shipped) if shipped else None  # None: workers need not import optimizer
 
 
 class _Run:
@@ -228,19 +236,19 @@ class _Run:
     # ---- the loop ----------------------------------------------------------------------
 
     def run(self) -> OptimizeReport:
-        self.study.retries = self.retries
-        self.study.fail_stale_trials()
-        dirs = self.study.directions
-        self.maximize = (dirs[0] == "maximize") if len(dirs) == 1 else None
-        self._best()
         self.backend: _Inline | _Pooled = _Inline() if self.workers == 0 else _Pooled(self.workers, self.trial_timeout)
         try:
+            self.study.retries = self.retries
+            self.study.fail_stale_trials()
+            dirs = self.study.directions
+            self.maximize = (dirs[0] == "maximize") if len(dirs) == 1 else None
+            self._best()
             self._loop()
         except BaseException as exc:
             self._abort(exc)
             raise
         finally:
-            self.backend.shutdown()
+            self.backend.close()
             self.report.elapsed_s = time.monotonic() - self.start
             self.bar.close(self.report)
         self._best()
@@ -308,9 +316,9 @@ class _Run:
             flight = self.inflight[handle.number] = _Flight(handle.number, handle.trial_id)
             trial = optuna.Trial(self.study.optuna, handle.trial_id)
             attrs = trial.user_attrs
-        job = TrialJob(
-            number=handle.number,
-            objective=self.objective,  # type: ignore[arg-type]
+        job = make_job(
+            handle.number,
+            self.objective,
             params=handle.params if self.fixed else {},
             user_attrs=attrs,
             n_objectives=len(self.study.directions),
@@ -326,15 +334,18 @@ class _Run:
         self.finished += 1
         assert fl.future is not None
         try:
-            out = fl.future.result()
+            out = TrialOutcome.from_dict(fl.future.result())
         except TaskTimeout:
             self.report.timed_out += 1
             msg = f"timed out: the trial ran past trial_timeout={self.trial_timeout}s; its worker was killed and replaced"
             self._retry(self._fail(fl, msg, "timeout"))
         except WorkerCrashed as exc:
             self.report.crashed += 1
-            how = f"signal {exc.signal}" if exc.signal else f"exit code {exc.exitcode}"
-            msg = f"crashed: worker pid {exc.pid} died with {how} while running the trial ({exc})"
+            how = f"was killed by signal {exc.signal}" if exc.signal else f"exited with code {exc.exitcode}"
+            msg = (
+                f"crashed: its worker process (pid {exc.pid}) {how} while running the trial and was "
+                "replaced; likely an os._exit, a signal, a native crash or memory exhaustion"
+            )
             self._retry(self._fail(fl, msg, "crash"))
         except PoolClosed as exc:
             self.report.failed += 1
@@ -418,7 +429,7 @@ class _Run:
             except Exception:
                 _log.warning("could not record a trial during shutdown", exc_info=True)
         try:
-            self.backend.shutdown()  # kills what still runs, so nothing writes after the FAIL
+            self.backend.close(exc)  # kills what still runs, so nothing writes after the FAIL
         except Exception:
             _log.warning("worker pool shutdown failed", exc_info=True)
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"interrupted: optimize() stopped on {type(exc).__name__}: {exc}"

@@ -68,7 +68,7 @@ def test_pool_accounts_for_crashes_hangs_and_errors(study):
     assert trials["raise"].user_attrs["error"] == "ValueError: bad prompt template"
     crash = trials["crash"]
     assert crash.state.name == "FAIL" and crash.user_attrs["failure"] == "crash"
-    assert "crashed" in crash.user_attrs["error"] and "exit code 7" in crash.user_attrs["error"]
+    assert "crashed" in crash.user_attrs["error"] and "exited with code 7" in crash.user_attrs["error"]
     hang = trials["hang"]
     assert hang.state.name == "FAIL" and hang.user_attrs["failure"] == "timeout"
     assert "trial_timeout=1.5" in hang.user_attrs["error"]
