@@ -24,12 +24,15 @@ _LAZY = {
     "RemoteStudy": "optimizer._client",
     "ServiceError": "optimizer._client",
     "create_app": "optimizer._service",
+    "MiproLoop": "optimizer._mipro",
+    "MiproResult": "optimizer._mipro",
 }
 
 import typing
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from optimizer._client import Client, RemoteStudy, ServiceError
+    from optimizer._mipro import MiproLoop, MiproResult
     from optimizer._service import create_app
 
 
@@ -52,6 +55,8 @@ __all__ = [
     "Float",
     "Int",
     "InvalidRequest",
+    "MiproLoop",
+    "MiproResult",
     "OptimizeReport",
     "Orchestrator",
     "RemoteStudy",
