@@ -1,0 +1,160 @@
+"""RateLimiter on a shared database: state across objects and restarts, pause and limits across processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+from bridge import FakeProvider, Limit, LLMClient, RateLimiter
+from storage import connect, tables
+
+# A child process: unpickle its payload, run it, print one JSON line.
+CHILD = r"""
+import base64, json, pickle, sys
+mode = sys.argv[1]
+obj = pickle.loads(base64.b64decode(sys.stdin.readline()))
+if mode == "chat_many":
+    lm, conversations = obj
+    out = lm.chat_many(conversations, concurrency=4, max_tokens=60, temperature=0.0)
+    errors = [f"{type(r).__name__}: {r}" for r in out if isinstance(r, Exception)]
+    print(json.dumps({"ok": len(out) - len(errors), "errors": errors}), flush=True)
+elif mode == "acquire_on_go":
+    lim = obj
+    lim.available()  # connect and migrate before saying ready
+    print("ready", flush=True)
+    sys.stdin.readline()
+    lim.acquire(tokens=100, timeout=30)
+    print(json.dumps({"granted_at": lim.storage.now()}), flush=True)
+"""
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def spawn(mode: str, payload: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(base64.b64encode(pickle.dumps(payload)).decode() + "\n")
+    proc.stdin.flush()
+    return proc
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 90) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest) -> str:
+    """SQLite and PostgreSQL: the backends the cross-process cases run on."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def test_storage_limiter_shares_and_keeps_state(store):
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    limits = [Limit(requests=3, per=3600), Limit(tokens=100, per=3600)]
+    lim = RateLimiter(name, limits=limits, storage=store)
+    assert [bool(lim.try_acquire(tokens=30)) for _ in range(3)] == [True, True, True]
+    denied = lim.try_acquire(tokens=1)
+    assert not denied and denied.retry_after_s > 1000
+
+    # A new object (a restarted process) on the same database sees the same buckets.
+    again = RateLimiter(name, limits=limits, storage=store.url)
+    assert not again.try_acquire(tokens=1)
+    assert again.available()["tokens/3600s"] == pytest.approx(10, abs=0.5)
+    copy = pickle.loads(pickle.dumps(lim))
+    assert copy.storage is store and not copy.try_acquire()
+
+    again.adjust(requests=-1, tokens=-50)
+    assert lim.try_acquire(tokens=55)
+    with pytest.raises(Exception, match="can never fit"):
+        lim.acquire(tokens=101)
+
+    # Pause on one object holds the others.
+    copy.pause(30.0)
+    assert 25 < lim.paused_for() <= 30
+    rows = store.run(
+        lambda c: c.execute(sa.select(tables.rate_limits.c.bucket).where(tables.rate_limits.c.name == name)).all()
+    )
+    assert sorted(r.bucket for r in rows) == ["pause", "requests/3600s", "tokens/3600s"]
+
+
+def test_storage_limiter_blocks_until_the_database_clock_allows(store):
+    lim = RateLimiter(f"block-{uuid.uuid4().hex[:8]}", limits=[Limit(requests=4, per=1.0)], storage=store)
+    for _ in range(4):
+        lim.acquire(timeout=5)
+    assert lim.acquire(timeout=5) >= 0.2  # a request refills every 0.25 s
+    with pytest.raises(Exception, match="could not grant"):
+        lim.acquire(timeout=0.01)
+
+
+def test_pause_reaches_a_request_booked_in_another_process(shared_url):
+    st = connect(shared_url)
+    lim = RateLimiter(f"pause-{uuid.uuid4().hex[:8]}", limits=[Limit(tokens=100, per=1.0)], storage=st)
+    child = spawn("acquire_on_go", lim)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        before_drain = st.now()
+        lim.adjust(tokens=100)  # empty the bucket: the child's 100 tokens are due in 1 s
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        wait_until(lambda: lim.available()["tokens/1s"] < -50, what="the child to book its slot")
+        lim.pause(0.5)
+        result = finish(child)
+    finally:
+        child.kill()
+        child.wait()
+    # Its slot was 1 s after the drain; the pause in this process moved it by 0.5 s.
+    assert result["granted_at"] >= before_drain + 1.45
+
+
+def test_three_processes_share_one_limit(shared_url):
+    key = "sk-test-multiprocess"
+    with FakeProvider(rpm=40, tpm=12_000, per=2.0, latency_s=(0.005, 0.03), api_key=key) as fp:
+        limiter = RateLimiter(
+            f"procs-{uuid.uuid4().hex[:8]}",
+            # 10% of each burst held back: scheduling jitter between processes never turns into a 429.
+            limits=[Limit(requests=40, per=2.0, burst=36), Limit(tokens=12_000, per=2.0, burst=10_800)],
+            storage=shared_url,
+        )
+        lm = LLMClient("fake-model", base_url=fp.base_url, limiter=limiter, timeout=60, max_retries=8)
+        per_child = 34
+        children = []
+        for c in range(3):
+            conversations = [
+                [{"role": "user", "content": f"child {c} question {i} " + "x" * (40 + 47 * ((i * 7 + c) % 33))}]
+                for i in range(per_child)
+            ]
+            # The key does not travel in the pickle: the children read it from the environment.
+            children.append(spawn("chat_many", (lm, conversations), env={"OPENAI_API_KEY": key}))
+        results = [finish(p) for p in children]
+        stats = fp.stats()
+    assert [r["errors"] for r in results] == [[], [], []]
+    assert sum(r["ok"] for r in results) == 3 * per_child
+    assert stats["completed"] == 3 * per_child
+    assert stats["rate_limited"] <= 0.01 * stats["requests"], stats
