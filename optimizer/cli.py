@@ -135,19 +135,23 @@ def trials(
     with user_errors():
         study = Orchestrator(storage).load_study(name)
         rows = study.trials(states=[state] if state else None)[-limit:]
+        summary = study.metrics()
     if as_json:
         print_json(
-            [
-                {
-                    "number": t.number,
-                    "state": t.state.name.lower(),
-                    "values": t.values,
-                    "params": t.params,
-                    "user_attrs": t.user_attrs,
-                    "duration_s": t.duration.total_seconds() if t.duration else None,
-                }
-                for t in rows
-            ]
+            {
+                "summary": summary.as_dict(),
+                "trials": [
+                    {
+                        "number": t.number,
+                        "state": t.state.name.lower(),
+                        "values": t.values,
+                        "params": t.params,
+                        "user_attrs": t.user_attrs,
+                        "duration_s": t.duration.total_seconds() if t.duration else None,
+                    }
+                    for t in rows
+                ],
+            }
         )
         return
     present = [c for c in TRIAL_COLUMNS if any(c in t.user_attrs for t in rows)]
@@ -158,6 +162,13 @@ def trials(
         err = str(t.user_attrs.get("error", ""))[:40]
         table.add_row(str(t.number), t.state.name.lower(), value, params, *(fmt(t.user_attrs.get(c)) for c in present), err)
     console.print(table)
+    from optimizer._report import summary_rows
+
+    stats = ("n", "mean", "std", "p50", "p90", "p99")
+    block = Table("study summary", *stats, title=f"{summary.n_complete} of {summary.n_trials} trials complete")
+    for label, s in summary_rows(summary):
+        block.add_row(label, *((fmt(getattr(s, k)) for k in stats) if s else ["-"] * len(stats)))
+    console.print(block)
 
 
 def main() -> None:
@@ -170,7 +181,7 @@ def _register_commands() -> None:
     # Each feature's commands register on `app` when their module is imported.
     import importlib
 
-    for module in ("optimizer._cli_demo", "optimizer._cli_worker", "optimizer._cli_serve"):
+    for module in ("optimizer._cli_demo", "optimizer._cli_worker", "optimizer._cli_serve", "optimizer._cli_report"):
         importlib.import_module(module)
 
 

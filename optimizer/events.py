@@ -56,6 +56,7 @@ __all__ = [
     "trace_tree",
     "trial_steps",
     "unregister",
+    "worker_sink",
 ]
 
 log = logging.getLogger(__name__)
@@ -527,6 +528,17 @@ def handle_worker_message(storage: Storage, payload: Any, study_id: int | None =
     except StudyhallError as exc:
         log.warning("dropped an event sent by a worker (%s: %s)", type(exc).__name__, exc)
     return True
+
+
+def worker_sink(storage: Storage, trial: Any) -> Callable[[Any], None]:
+    """An ``on_send`` for the pool task running ``trial`` (an optuna Trial): its events land here."""
+    study_id = getattr(getattr(trial, "study", None), "_study_id", None)
+    trial_id = _plain_trial_id(trial)
+
+    def on_send(payload: Any) -> None:
+        handle_worker_message(storage, payload, study_id, trial_id)
+
+    return on_send
 
 
 def _record_remote(st: Storage, payload: Mapping[str, Any], local_id: str, study_id: int | None, trial_id: int | None) -> None:

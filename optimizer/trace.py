@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import threading
 import time
 import uuid
 from collections import deque
@@ -67,6 +68,9 @@ class Scope:
 
 _current: ContextVar[Scope | None] = ContextVar("studyhall_trace_scope", default=None)
 _fallback: ContextVar[Scope | None] = ContextVar("studyhall_trace_fallback", default=None)
+# Outside any scope, a pool task's steps share one trace, whichever thread records them.
+_task_scopes: dict[int, Scope] = {}
+_task_lock = threading.Lock()
 
 
 def current() -> Scope:
@@ -75,12 +79,19 @@ def current() -> Scope:
     if s is not None:
         return s
     channel = events.worker_channel()
-    fb = _fallback.get()
-    # A pool worker runs task after task in one context: a new channel is a new task.
-    if fb is None or fb.channel is not channel:
-        fb = Scope(channel=channel)
-        _fallback.set(fb)
-    return fb
+    if channel is None:
+        fb = _fallback.get()
+        if fb is None:
+            fb = Scope()
+            _fallback.set(fb)
+        return fb
+    with _task_lock:
+        fb = _task_scopes.get(id(channel))
+        if fb is None or fb.channel is not channel:  # each task has a channel of its own
+            if len(_task_scopes) >= 64:
+                _task_scopes.clear()
+            fb = _task_scopes[id(channel)] = Scope(channel=channel)
+        return fb
 
 
 def last_steps(trial_id: int | None = None) -> list[dict[str, Any]]:

@@ -30,8 +30,12 @@ def test_studies_and_trials_as_json_and_tables(sqlite_url, study_name):
 
     out = run("trials", study_name, "--storage", sqlite_url, "--json")
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
+    doc = json.loads(out.stdout)
+    rows = doc["trials"]
     assert [r["state"] for r in rows] == ["complete", "fail"]
+    summary = doc["summary"]
+    assert summary["n_trials"] == 2 and summary["n_complete"] == 1
+    assert summary["score"]["n"] == 4 and summary["llm.latency_s"]["p50"] == 1.0
     assert rows[0]["user_attrs"]["score.p90"] == 1.0 and rows[0]["values"] == [0.75]
     assert rows[1]["user_attrs"]["error"] == "provider down"
 
