@@ -31,12 +31,12 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from bridge import PoolClosed, TaskTimeout, WorkerCrashed
-from optimizer import services
+from optimizer import events, services, trace
 from optimizer._optimize_progress import make_progress
 from optimizer._remote_trial import BOOT, RUNNER_FILE, TrialOutcome, TrialProxy, load_objective, make_job
 from optimizer._trial_runner import run_trial
 from optimizer._space import Space
-from storage import InvalidRequest
+from storage import InvalidRequest, Storage
 
 if TYPE_CHECKING:
     from optimizer._study import Study
@@ -88,9 +88,13 @@ class _Inline:
 
     capacity = 1
 
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
     def submit(self, job: dict[str, Any], proxy: TrialProxy) -> Future[dict[str, Any]]:
         fut: Future[dict[str, Any]] = Future()
-        fut.set_result(run_trial(job, proxy.handle))
+        with trace.scope(self.storage, trial=proxy.trial):  # trace.step() lands on this trial
+            fut.set_result(run_trial(job, proxy.handle))
         return fut
 
     def close(self, exc: BaseException | None = None) -> None:
@@ -100,16 +104,19 @@ class _Inline:
 class _Pooled:
     """``workers=N``: a WorkerPool of N; its workers start while the parent reads the study."""
 
-    def __init__(self, workers: int, trial_timeout: float | None) -> None:
+    def __init__(self, workers: int, trial_timeout: float | None, storage: Storage) -> None:
         from bridge import WorkerPool
 
         self.capacity = workers
+        self.storage = storage
         self.pool = WorkerPool(min_workers=workers, max_workers=workers, task_timeout=trial_timeout)
         self.pool.__enter__()
         self._open = True
 
     def submit(self, job: dict[str, Any], proxy: TrialProxy) -> Future[dict[str, Any]]:
-        return self.pool.submit(BOOT, RUNNER_FILE, job, on_call=proxy.handle)
+        # the objective's events and trace steps are written here, tied to the trial
+        on_send = events.worker_sink(self.storage, proxy.trial)
+        return self.pool.submit(BOOT, RUNNER_FILE, job, on_call=proxy.handle, on_send=on_send)
 
     def close(self, exc: BaseException | None = None) -> None:
         """Stop the workers; after an error, kill the running ones too (the pool's exit on error)."""
@@ -236,7 +243,8 @@ class _Run:
     # ---- the loop ----------------------------------------------------------------------
 
     def run(self) -> OptimizeReport:
-        self.backend: _Inline | _Pooled = _Inline() if self.workers == 0 else _Pooled(self.workers, self.trial_timeout)
+        st = self.study.storage
+        self.backend: _Inline | _Pooled = _Inline(st) if self.workers == 0 else _Pooled(self.workers, self.trial_timeout, st)
         try:
             self.study.retries = self.retries
             self.study.fail_stale_trials()
