@@ -83,8 +83,10 @@ def _beat(conn: sa.Connection, trial_ids: Sequence[int], seconds: float) -> None
     # Optuna's heartbeat column is a naive datetime in the database's now() frame
     # (UTC on SQLite, the session time zone elsewhere): date it from that clock.
     hb = models.TrialHeartbeatModel.__table__
+    # SQLite's and MySQL's now() have whole seconds: the extra second keeps the
+    # beat from being dated before the lease ends.
     now = conn.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
-    when = now + datetime.timedelta(seconds=seconds)
+    when = now + datetime.timedelta(seconds=seconds + 1)
     ids = list(trial_ids)
     done = conn.execute(sa.update(hb).where(hb.c.trial_id.in_(ids)).values(heartbeat=when)).rowcount
     if done < len(ids):

@@ -35,7 +35,8 @@ MAX_LEASE_S = 7 * 86400.0
 Number = Annotated[float, Field(strict=True)]
 Bound = Annotated[float, Field(strict=True, ge=-MAX_ABS_FLOAT, le=MAX_ABS_FLOAT)]
 IntBound = Annotated[int, Field(strict=True, ge=-MAX_SAFE_INT, le=MAX_SAFE_INT)]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+# A study name is a path segment of every study URL: no "/" (and no NUL, which PostgreSQL refuses).
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00/]+$")]
 ParamName = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 Choice = None | StrictBool | StrictInt | StrictFloat | Annotated[str, Field(max_length=1024)]
 Direction = Literal["minimize", "maximize"]
