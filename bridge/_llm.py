@@ -37,6 +37,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -218,6 +219,21 @@ class _Stop(Exception):
         self.error = error
 
 
+class _Secret:
+    """Holds the API key; its repr is masked, so vars(), tracebacks with locals and logs never show it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str | None) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "_Secret('***')" if self.value else "_Secret(None)"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an API key is never pickled; the other side reads it from its environment")
+
+
 # ---------------------------------------------------------------- cache
 
 
@@ -336,7 +352,7 @@ class LLMClient:
             self._cache_storage = connect(storage)
         elif limiter is not None and limiter.storage is not None:
             self._cache_storage = limiter.storage
-        self._api_key = api_key if api_key is not None else os.environ.get(api_key_env)
+        self._api_key = _Secret(api_key if api_key is not None else os.environ.get(api_key_env))
         self._setup()
 
     def _setup(self) -> None:
@@ -355,7 +371,7 @@ class LLMClient:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._api_key = os.environ.get(self.api_key_env)
+        self._api_key = _Secret(os.environ.get(self.api_key_env))
         self._setup()
 
     def _client(self) -> httpx.Client:
@@ -364,6 +380,8 @@ class LLMClient:
                 limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
                 self._http = httpx.Client(limits=limits, timeout=self.timeout)
                 self._http_pid = os.getpid()
+                # A client dropped without close() still closes its sockets when collected.
+                weakref.finalize(self, self._http.close)
             return self._http
 
     def close(self) -> None:
@@ -446,8 +464,9 @@ class LLMClient:
     # ------------------------------------------------------------ internals
 
     def _scrub(self, text: str) -> str:
-        if self._api_key and self._api_key in text:
-            text = text.replace(self._api_key, "***")
+        key = self._api_key.value
+        if key and key in text:
+            text = text.replace(key, "***")
         return text
 
     def _check_messages(self, messages: Messages) -> list[dict[str, Any]]:
@@ -512,7 +531,8 @@ class LLMClient:
                 if left <= 0:
                     raise _Stop(self._timeout_error(state["attempts"] - 1, None))
             per_try = min(left, self.attempt_timeout or left)
-            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            key = self._api_key.value
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
             t0 = time.monotonic()
             try:
                 resp = self._client().post(f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=per_try)
