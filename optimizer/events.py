@@ -312,23 +312,28 @@ class _Pending:
     study_id: int | None
     trial_id: int | None
     created_at: float
+    parent_row: tuple[int, str, int, str] | None = None  # (id, path, depth, correlation) when known
 
 
 def _write(conn: sa.Connection, ev: _Pending) -> tuple[int, str, int, str]:
     """Insert one event in ``conn``'s transaction; (id, path, depth, correlation_id)."""
     prefix, depth, corr = "", 0, ev.correlation_id
     if ev.parent_id is not None:
-        row = conn.execute(
-            sa.select(_events.c.path, _events.c.depth, _events.c.correlation_id).where(_events.c.id == ev.parent_id)
-        ).first()
-        if row is None:
-            raise InvalidRequest(f"parent event {ev.parent_id} does not exist; record the parent first")
-        if corr is not None and corr != row.correlation_id:
+        if ev.parent_row is not None and ev.parent_row[0] == ev.parent_id:
+            _, parent_path, parent_depth, parent_corr = ev.parent_row
+        else:
+            row = conn.execute(
+                sa.select(_events.c.path, _events.c.depth, _events.c.correlation_id).where(_events.c.id == ev.parent_id)
+            ).first()
+            if row is None:
+                raise InvalidRequest(f"parent event {ev.parent_id} does not exist; record the parent first")
+            parent_path, parent_depth, parent_corr = row.path, row.depth, row.correlation_id
+        if corr is not None and corr != parent_corr:
             raise InvalidRequest(
-                f"correlation_id {corr!r} differs from its parent's ({row.correlation_id!r}); "
+                f"correlation_id {corr!r} differs from its parent's ({parent_corr!r}); "
                 "a child belongs to its parent's trace, so leave correlation_id out"
             )
-        prefix, depth, corr = row.path + ".", row.depth + 1, row.correlation_id
+        prefix, depth, corr = parent_path + ".", parent_depth + 1, parent_corr
         if depth > MAX_DEPTH:
             raise InvalidRequest(f"events nest at most {MAX_DEPTH} deep; this one would be at depth {depth}")
     corr = corr or uuid.uuid4().hex
@@ -383,27 +388,40 @@ def record(
     Raises:
         InvalidRequest: bad data, unknown parent, no storage outside a pool worker.
     """
-    payload = validate(event_type, data)
-    correlation_id = _check_correlation(correlation_id)
     if storage is None:
         channel = worker_channel()
         if channel is None:
             raise InvalidRequest(
                 f"record({event_type!r}) needs a storage (a Storage or URL) outside a pool worker"
             )
-        return _send(channel, "record", event_type=event_type, data=payload,
-                     correlation_id=correlation_id, parent=parent_id,
+        return _send(channel, "record", event_type=event_type, data=validate(event_type, data),
+                     correlation_id=_check_correlation(correlation_id), parent=parent_id,
                      trial_id=_plain_trial_id(trial), created_at=time.time())
+    return _record_row(storage, event_type, data, correlation_id, parent_id, trial)[0]
+
+
+def _record_row(
+    storage: Storage | str,
+    event_type: str,
+    data: Any,
+    correlation_id: str | None,
+    parent_id: int | str | None,
+    trial: Any,
+    parent_row: tuple[int, str, int, str] | None = None,
+) -> tuple[int, str, int, str]:
+    """:func:`record` to a storage, returning (id, path, depth, correlation_id)."""
     from storage import connect
 
+    payload = validate(event_type, data)
+    correlation_id = _check_correlation(correlation_id)
     st = connect(storage)
     if isinstance(parent_id, str):
         parent_id = _resolve_local(parent_id)
     if parent_id is not None and (not isinstance(parent_id, int) or isinstance(parent_id, bool)):
         raise InvalidRequest(f"parent_id must be an event id; got {parent_id!r:.60}")
     study_id, trial_id = _trial_ids(st, trial)
-    ev = _Pending(event_type, payload, correlation_id, parent_id, study_id, trial_id, time.time())
-    return st.run(lambda conn: _write(conn, ev))[0]
+    ev = _Pending(event_type, payload, correlation_id, parent_id, study_id, trial_id, time.time(), parent_row)
+    return st.run(lambda conn: _write(conn, ev))
 
 
 def finish(storage: Storage | str | None, event_id: int | str, data: Mapping[str, Any]) -> None:
@@ -560,6 +578,7 @@ def _record_remote(st: Storage, payload: Mapping[str, Any], local_id: str, study
         study_id,
         trial_id,
         float(payload.get("created_at") or time.time()),
+        parent_row,
     )
     row = st.run(lambda conn: _write(conn, ev))
     with _local_lock:

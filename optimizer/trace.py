@@ -60,6 +60,8 @@ class Scope:
     parent: int | str | None = None
     trial_id: int | None = None
     steps: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=events.TRIAL_STEPS))
+    # rows of this trace's spans (id -> (id, path, depth, correlation)): children skip a lookup
+    rows: dict[int, tuple[int, str, int, str]] = field(default_factory=dict, repr=False)
 
     def child(self, parent: int | str | None) -> Scope:
         """The same trace one level down (children of event ``parent``)."""
@@ -199,8 +201,11 @@ def _emit(s: Scope, event_type: str, name: str, data: Any, *, kind: str, **extra
     payload = {"name": name, "data": summarize_value(data, EVENT_STR, items=100), **extra}
     try:
         if s.storage is not None:
-            return events.record(s.storage, event_type, payload, correlation_id=s.correlation_id,
-                                 parent_id=s.parent, trial=s.trial_id)
+            parent_row = s.rows.get(s.parent) if isinstance(s.parent, int) else None
+            row = events._record_row(s.storage, event_type, payload, s.correlation_id, s.parent, s.trial_id, parent_row)
+            if kind != "step":
+                s.rows[row[0]] = row
+            return row[0]
         return events._send(s.channel, "record", event_type=event_type, data=payload,
                             correlation_id=s.correlation_id, parent=s.parent, trial_id=s.trial_id,
                             created_at=time.time(), step=entry)
