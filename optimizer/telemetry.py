@@ -63,6 +63,7 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LLM_CALLS = ("llm.calls", "llm.requests")
 LLM_429 = ("llm.rate_limited", "llm.429", "llm.http_429")
 LLM_RETRIES = ("llm.retries",)
+LLM_ATTEMPTS = "llm.attempts"  # a sample per successful call (LLMClient)
 SCORE = "score"
 LATENCY = "llm.latency_s"
 
@@ -182,6 +183,7 @@ def after_tell(study: str, state: TrialState, values: Sequence[float] | None,
     trials_total.labels(study, state.name.lower()).inc()
     if values:
         trial_values.observe(values[:1], study)
+    retries = 0.0
     for name, _, samples in rows:
         if samples is None:
             continue
@@ -189,6 +191,10 @@ def after_tell(study: str, state: TrialState, values: Sequence[float] | None,
             example_scores.observe(samples, study)
         elif name == LATENCY:
             llm_latency.observe(samples, study)
+        elif name == LLM_ATTEMPTS:  # each call's attempts: everything past the first is a retry
+            retries += float(np.maximum(np.asarray(samples, dtype=np.float64) - 1.0, 0.0).sum())
+    if retries and not any(k in attrs for k in LLM_RETRIES):
+        llm_retries_total.labels(study).inc(retries)
     failure = attrs.get("failure")
     if state.name == "FAIL":
         failures_total.labels(study, str(failure or "error")).inc()
@@ -310,14 +316,15 @@ def study_metrics(study: Study, name: str = SCORE) -> StudyMetrics:
         n_trials=counts[0],
         n_complete=counts[1],
         values=[summarize(v) if len(v) else None for v in by_objective],
-        pooled=_pool(samples.values()),
-        latency=_pool(latency.values()),
+        pooled=_pool(samples),
+        latency=_pool(latency),
         per_trial=per_trial,
     )
 
 
-def _pool(arrays: Iterable[np.ndarray]) -> Summary | None:
-    parts = [a for a in arrays if a.size]
+def _pool(by_trial: Mapping[int, np.ndarray]) -> Summary | None:
+    # in trial order, so that the same study always sums to the same last bit
+    parts = [by_trial[n] for n in sorted(by_trial) if by_trial[n].size]
     return summarize(np.concatenate(parts)) if parts else None
 
 
