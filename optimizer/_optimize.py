@@ -5,10 +5,10 @@
     optimize()                                                    pool worker
     ├─ study.retries = retries; fail_stale_trials()  (again every heartbeat)
     ├─ while the budget allows (n_trials, timeout, max_total_trials) and < workers in flight:
-    │    study._ask ─> optuna.Trial ─> TrialProxy
-    │    pool.submit(run_trial, TrialJob, on_call=proxy.handle) ──────> RemoteTrial(objective)
-    │         proxy.handle: suggest_* / report / should_prune  <─call── (answered from storage)
-    ├─ wait(first completed) <──── TrialOutcome | TaskTimeout | WorkerCrashed
+    │    study._ask ─> optuna.Trial ─> TrialProxy, job dict (_remote_trial)
+    │    pool.submit(BOOT, job, on_call=proxy.handle) ────────────────> run_trial (_trial_runner)
+    │         proxy.handle: suggest_* / report / should_prune  <─call── RemoteTrial(objective)
+    ├─ wait(first completed) <──── outcome dict | TaskTimeout | WorkerCrashed
     │    study.tell(value | scores, metrics, user_attrs)  or  FAIL / PRUNED  (+ study.retry)
     └─ Ctrl-C: 2 s grace, FAIL "interrupted" for the rest, pool shut down, KeyboardInterrupt again
 
@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -31,12 +31,12 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from bridge import PoolClosed, TaskTimeout, WorkerCrashed
-from optimizer import events, services, trace
+from optimizer._optimize_backends import Inline, Interrupts, Pooled
 from optimizer._optimize_progress import make_progress
-from optimizer._remote_trial import BOOT, RUNNER_FILE, TrialOutcome, TrialProxy, load_objective, make_job
-from optimizer._trial_runner import run_trial
+from optimizer._optimize_report import OptimizeReport, Options
+from optimizer._remote_trial import TrialOutcome, TrialProxy, load_objective, make_job, ship_objective, ship_services
 from optimizer._space import Space
-from storage import InvalidRequest, Storage
+from storage import InvalidRequest
 
 if TYPE_CHECKING:
     from optimizer._study import Study
@@ -48,81 +48,10 @@ _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
 @dataclass
-class OptimizeReport:
-    """What one ``optimize`` call did; the outcome counts are disjoint.
-
-    ``best_value``/``best_params`` are the study's best after the call (single
-    objective; None otherwise). ``interrupted`` counts trials failed by Ctrl-C.
-    """
-
-    completed: int = 0
-    failed: int = 0
-    timed_out: int = 0
-    crashed: int = 0
-    pruned: int = 0
-    interrupted: int = 0
-    retried: int = 0
-    best_value: float | None = None
-    best_params: dict[str, Any] | None = None
-    elapsed_s: float = 0.0
-
-    @property
-    def n_trials(self) -> int:
-        """Trials this call finished, whatever their outcome."""
-        return self.completed + self.failed + self.timed_out + self.crashed + self.pruned + self.interrupted
-
-    def as_dict(self) -> dict[str, Any]:
-        """The report as plain data (for ``--json``)."""
-        return {**asdict(self), "n_trials": self.n_trials}
-
-
-@dataclass
 class _Flight:
     number: int
     trial_id: int
     future: Future[dict[str, Any]] | None = None
-
-
-class _Inline:
-    """``workers=0``: each trial runs to its end inside ``submit``, in this thread."""
-
-    capacity = 1
-
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-
-    def submit(self, job: dict[str, Any], proxy: TrialProxy) -> Future[dict[str, Any]]:
-        fut: Future[dict[str, Any]] = Future()
-        with trace.scope(self.storage, trial=proxy.trial):  # trace.step() lands on this trial
-            fut.set_result(run_trial(job, proxy.handle))
-        return fut
-
-    def close(self, exc: BaseException | None = None) -> None:
-        pass
-
-
-class _Pooled:
-    """``workers=N``: a WorkerPool of N; its workers start while the parent reads the study."""
-
-    def __init__(self, workers: int, trial_timeout: float | None, storage: Storage) -> None:
-        from bridge import WorkerPool
-
-        self.capacity = workers
-        self.storage = storage
-        self.pool = WorkerPool(min_workers=workers, max_workers=workers, task_timeout=trial_timeout)
-        self.pool.__enter__()
-        self._open = True
-
-    def submit(self, job: dict[str, Any], proxy: TrialProxy) -> Future[dict[str, Any]]:
-        # the objective's events and trace steps are written here, tied to the trial
-        on_send = events.worker_sink(self.storage, proxy.trial)
-        return self.pool.submit(BOOT, RUNNER_FILE, job, on_call=proxy.handle, on_send=on_send)
-
-    def close(self, exc: BaseException | None = None) -> None:
-        """Stop the workers; after an error, kill the running ones too (the pool's exit on error)."""
-        if self._open:
-            self._open = False
-            self.pool.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
 
 
 def optimize(
@@ -161,92 +90,36 @@ def optimize(
         InvalidRequest: a bad argument, or an objective that cannot reach a worker.
         KeyboardInterrupt: after Ctrl-C, once no trial of this call is left RUNNING.
     """
-    _check(n_trials, "n_trials", 0)
-    _check(max_total_trials, "max_total_trials", 1)
-    _check(workers, "workers", 0, allow_none=False)
-    _check(retries, "retries", 0, allow_none=False)
-    for name, v in (("timeout", timeout), ("trial_timeout", trial_timeout)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
-            raise InvalidRequest(f"{name} must be a number of seconds > 0 (or None); got {v!r}")
-    if workers == 0 and trial_timeout is not None:
-        raise InvalidRequest("trial_timeout needs worker processes to kill; use workers >= 1")
-    if not (isinstance(catch, tuple) and all(isinstance(c, type) and issubclass(c, BaseException) for c in catch)):
-        raise InvalidRequest(f"catch must be a tuple of exception classes; got {catch!r:.80}")
-    return _Run(study, objective, n_trials, timeout, workers, trial_timeout, retries, space, progress, max_total_trials, catch).run()
-
-
-def _check(v: Any, name: str, low: int, allow_none: bool = True) -> None:
-    if v is None and allow_none:
-        return
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise InvalidRequest(f"{name} must be an integer >= {low}{' (or None)' if allow_none else ''}; got {v!r}")
-
-
-def _ship(obj: Any, what: str) -> bytes:
-    try:
-        return cloudpickle.dumps(obj)
-    except Exception as exc:
-        raise InvalidRequest(
-            f"{what} cannot be pickled for the worker processes ({type(exc).__name__}: {exc}); "
-            "pass 'package.module:function', or use workers=0 to run in this process"
-        ) from exc
-
-
-def _picklable_services() -> bytes | None:
-    shipped, skipped = {}, []
-    for name, service in services.snapshot().items():
-        try:
-            cloudpickle.dumps(service)
-            shipped[name] = service
-        except Exception:
-            skipped.append(name)
-    if skipped:  # logged, not warned: a process-wide registration must not break every run
-        _log.warning("services %s cannot be pickled and are not available in pool workers", ", ".join(sorted(skipped)))
-    return cloudpickle.dumps(shipped) if shipped else None  # None: workers need not import optimizer
+    opts = Options(n_trials, timeout, workers, trial_timeout, retries, progress, max_total_trials, catch)
+    return _Run(study, objective, space, opts).run()
 
 
 class _Run:
-    def __init__(
-        self,
-        study: Study,
-        objective: Callable[..., Any] | str,
-        n_trials: int | None,
-        timeout: float | None,
-        workers: int,
-        trial_timeout: float | None,
-        retries: int,
-        space: Space | None,
-        progress: bool,
-        max_total_trials: int | None,
-        catch: tuple[type[BaseException], ...],
-    ) -> None:
-        self.study, self.n_trials, self.timeout, self.workers = study, n_trials, timeout, workers
-        self.trial_timeout, self.retries, self.max_total, self.catch = trial_timeout, retries, max_total_trials, catch
+    def __init__(self, study: Study, objective: Callable[..., Any] | str, space: Space | None, opts: Options) -> None:
+        self.study, self.opts = study, opts
         fn = load_objective(objective)  # fails fast on a bad "module:function"
-        if workers == 0:
-            self.objective: str | bytes | Callable[..., Any] = fn
-            self.services = None
-        else:
-            self.objective = objective if isinstance(objective, str) else _ship(objective, "the objective")
-            self.services = _picklable_services()
+        self.objective: str | bytes | Callable[..., Any] = fn if opts.workers == 0 else ship_objective(objective)
+        self.services = None if opts.workers == 0 else ship_services()
         self.dists = {} if space is None else study._remember_space(space)
         self.fixed = space is not None
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # one thread at a time on the sampler and the storage
+        self.interrupts = Interrupts()
         self.report = OptimizeReport()
         self.inflight: dict[int, _Flight] = {}
         self.finished = 0
         self.stop: BaseException | None = None
         self.start = time.monotonic()
-        total = n_trials if n_trials is not None else max_total_trials
-        self.bar = make_progress(progress, total, study.name)
+        total = opts.n_trials if opts.n_trials is not None else opts.max_total_trials
+        self.bar = make_progress(opts.progress, total, study.name)
 
     # ---- the loop ----------------------------------------------------------------------
 
     def run(self) -> OptimizeReport:
-        st = self.study.storage
-        self.backend: _Inline | _Pooled = _Inline(st) if self.workers == 0 else _Pooled(self.workers, self.trial_timeout, st)
+        st, opts = self.study.storage, self.opts
+        self.backend: Inline | Pooled = Inline(st) if opts.workers == 0 else Pooled(opts.workers, opts.trial_timeout, st)
         try:
-            self.study.retries = self.retries
+            self.interrupts.__enter__()
+            self.study.retries = opts.retries
             self.study.fail_stale_trials()
             dirs = self.study.directions
             self.maximize = (dirs[0] == "maximize") if len(dirs) == 1 else None
@@ -256,6 +129,7 @@ class _Run:
             self._abort(exc)
             raise
         finally:
+            self.interrupts.__exit__()
             self.backend.close()
             self.report.elapsed_s = time.monotonic() - self.start
             self.bar.close(self.report)
@@ -282,26 +156,27 @@ class _Run:
             self.bar.update(self.report)
 
     def _time_left(self) -> bool:
-        return self.timeout is None or time.monotonic() - self.start < self.timeout
+        return self.opts.timeout is None or time.monotonic() - self.start < self.opts.timeout
 
     def _may_ask(self) -> bool:
         if self.stop is not None or not self._time_left():
             return False
-        if self.n_trials is not None and self.finished + len(self.inflight) >= self.n_trials:
+        if self.opts.n_trials is not None and self.finished + len(self.inflight) >= self.opts.n_trials:
             return False
-        if self.max_total is not None:
+        if self.opts.max_total_trials is not None:
             finished, running = self._counts()
-            return finished + len(running) < self.max_total
+            return finished + len(running) < self.opts.max_total_trials
         return True
 
     def _others_running(self) -> bool:
         """With ``max_total_trials``: whether to wait for other processes' last trials."""
-        if self.max_total is None or self.stop is not None or not self._time_left():
+        total = self.opts.max_total_trials
+        if total is None or self.stop is not None or not self._time_left():
             return False
-        if self.n_trials is not None and self.finished >= self.n_trials:
+        if self.opts.n_trials is not None and self.finished >= self.opts.n_trials:
             return False
         finished, running = self._counts()
-        return finished < self.max_total and bool(set(running) - self.study.storage.heartbeat.tracked())
+        return finished < total and bool(set(running) - self.study.storage.heartbeat.tracked())
 
     def _counts(self) -> tuple[int, list[int]]:
         from optuna.storages._rdb import models
@@ -319,7 +194,7 @@ class _Run:
         return self.study.storage.run(read)
 
     def _start(self) -> None:
-        with self.lock:
+        with self.interrupts.shield(), self.lock:  # a trial Optuna created is always in inflight
             handle = self.study._ask(self.dists)
             flight = self.inflight[handle.number] = _Flight(handle.number, handle.trial_id)
             trial = optuna.Trial(self.study.optuna, handle.trial_id)
@@ -331,13 +206,17 @@ class _Run:
             user_attrs=attrs,
             n_objectives=len(self.study.directions),
             services=self.services,
-            catch=self.catch,
+            catch=self.opts.catch,
         )
         flight.future = self.backend.submit(job, TrialProxy(trial, self.lock))
 
     # ---- outcomes ----------------------------------------------------------------------
 
     def _finish(self, fl: _Flight) -> None:
+        with self.interrupts.shield():  # popped from inflight means told
+            self._settle(fl)
+
+    def _settle(self, fl: _Flight) -> None:
         self.inflight.pop(fl.number, None)
         self.finished += 1
         assert fl.future is not None
@@ -345,7 +224,7 @@ class _Run:
             out = TrialOutcome.from_dict(fl.future.result())
         except TaskTimeout:
             self.report.timed_out += 1
-            msg = f"timed out: the trial ran past trial_timeout={self.trial_timeout}s; its worker was killed and replaced"
+            msg = f"timed out: the trial ran past trial_timeout={self.opts.trial_timeout}s; its worker was killed and replaced"
             self._retry(self._fail(fl, msg, "timeout"))
         except WorkerCrashed as exc:
             self.report.crashed += 1
@@ -417,7 +296,7 @@ class _Run:
     def _retry(self, frozen: Any) -> None:
         if frozen is not None:
             with self.lock:
-                if self.study.retry(frozen, self.retries):
+                if self.study.retry(frozen, self.opts.retries):
                     self.report.retried += 1
 
     def _abort(self, exc: BaseException) -> None:
@@ -443,8 +322,9 @@ class _Run:
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"interrupted: optimize() stopped on {type(exc).__name__}: {exc}"
         for fl in list(self.inflight.values()):
             try:
-                self._fail(fl, why, "interrupted")
-                self.report.interrupted += 1
+                with self.interrupts.shield():
+                    self._fail(fl, why, "interrupted")
+                    self.report.interrupted += 1
             except BaseException:  # keep failing the others, even on another Ctrl-C
                 _log.warning("could not fail trial %s; it goes stale and is failed later", fl.number, exc_info=True)
         self.inflight.clear()

@@ -14,17 +14,20 @@ Only the parent touches the storage and the sampler; a worker needs neither.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
 import optuna
 
 from bridge import _telemetry
-from optimizer import _trial_runner
+from optimizer import _trial_runner, services
 from storage import InvalidRequest
 
+_log = logging.getLogger("studyhall.optimize")
 RUNNER_FILE = _trial_runner.__file__
 # Parent-side operations a worker may ask for, and nothing else.
 FORWARDED = ("suggest_float", "suggest_int", "suggest_categorical", "report", "should_prune", "set_user_attr")
@@ -129,3 +132,30 @@ def load_objective(ref: str | Callable[..., Any]) -> Callable[..., Any]:
     if not callable(obj):
         raise InvalidRequest(f"objective {ref!r} is a {type(obj).__name__}, not a function")
     return obj
+
+
+def ship_objective(objective: str | Callable[..., Any]) -> str | bytes:
+    """What a worker gets: the ``"module:function"`` name, or the callable cloudpickled once."""
+    if isinstance(objective, str):
+        return objective
+    try:
+        return cloudpickle.dumps(objective)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise InvalidRequest(
+            f"the objective cannot be pickled for the worker processes ({type(exc).__name__}: {exc}); "
+            "pass 'package.module:function', or use workers=0 to run in this process"
+        ) from exc
+
+
+def ship_services() -> bytes | None:
+    """The picklable services visible here (overrides included), pickled; None if there are none."""
+    shipped, skipped = {}, []
+    for name, service in services.snapshot().items():
+        try:
+            cloudpickle.dumps(service)
+            shipped[name] = service
+        except Exception:
+            skipped.append(name)
+    if skipped:  # logged, not warned: a process-wide registration must not break every run
+        _log.warning("services %s cannot be pickled and are not available in pool workers", ", ".join(sorted(skipped)))
+    return cloudpickle.dumps(shipped) if shipped else None  # None: workers need not import optimizer

@@ -6,6 +6,10 @@ import os
 import signal
 import subprocess
 
+import psutil
+import sqlalchemy as sa
+from optuna.storages._rdb import models
+
 from optimizer import Orchestrator
 from storage import connect
 from tests._util import python, wait_until
@@ -25,19 +29,32 @@ def test_sigkilled_optimize_is_resumed_by_another_process(sqlite_url, study_name
     st = connect(sqlite_url, heartbeat_interval=1, grace_period=2)
     orch = Orchestrator(st)
     orch.create_study(study_name, direction="maximize")
-    p = python(RUNNER, sqlite_url, study_name, env={"STUDYHALL_TEST_SLEEP": "0.4"}, stderr=subprocess.PIPE, text=True)
+    # Trials 0 and 1 finish at once, 2 and 3 hang: the runner is then only waiting, asking nothing.
+    env = {"STUDYHALL_TEST_FAST": "2", "STUDYHALL_TEST_SLEEP": "60"}
+    p = python(RUNNER, sqlite_url, study_name, env=env, stderr=subprocess.PIPE, text=True)
     study = orch.load_study(study_name)
+    hb = models.TrialHeartbeatModel.__table__
 
     def mid_run() -> bool:
-        states = [t.state.name for t in study.trials()]
-        return states.count("COMPLETE") >= 2 and states.count("RUNNING") == 2
+        trials = study.trials()
+        if [t.state.name for t in trials] != ["COMPLETE", "COMPLETE", "RUNNING", "RUNNING"]:
+            return False
+        running = [t._trial_id for t in trials[2:]]
+        query = sa.select(sa.func.count()).select_from(hb).where(hb.c.trial_id.in_(running))
+        return st.run(lambda c: c.execute(query).scalar_one()) == 2  # beaten once, so they can go stale
 
-    wait_until(mid_run, timeout=60, interval=0.05, what="two complete and two running trials")
-    os.kill(p.pid, signal.SIGKILL)
-    p.communicate(timeout=30)
+    try:
+        wait_until(mid_run, timeout=60, interval=0.05, what="two complete and two running trials")
+        workers = psutil.Process(p.pid).children(recursive=True)
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.communicate(timeout=30)
     assert p.returncode == -signal.SIGKILL
+    assert len(workers) >= 2  # the pool's workers die with it rather than run on as orphans
+    wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers),
+               timeout=10, what="the dead process's workers to exit")
     orphans = {t.number: t.params for t in study.trials(states=["running"])}
-    assert orphans  # left behind by the dead process
+    assert sorted(orphans) == [2, 3]
     wait_until(lambda: set(st.stale_trial_ids(study._study_id)) >= {study._trial_id(n) for n in orphans},
                timeout=30, what="the orphans to go stale")
 

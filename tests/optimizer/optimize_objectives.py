@@ -19,9 +19,10 @@ def quadratic(trial) -> float:  # type: ignore[no-untyped-def]
 
 
 def sleepy(trial) -> float:  # type: ignore[no-untyped-def]
-    """Takes a moment, so that trials overlap across processes."""
+    """Takes $STUDYHALL_TEST_SLEEP seconds (after the first $STUDYHALL_TEST_FAST trials), so trials overlap."""
     x = trial.suggest_float("x", 0, 1)
-    time.sleep(float(os.environ.get("STUDYHALL_TEST_SLEEP", "0.05")))
+    if trial.number >= int(os.environ.get("STUDYHALL_TEST_FAST", "0")):
+        time.sleep(float(os.environ.get("STUDYHALL_TEST_SLEEP", "0.05")))
     return x
 
 

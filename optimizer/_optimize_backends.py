@@ -1,0 +1,99 @@
+"""Where ``optimize`` runs trials (in this thread, or a WorkerPool), and Ctrl-C at safe points only."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from optimizer import events, trace
+from optimizer._remote_trial import BOOT, RUNNER_FILE, TrialProxy
+from optimizer._trial_runner import run_trial
+from storage import Storage
+
+
+class Inline:
+    """``workers=0``: each trial runs to its end inside ``submit``, in this thread."""
+
+    capacity = 1
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def submit(self, job: dict[str, Any], proxy: TrialProxy) -> Future[dict[str, Any]]:
+        fut: Future[dict[str, Any]] = Future()
+        with trace.scope(self.storage, trial=proxy.trial):  # trace.step() lands on this trial
+            fut.set_result(run_trial(job, proxy.handle))
+        return fut
+
+    def close(self, exc: BaseException | None = None) -> None:
+        pass
+
+
+class Pooled:
+    """``workers=N``: a WorkerPool of N; its workers start while the parent reads the study."""
+
+    def __init__(self, workers: int, trial_timeout: float | None, storage: Storage) -> None:
+        from bridge import WorkerPool
+
+        self.capacity = workers
+        self.storage = storage
+        self.pool = WorkerPool(min_workers=workers, max_workers=workers, task_timeout=trial_timeout)
+        self.pool.__enter__()
+        self._open = True
+
+    def submit(self, job: dict[str, Any], proxy: TrialProxy) -> Future[dict[str, Any]]:
+        # the objective's events and trace steps are written here, tied to the trial
+        on_send = events.worker_sink(self.storage, proxy.trial)
+        return self.pool.submit(BOOT, RUNNER_FILE, job, on_call=proxy.handle, on_send=on_send)
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Stop the workers; after an error, kill the running ones too (the pool's exit on error)."""
+        if self._open:
+            self._open = False
+            self.pool.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+
+class Interrupts:
+    """Defers Ctrl-C inside ``shield()`` blocks to their end.
+
+    A KeyboardInterrupt between Optuna creating a trial and ``optimize`` noting it
+    (or between a tell's two writes) would leave a trial RUNNING that nobody fails.
+    Only installed on the main thread when Python's own SIGINT handler is active.
+    """
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._depth:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def shield(self) -> Iterator[None]:
+        """A block that Ctrl-C does not cut in two; the interrupt is raised when it ends."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._pending:
+                self._pending = False
+                raise KeyboardInterrupt
