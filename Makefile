@@ -19,6 +19,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The browser end-to-end test (the demo's telemetry as optuna-dashboard renders it in
+# headless chromium); installs Debian's chromium when it is missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+e2e: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
+	$(BIN)/python -m pytest -q -m e2e tests/integration/test_dashboard_e2e.py
+
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
