@@ -154,6 +154,7 @@ class Client:
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self._owns_http = http is None
         self._http = http if http is not None else httpx.Client(base_url=self.base_url, timeout=timeout)
         self._headers = headers
 
@@ -167,8 +168,9 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
+        """Close the connection pool (one passed in as ``http`` stays open: it is the caller's)."""
+        if self._owns_http:
+            self._http.close()
 
     def request(self, method: str, path: str, body: Any = None, params: Mapping[str, Any] | None = None) -> Any:
         """Send one request; the decoded JSON answer, or the matching studyhall exception."""

@@ -1,0 +1,127 @@
+"""ask+tell round trips over HTTP (`studyhall serve`, real uvicorn on loopback) vs in-process.
+
+Both sides use the same SQLite file and the same sampler; each scenario gets a
+fresh study, so neither side pays for the other's trials. Prints round trips/s
+with 1 and 8 concurrent clients and HTTP's rate as a fraction of in-process.
+
+    python benchmarks/service.py            # 240 round trips per scenario, random + TPE
+    python benchmarks/service.py --quick    # 40 round trips, random only
+    python benchmarks/service.py --storage postgresql+psycopg://postgres@127.0.0.1/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import optuna
+
+from optimizer import Client, Float, Int, Orchestrator
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = {"x": Float(-5.0, 5.0), "y": Float(0.0, 1.0), "k": Int(1, 8)}
+
+
+@contextlib.contextmanager
+def serve(url: str) -> Iterator[str]:
+    """`studyhall serve` on a free loopback port until the block ends."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "STUDYHALL_TOKEN"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from optimizer.cli import main; main()", "serve", "--storage", url,
+         "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"studyhall serve exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("studyhall serve did not answer /healthz within 60 s")
+            time.sleep(0.05)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def loop(study: object, n: int) -> None:
+    for _ in range(n):
+        t = study.ask(SPACE)  # type: ignore[attr-defined]
+        study.tell(t, (t.params["x"] - 1) ** 2 + t.params["y"])  # type: ignore[attr-defined]
+
+
+def rate(n_total: int, clients: int, make_study: Callable[[], object]) -> float:
+    """Round trips per second with ``clients`` threads sharing ``n_total`` round trips."""
+    studies = [make_study() for _ in range(clients)]
+    per = n_total // clients
+    threads = [threading.Thread(target=loop, args=(s, per)) for s in studies]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return per * clients / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="40 round trips per scenario, random sampler only")
+    ap.add_argument("-n", type=int, default=None, help="round trips per scenario (default 240, 40 with --quick)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternate in-process and HTTP this many times; report medians")
+    ap.add_argument("--storage", default=None, help="storage URL (default: a fresh SQLite file)")
+    args = ap.parse_args()
+    n = args.n or (40 if args.quick else 240)
+    rounds = 1 if args.quick else max(1, args.rounds)
+    samplers = ["random"] if args.quick else ["random", "tpe"]
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.storage or f"sqlite:///{Path(tmp) / 'bench.db'}"
+        orch = Orchestrator(url)
+        print(f"ask+tell round trips/s, {n} per scenario in {rounds} alternating round(s), storage {orch.storage!r}")
+        print(f"{'sampler':8} {'clients':>7} {'in-process':>11} {'HTTP':>8} {'HTTP/in-process':>16}")
+        with serve(url) as base, Client(base) as remote:
+            for smp in samplers:
+                for clients in (1, 8):
+                    name = f"bench-{uuid.uuid4().hex[:8]}"
+                    orch.create_study(f"{name}-local", sampler=smp, seed=0)
+                    remote.create_study(f"{name}-http", sampler=smp, seed=0)
+                    opened: list[Client] = []
+
+                    def remote_study(name: str = name) -> object:
+                        c = Client(base)
+                        opened.append(c)
+                        return c.load_study(f"{name}-http")
+
+                    local_rates, http_rates = [], []
+                    for _ in range(rounds):  # alternating, so that load from elsewhere hits both sides alike
+                        local_rates.append(rate(n // rounds, clients, lambda name=name: orch.load_study(f"{name}-local")))
+                        http_rates.append(rate(n // rounds, clients, remote_study))
+                    for c in opened:
+                        c.close()
+                    local, http = statistics.median(local_rates), statistics.median(http_rates)
+                    print(f"{smp:8} {clients:>7} {local:>11.1f} {http:>8.1f} {http / local:>15.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
