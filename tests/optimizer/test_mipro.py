@@ -263,3 +263,29 @@ def test_wilcoxon_pruner_construction_is_quiet() -> None:
     from optimizer._mipro import _QuietWilcoxon
 
     assert isinstance(_QuietWilcoxon(0.1)._inner, optuna.pruners.WilcoxonPruner)
+
+
+def test_parallel_trials_in_pool_workers_share_one_limiter(sqlite_url: str, study_name: str) -> None:
+    from bridge import FakeProvider, LLMClient, RateLimiter
+    from optimizer import services
+
+    task = arith_task(n_train=40, n_val=30)
+    with FakeProvider(rpm=3000, tpm=2_000_000, latency_s=(0.01, 0.03), responder=task.responder(), seed=0) as fp:
+        limiter = RateLimiter(f"sim-{study_name}", rpm=3000, tpm=2_000_000, storage=sqlite_url)
+        client = LLMClient("sim-small", base_url=fp.base_url, api_key="sim", limiter=limiter, timeout=30.0)
+        with services.override("lm", client):  # the loop names the service; workers get it too
+            loop = MiproLoop(
+                solve, exact_match, instructions=task.instructions, demos=task.demos, valset=task.valset, lm="lm",
+                study=study_name, storage=sqlite_url, minibatch_size=10, full_eval_every=3, workers=2, concurrency=2,
+            )
+            result = loop.run(n_trials=6)
+        served = fp.stats()["completed"]
+    assert result.completed == 6 and [f.after_trials for f in result.full_evals] == [3, 6]
+    assert result.llm_calls == served == 6 * 10 + 2 * 30
+    trials = Orchestrator(sqlite_url).load_study(study_name).trials()
+    spans = [(t.datetime_start, t.datetime_complete) for t in trials]
+    overlapping = sum(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :])
+    assert overlapping >= 1  # two trials ran at the same time
+    for t in trials:  # the client's telemetry, recorded in the worker, landed on the trial
+        assert t.user_attrs["llm.calls"] == 10 and "llm.latency_s.p90" in t.user_attrs
+    assert result.latency is not None and result.latency.n == 6 * 10 + 2 * 30
