@@ -26,6 +26,7 @@ _LAZY = {
     "create_app": "optimizer._service",
     "MiproLoop": "optimizer._mipro",
     "MiproResult": "optimizer._mipro",
+    "arith_task": "optimizer._simtask",
 }
 
 import typing
@@ -33,6 +34,7 @@ import typing
 if typing.TYPE_CHECKING:  # pragma: no cover
     from optimizer._client import Client, RemoteStudy, ServiceError
     from optimizer._mipro import MiproLoop, MiproResult
+    from optimizer._simtask import arith_task
     from optimizer._service import create_app
 
 
@@ -71,6 +73,7 @@ __all__ = [
     "Workflow",
     "WorkflowError",
     "WorkflowResult",
+    "arith_task",
     "create_app",
     "events",
     "make_sampler",
