@@ -200,7 +200,7 @@ class WorkerPool:
         os.set_blocking(self._wake_w, False)
         # Closed when the pool is collected, never earlier: a late _wake() from a lane
         # thread must not write into a reused descriptor.
-        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
+        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w).atexit = False
         self._wake_armed = False
         self._supervisor: threading.Thread | None = None
 
@@ -387,6 +387,13 @@ class WorkerPool:
             worker.state = WorkerState.IDLE
             worker.idle_since = now
             self._idle.append(worker)
+            # The supervisor may be sleeping with no deadline in sight: the health
+            # check and the idle shrink of this worker are new ones.
+            due = now + self._idle_shrink_after
+            if self._health_interval is not None:
+                due = min(due, worker.last_health + self._health_interval)
+            if due < self._planned:
+                self._wake()
         return task
 
     def _send_task(self, worker: WorkerProcess, task: Task) -> None:
@@ -571,10 +578,12 @@ class WorkerPool:
             self._planned = self._next_deadline(now)
         timeout = None if self._planned == _INF else max(0.0, self._planned - now)
         ready = wait([self._wake_r, *sentinels], timeout)
-        # Disarm before draining: a wake-up after this point writes a byte we will see.
-        self._wake_armed = False
         if self._wake_r in ready:
             os.read(self._wake_r, 4096)
+        # Disarm after draining and before planning: a wake-up that found the flag
+        # still set changed its state before this line, so the plan below sees it;
+        # one after this line writes a byte that the next wait() sees.
+        self._wake_armed = False
         exited = [sentinels[s] for s in ready if s in sentinels]  # type: ignore[index]
         for worker in exited:
             worker.reap()

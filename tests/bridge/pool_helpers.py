@@ -1,0 +1,185 @@
+"""Tasks for the WorkerPool tests, importable in workers as ``"pool_helpers:name"``.
+
+pytest puts this directory on sys.path and pool workers inherit the parent's
+sys.path, so these run in workers by reference. Also ``wait_until`` for the tests.
+Most tasks reach the channel through ``bridge._worker`` so that a fresh worker does
+not import ``bridge`` (and SQLAlchemy through ``storage``) for every test;
+``public_channel_call`` checks the public ``bridge.worker_channel`` path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_HOGGED: list[bytearray] = []
+SICK = False
+
+
+def wait_until(pred: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def worker_channel() -> Any:
+    from bridge._worker import worker_channel as current
+
+    return current()
+
+
+def public_channel_call(payload: Any) -> Any:
+    from bridge import worker_channel as public
+
+    return public().call(payload)  # type: ignore[union-attr]
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def where() -> tuple[str, list[str], int, int]:
+    return os.getcwd(), list(sys.path), os.getpgid(0), os.getpid()
+
+
+def exit_now(code: int) -> None:
+    os._exit(code)
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+def sleep_forever() -> None:
+    while True:
+        time.sleep(1000)
+
+
+def nap(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def gate() -> int:
+    """Block until the submitter's on_call answers (the test holds the answer back)."""
+    worker_channel().call("gate")  # type: ignore[union-attr]
+    return os.getpid()
+
+
+def start_sleeper_then_hang() -> None:
+    """Start a grandchild (``sleep 1000``), tell the submitter its pid, hang."""
+    child = subprocess.Popen(["sleep", "1000"])
+    worker_channel().send(child.pid)  # type: ignore[union-attr]
+    sleep_forever()
+
+
+def hog(megabytes: int) -> int:
+    block = bytearray(megabytes * 1024 * 1024)
+    block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page so it is resident
+    _HOGGED.append(block)
+    return os.getpid()
+
+
+def make_sick() -> int:
+    global SICK
+    SICK = True
+    return os.getpid()
+
+
+def health() -> bool:
+    return not SICK
+
+
+class Unpicklable(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class NeedsTwoArgs(Exception):
+    """Pickles fine, but cannot be rebuilt from its args: unpickling fails in the parent."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable("holds a lock")
+
+
+def raise_needs_two_args() -> None:
+    raise NeedsTwoArgs("a", "b")
+
+
+def return_unpicklable() -> Any:
+    return threading.Lock()
+
+
+def chatter(n: int) -> int:
+    ch = worker_channel()
+    assert ch is not None
+    for i in range(n):
+        ch.send(i)
+    return n
+
+
+def chatter_then_die(n: int) -> None:
+    ch = worker_channel()
+    assert ch is not None
+    for i in range(n):
+        ch.send(i)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def concurrent_calls(threads: int, calls: int) -> list[list[int]]:
+    """Many threads call at once; each must get its own replies back."""
+    ch = worker_channel()
+    assert ch is not None
+    results: list[list[int]] = [[] for _ in range(threads)]
+
+    def run(t: int) -> None:
+        for i in range(calls):
+            results[t].append(ch.call(t * 1000 + i))
+
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return results
+
+
+def call_and_catch(payload: Any) -> tuple[str, str]:
+    ch = worker_channel()
+    assert ch is not None
+    try:
+        return "ok", repr(ch.call(payload))
+    except Exception as exc:  # noqa: BLE001 - the test looks at what arrived
+        return type(exc).__name__, str(exc)
