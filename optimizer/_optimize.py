@@ -5,7 +5,7 @@
     optimize()                                                    pool worker
     ├─ study.retries = retries; fail_stale_trials()  (again every heartbeat)
     ├─ while the budget allows (n_trials, timeout, max_total_trials) and < workers in flight:
-    │    study._ask ─> optuna.Trial ─> TrialProxy, job dict (_remote_trial)
+    │    study._ask_trial ─> optuna.Trial ─> TrialProxy, job dict (_remote_trial)
     │    pool.submit(BOOT, job, on_call=proxy.handle) ────────────────> run_trial (_trial_runner)
     │         proxy.handle: suggest_* / report / should_prune  <─call── RemoteTrial(objective)
     ├─ wait(first completed) <──── outcome dict | TaskTimeout | WorkerCrashed
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
-import optuna
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
@@ -140,20 +139,36 @@ class _Run:
 
     def _loop(self) -> None:
         while True:
-            while len(self.inflight) < self.backend.capacity and self._may_ask():
-                self._start()
+            self._fill()
             if not self.inflight:
                 if not self._others_running():
                     return
                 time.sleep(_TICK_S)  # the study's last trials run elsewhere; they finish or go stale
             else:
-                futures = {fl.future: fl for fl in self.inflight.values() if fl.future is not None}
-                done, _ = wait(futures, timeout=_TICK_S, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    self._finish(futures[fut])
+                running = {fl.future: fl for fl in self.inflight.values() if fl.future is not None and not fl.future.done()}
+                wait(running, timeout=_TICK_S, return_when=FIRST_COMPLETED)
+                done = [fl for fl in self.inflight.values() if fl.future is not None and fl.future.done()]
+                # A crash or timeout is told first, so that its retry is the next trial asked;
+                # a result is told after the free workers got new trials, so they do not idle meanwhile.
+                for fl in done:
+                    if fl.future.exception() is not None:  # type: ignore[union-attr]
+                        self._finish(fl)
+                self._fill()
+                for fl in done:
+                    if fl.number in self.inflight:
+                        self._finish(fl)
             with self.lock:
                 self.study._maybe_fail_stale()
             self.bar.update(self.report)
+
+    def _fill(self) -> None:
+        while self._busy() < self.backend.capacity and self._may_ask():
+            self._start()
+
+    def _busy(self) -> int:
+        if isinstance(self.backend, Inline):  # its trials are done when submitted; tell before the next
+            return len(self.inflight)
+        return sum(fl.future is None or not fl.future.done() for fl in self.inflight.values())
 
     def _time_left(self) -> bool:
         return self.opts.timeout is None or time.monotonic() - self.start < self.opts.timeout
@@ -195,14 +210,13 @@ class _Run:
 
     def _start(self) -> None:
         with self.interrupts.shield(), self.lock:  # a trial Optuna created is always in inflight
-            handle = self.study._ask(self.dists)
-            flight = self.inflight[handle.number] = _Flight(handle.number, handle.trial_id)
-            trial = optuna.Trial(self.study.optuna, handle.trial_id)
+            trial = self.study._ask_trial(self.dists)
+            flight = self.inflight[trial.number] = _Flight(trial.number, trial._trial_id)
             attrs = trial.user_attrs
         job = make_job(
-            handle.number,
+            trial.number,
             self.objective,
-            params=handle.params if self.fixed else {},
+            params=dict(trial.params) if self.fixed else {},
             user_attrs=attrs,
             n_objectives=len(self.study.directions),
             services=self.services,

@@ -182,10 +182,15 @@ class Study:
         return [self._ask(dists) for _ in range(k)]
 
     def _ask(self, dists: dict[str, optuna.distributions.BaseDistribution]) -> TrialHandle:
+        trial = self._ask_trial(dists)
+        return TrialHandle(trial.number, dict(trial.params), trial._trial_id)
+
+    def _ask_trial(self, dists: dict[str, optuna.distributions.BaseDistribution]) -> optuna.Trial:
+        # The live optuna.Trial: optimize() answers a worker's suggest_* calls with it.
         with _quiet_ask(self.optuna):
             trial = retrying(self.optuna.ask, fixed_distributions=dists)
         self.storage.heartbeat.add(trial._trial_id)
-        return TrialHandle(trial.number, dict(trial.params), trial._trial_id)
+        return trial
 
     def _remember_space(self, space: Space | None) -> dict[str, optuna.distributions.BaseDistribution]:
         if space is None:

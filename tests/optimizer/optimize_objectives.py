@@ -1,15 +1,14 @@
-"""Objectives for the optimize() tests, importable by name ("tests.optimizer.optimize_objectives:fn")."""
+"""Objectives for the optimize() tests, importable by name ("tests.optimizer.optimize_objectives:fn").
+
+studyhall and Optuna are imported inside the objectives that use them: a worker
+then starts its first trial in milliseconds, well within the tests' trial timeouts.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-
-import optuna
-
-from bridge import current_recorder
-from optimizer import Evaluation, services
 
 
 def quadratic(trial) -> float:  # type: ignore[no-untyped-def]
@@ -40,6 +39,9 @@ def by_kind(trial) -> float:  # type: ignore[no-untyped-def]
     if kind == "scores":
         return [1.0, 0.0, 1.0, 1.0]
     if kind == "evaluation":
+        from bridge import current_recorder
+        from optimizer import Evaluation
+
         rec = current_recorder()
         assert rec is not None
         for latency in (0.1, 0.2, 0.4):
@@ -64,6 +66,8 @@ def crash_once(trial) -> float:  # type: ignore[no-untyped-def]
 
 def pruned_by_parent(trial) -> float:  # type: ignore[no-untyped-def]
     """Reports a bad curve; the parent's pruner stops it."""
+    import optuna
+
     trial.suggest_float("x", 0, 1)
     for step in range(10):
         trial.report(100.0 - step, step)
@@ -74,6 +78,8 @@ def pruned_by_parent(trial) -> float:  # type: ignore[no-untyped-def]
 
 def uses_service(trial) -> float:  # type: ignore[no-untyped-def]
     """Reads the ``scale`` service (overridden in the test) in whatever process it runs."""
+    from optimizer import services
+
     trial.suggest_float("x", 0, 1)
     return float(services.get("scale"))
 

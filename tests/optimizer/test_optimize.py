@@ -61,7 +61,7 @@ def test_in_process_outcomes_and_telemetry(study):
 
 def test_pool_accounts_for_crashes_hangs_and_errors(study):
     enqueue_kinds(study, "ok", "raise", "crash", "hang", "evaluation", "nan", "scores")
-    report = study.optimize(f"{OBJ}:by_kind", n_trials=7, workers=2, trial_timeout=1.5, progress=False)
+    report = study.optimize(f"{OBJ}:by_kind", n_trials=7, workers=2, trial_timeout=3.0, progress=False)
     assert (report.completed, report.failed, report.crashed, report.timed_out) == (3, 2, 1, 1)
     assert report.pruned == report.retried == report.interrupted == 0 and report.n_trials == 7
     trials = {t.params["kind"]: t for t in study.trials()}
@@ -71,7 +71,7 @@ def test_pool_accounts_for_crashes_hangs_and_errors(study):
     assert "crashed" in crash.user_attrs["error"] and "exited with code 7" in crash.user_attrs["error"]
     hang = trials["hang"]
     assert hang.state.name == "FAIL" and hang.user_attrs["failure"] == "timeout"
-    assert "trial_timeout=1.5" in hang.user_attrs["error"]
+    assert "trial_timeout=3.0" in hang.user_attrs["error"]
     assert trials["scores"].value == 0.75
     check_evaluation_trial(study, trials["evaluation"])
     assert_nothing_left(study)
