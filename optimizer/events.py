@@ -68,7 +68,7 @@ MESSAGE_KEY = "studyhall"
 TRIAL_STEPS = 20  # the last steps kept per trial for its ``trace`` user_attr
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
     """One stored event: who caused it (``parent_id``), which trace and trial it belongs to."""
 
@@ -84,7 +84,7 @@ class Event:
     path: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class TraceNode:
     """An event of a trace tree and the events it caused, in the order they happened."""
 
@@ -337,23 +337,21 @@ def _write(conn: sa.Connection, ev: _Pending) -> tuple[int, str, int, str]:
         if depth > MAX_DEPTH:
             raise InvalidRequest(f"events nest at most {MAX_DEPTH} deep; this one would be at depth {depth}")
     corr = corr or uuid.uuid4().hex
+    values = {
+        "correlation_id": corr,
+        "event_type": ev.event_type,
+        "parent_id": ev.parent_id,
+        "depth": depth,
+        "study_id": ev.study_id,
+        "trial_id": ev.trial_id,
+        "created_at": ev.created_at,
+        "data": ev.data,
+    }
     # The path needs the row's own id, which only the insert hands out: insert, then set it.
-    event_id = conn.execute(
-        sa.insert(_events).values(
-            correlation_id=corr,
-            event_type=ev.event_type,
-            parent_id=ev.parent_id,
-            path="",
-            depth=depth,
-            study_id=ev.study_id,
-            trial_id=ev.trial_id,
-            created_at=ev.created_at,
-            data=ev.data,
-        )
-    ).inserted_primary_key[0]
-    path = prefix + _pad(int(event_id))
+    event_id = int(conn.execute(sa.insert(_events).values(path="", **values)).inserted_primary_key[0])
+    path = prefix + _pad(event_id)
     conn.execute(sa.update(_events).where(_events.c.id == event_id).values(path=path))
-    return int(event_id), path, depth, corr
+    return event_id, path, depth, corr
 
 
 def _check_correlation(correlation_id: Any) -> str | None:
@@ -620,18 +618,21 @@ def trial_steps(trial_id: int, *, clear: bool = False) -> list[dict[str, Any]]:
 # ---- reading ----------------------------------------------------------------------------
 
 
+# Columns in a fixed order, read positionally; data as raw text, decoded here in one call.
+_COLUMNS = (
+    _events.c.id, _events.c.correlation_id, _events.c.event_type, _events.c.parent_id, _events.c.trial_id,
+    _events.c.created_at, sa.type_coerce(_events.c.data, sa.Text).label("data"), _events.c.study_id,
+    _events.c.depth, _events.c.path,
+)
+_loads = json.loads
+
+
 def _to_event(row: Any) -> Event:
+    eid, corr, kind, parent, trial_id, created, data, study_id, depth, path = row
     return Event(
-        id=int(row.id),
-        correlation_id=row.correlation_id,
-        event_type=row.event_type,
-        parent_id=None if row.parent_id is None else int(row.parent_id),
-        trial_id=row.trial_id,
-        created_at=float(row.created_at),
-        data=_as_dict(row.data),
-        study_id=row.study_id,
-        depth=int(row.depth),
-        path=row.path,
+        eid, corr, kind, parent, trial_id, float(created),
+        _loads(data) if isinstance(data, (str, bytes)) else dict(data or {}),  # psycopg may decode json itself
+        study_id, depth, path,
     )
 
 
@@ -742,7 +743,7 @@ def query(
     for key, value in (where or {}).items():
         conds.append(_where_clause(st.dialect, key, value))
     order = _events.c.id.desc() if newest_first else _events.c.id
-    stmt = sa.select(_events).where(*conds).order_by(order)
+    stmt = sa.select(*_COLUMNS).where(*conds).order_by(order)
     if limit is not None and data_filter is None:
         stmt = stmt.limit(limit)
 
@@ -770,7 +771,7 @@ def get(storage: Storage | str, event_id: int | str) -> Event:
     target = _resolve_local(event_id) if isinstance(event_id, str) else event_id
 
     def read(conn: sa.Connection) -> Any:
-        return conn.execute(sa.select(_events).where(_events.c.id == target)).first()
+        return conn.execute(sa.select(*_COLUMNS).where(_events.c.id == target)).first()
 
     row = st.run(read)
     if row is None:
@@ -786,17 +787,16 @@ def trace_tree(storage: Storage | str, correlation_id: str) -> list[TraceNode]:
     from storage import connect
 
     st = connect(storage)
-    cols = [c for c in _events.c]
-
     def read(conn: sa.Connection) -> list[Any]:
-        stmt = sa.select(*cols).where(_events.c.correlation_id == correlation_id).order_by(_events.c.path)
-        return list(conn.execute(stmt))
+        stmt = sa.select(*_COLUMNS).where(_events.c.correlation_id == correlation_id).order_by(_events.c.path)
+        return conn.execute(stmt).all()
 
     roots: list[TraceNode] = []
     nodes: dict[int, TraceNode] = {}
     for row in st.run(read):
-        node = TraceNode(_to_event(row))
-        nodes[node.event.id] = node
-        parent = nodes.get(node.event.parent_id) if node.event.parent_id is not None else None
+        # ordered by path: a parent always comes before its children
+        event = _to_event(row)
+        node = nodes[event.id] = TraceNode(event, [])
+        parent = nodes.get(event.parent_id) if event.parent_id is not None else None
         (parent.children if parent is not None else roots).append(node)
     return roots
