@@ -5,13 +5,14 @@ SQLite files, one for each side. Prints trials/s for both and the ratio (target:
 >= 1.8x), with and without the pool's start-up (worker processes importing the
 objective's modules) counted.
 
-    python benchmarks/optimize.py            # 40 trials each, TPE and random sampler
-    python benchmarks/optimize.py --quick    # 16 trials each, random sampler only
+    python benchmarks/optimize.py            # 40 trials each, TPE and random sampler, 3 rounds
+    python benchmarks/optimize.py --quick    # 16 trials each, random sampler only, 1 round
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import uuid
@@ -62,19 +63,27 @@ def run_studyhall(url: str, sampler: str, n: int, workers: int) -> tuple[float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="16 trials, random sampler only")
+    ap.add_argument("--quick", action="store_true", help="16 trials, random sampler only, one round")
     ap.add_argument("--trials", type=int, default=None)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=None, help="alternating rounds per sampler; medians are printed")
     args = ap.parse_args()
     n = args.trials or (16 if args.quick else 40)
+    rounds = args.rounds or (1 if args.quick else 3)
     samplers = ["random"] if args.quick else ["random", "tpe"]
-    print(f"{n} trials of a {SLEEP_S * 1000:.0f} ms objective; studyhall with workers={args.workers}")
+    print(f"{n} trials of a {SLEEP_S * 1000:.0f} ms objective; studyhall with workers={args.workers}; "
+          f"median of {rounds} alternating round(s)")
     print(f"{'sampler':8} {'optuna seq/s':>13} {'studyhall/s':>12} {'ratio':>7} {'steady/s':>9} {'ratio':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for sampler in samplers:
-            raw = run_optuna(f"sqlite:///{Path(tmp) / f'raw-{sampler}.db'}", sampler, n)
-            ours, steady = run_studyhall(f"sqlite:///{Path(tmp) / f'sh-{sampler}.db'}", sampler, n, args.workers)
-            print(f"{sampler:8} {raw:13.1f} {ours:12.1f} {ours / raw:6.2f}x {steady:9.1f} {steady / raw:6.2f}x")
+            raws, ours, steadies = [], [], []
+            for r in range(rounds):
+                raws.append(run_optuna(f"sqlite:///{Path(tmp) / f'raw-{sampler}-{r}.db'}", sampler, n))
+                total, steady = run_studyhall(f"sqlite:///{Path(tmp) / f'sh-{sampler}-{r}.db'}", sampler, n, args.workers)
+                ours.append(total)
+                steadies.append(steady)
+            raw, our, steady = (statistics.median(x) for x in (raws, ours, steadies))
+            print(f"{sampler:8} {raw:13.1f} {our:12.1f} {our / raw:6.2f}x {steady:9.1f} {steady / raw:6.2f}x")
 
 
 if __name__ == "__main__":
