@@ -98,8 +98,10 @@ class PoolTimeouts:
         health_check: how long an idle worker may take to answer a ping
             (including the user's ``health_check``).
         stop: how long a worker told to exit (shrink, recycle) may take before it is killed.
-        drain: after a worker died, how long to wait for the messages still in its
-            socket (they reach ``on_send`` before the task's future fails).
+        drain: after a worker died, how long to wait for the rest of its messages
+            while none is being handled (they reach ``on_send`` before the task's
+            future fails); only something the task started that still holds the
+            socket open makes this wait run out.
     """
 
     kill_grace: float = 0.3
@@ -107,6 +109,12 @@ class PoolTimeouts:
     health_check: float = 5.0
     stop: float = 5.0
     drain: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("kill_grace", "start", "health_check", "stop", "drain"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < _INF):
+                raise InvalidRequest(f"PoolTimeouts.{name} must be a positive number of seconds, got {value!r}")
 
 
 @dataclass
@@ -176,7 +184,13 @@ class WorkerPool:
         self._idle_shrink_after = idle_shrink_after
         self._max_tasks = max_tasks_per_worker
         self._max_memory_mb = max_memory_mb
-        self._health_blob = None if health_check is None else cloudpickle.dumps(health_check)
+        try:
+            self._health_blob = None if health_check is None else cloudpickle.dumps(health_check)
+        except Exception as exc:
+            raise InvalidRequest(
+                f"health_check {health_check!r} cannot be pickled for the workers ({type(exc).__name__}: {exc}); "
+                "pass a module-level function or a 'module:function' string"
+            ) from exc
         self._timeouts = timeouts or PoolTimeouts()
 
         self._lock = threading.Lock()
@@ -691,7 +705,12 @@ class WorkerPool:
             elif state is WorkerState.STOPPING:
                 self._kill(worker, worker.stop_reason, now, actions, replace=worker.replace)
         for worker in list(self._draining):
-            if worker.drain_deadline is not None and worker.drain_deadline <= now:
+            if worker.drain_deadline is None or worker.drain_deadline > now:
+                continue
+            if worker.handling:
+                # A slow on_call/on_send is still delivering: the messages after it come first.
+                worker.drain_deadline = now + self._timeouts.drain
+            else:
                 # Something the worker started still holds its socket open; stop waiting for it.
                 actions.fails.extend(self._finish(worker))
 

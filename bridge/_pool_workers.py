@@ -87,6 +87,7 @@ class WorkerProcess:
         self.replace = False  # start a replacement when this one is gone
         self.returncode: int | None = None
         self.eof = False
+        self.handling = False  # the lane is inside on_call/on_send (not waiting on the socket)
         self.drain_deadline: float | None = None
         self.send((_worker.CONFIG, sys_path, health_blob))
         self.lane = threading.Thread(target=self._read, name=f"studyhall-pool-lane-{self.pid}", daemon=True)
@@ -115,10 +116,13 @@ class WorkerProcess:
                     message = self.wire.recv()
                 except (EOFError, OSError):
                     break
+                self.handling = True
                 try:
                     self._on_message(self, message)
                 except Exception:  # noqa: BLE001 - keep draining; one bad message must not lose the rest
                     logger.exception("pool: handling a message from worker %d failed", self.pid)
+                finally:
+                    self.handling = False
         finally:
             self.wire.close()
             self._on_lane_closed(self)

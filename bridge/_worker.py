@@ -340,7 +340,8 @@ def _on_parent_death(signum: int, frame: object) -> None:
 
 def _guard_parent(parent_pid: int) -> None:
     """Die with the pool's process, even when it was SIGKILLed (belt and braces to the socket EOF)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops us
+    # No SIGINT handling needed: in a session of our own, the terminal's Ctrl-C
+    # reaches the parent only, which then stops us.
     signal.signal(signal.SIGHUP, _on_parent_death)
     if sys.platform.startswith("linux"):
         import ctypes

@@ -14,7 +14,7 @@ import pool_helpers as h
 import psutil
 import pytest
 
-from bridge import PoolClosed, RestartStorm, TaskTimeout, WorkerCrashed, WorkerPool
+from bridge import InvalidRequest, PoolClosed, RestartStorm, TaskTimeout, WorkerCrashed, WorkerPool
 from bridge._pool import PoolTimeouts
 
 HERE = Path(__file__).resolve().parent
@@ -213,3 +213,31 @@ def test_no_orphans_after_the_parent_is_sigkilled() -> None:
             parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+def test_a_timed_out_task_fails_only_after_its_in_flight_on_call_returns() -> None:
+    timeouts = PoolTimeouts(drain=0.1, kill_grace=0.1)
+    with WorkerPool(min_workers=1, max_workers=1, timeouts=timeouts) as pool:
+        killed = threading.Event()
+        states: list[bool] = []
+        holder: list[object] = []
+
+        def slow_on_call(payload: object) -> None:
+            # Hold the reply until the pool has killed the worker (past drain and grace).
+            h.wait_until(lambda: pool.stats()["restarts"] == 1, what="the replacement")
+            killed.set()
+            states.append(holder[0].done())  # type: ignore[attr-defined]
+
+        future = pool.submit(h.gate, timeout=0.3, on_call=slow_on_call)
+        holder.append(future)
+        with pytest.raises(TaskTimeout):
+            future.result(timeout=30)
+        assert killed.is_set() and states == [False]
+
+
+def test_bad_timeouts_and_health_checks_are_rejected() -> None:
+    with pytest.raises(InvalidRequest, match="kill_grace"):
+        PoolTimeouts(kill_grace=0)
+    lock = threading.Lock()
+    with pytest.raises(InvalidRequest, match="cannot be pickled"):
+        WorkerPool(health_check=lambda: lock.locked())
