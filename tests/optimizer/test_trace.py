@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import os
+import signal
 import threading
 
 import numpy as np
@@ -22,6 +24,14 @@ def react_objective(trial) -> float:  # type: ignore[no-untyped-def]
     if trial.user_attrs.get("fail"):
         raise RuntimeError("the provider returned nonsense")
     return x
+
+
+def dying_objective(trial) -> float:  # type: ignore[no-untyped-def]
+    """Records three steps, then its worker is SIGKILLed mid-trial."""
+    for name in ("Thought", "Action", "Observation"):
+        trace.step(name, {"x": trial.suggest_float("x", 0, 1)})
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0.0
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -107,3 +117,13 @@ def test_failed_trials_keep_their_last_20_steps(sqlite_url, study_name, workers)
     assert len(spans) == 12 and all(e.parent_id in spans for e in obs)
     assert all(e.data.get("duration_s") is not None for e in evs if e.id in spans)
     assert len(events.query(study.storage, trial=ok._trial_id)) == 36
+
+
+def test_a_crashed_trial_keeps_the_steps_sent_before_the_kill(sqlite_url, study_name):
+    study = Orchestrator(sqlite_url).create_study(study_name)
+    report = study.optimize(dying_objective, n_trials=1, workers=1, progress=False)
+    assert report.crashed == 1
+    frozen = study.trial(0)
+    assert frozen.user_attrs["failure"] == "crash" and "signal" in frozen.user_attrs["error"]
+    assert [s["name"] for s in frozen.user_attrs["trace"]] == ["Thought", "Action", "Observation"]
+    assert len(events.query(study.storage, trial=frozen._trial_id, event_type=trace.STEP)) == 3
