@@ -47,15 +47,20 @@ from storage._schema import events as _events
 __all__ = [
     "Event",
     "TraceNode",
+    "finish",
     "get",
     "handle_worker_message",
+    "note_step",
     "query",
     "record",
     "register",
     "registered",
     "trace_tree",
+    "trial_buffer",
     "trial_steps",
     "unregister",
+    "validate",
+    "worker_channel",
     "worker_sink",
 ]
 
