@@ -24,6 +24,17 @@ The API key (argument or ``$OPENAI_API_KEY``) only ever travels in the
 Authorization header: it is not logged, stored, pickled, cached, put in events or
 shown in an error or repr. A pickled client (on its way to a pool worker) reads
 the key from the environment on the other side.
+
+Telemetry, on ``bridge.current_recorder()`` when a trial is recording: samples
+``llm.latency_s``, ``llm.prompt_tokens``, ``llm.completion_tokens``,
+``llm.attempts`` per answered call; counters ``llm.calls``, ``llm.tokens``,
+``llm.rate_limited`` (429s seen), ``llm.retries``, ``llm.errors``,
+``llm.fallbacks`` (calls a fallback answered) and ``llm.cache_hits``.
+
+Cache (``cache=True``): the key is ``joblib.hash((model, messages, params))``; the
+rows live in ``studyhall_llm_cache`` of the given storage (else the limiter's, else
+this process's memory), so every worker shares them. Only temperature-0 calls are
+cached, since a sampled answer is meant to differ; ``cache="always"`` caches those too.
 """
 
 from __future__ import annotations
@@ -219,6 +230,11 @@ class _Stop(Exception):
         self.error = error
 
 
+def _close_in_owner(http: httpx.Client, pid: int) -> None:
+    if os.getpid() == pid:
+        http.close()
+
+
 class _Secret:
     """Holds the API key; its repr is masked, so vars(), tracebacks with locals and logs never show it."""
 
@@ -380,8 +396,9 @@ class LLMClient:
                 limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
                 self._http = httpx.Client(limits=limits, timeout=self.timeout)
                 self._http_pid = os.getpid()
-                # A client dropped without close() still closes its sockets when collected.
-                weakref.finalize(self, self._http.close)
+                # A client dropped without close() still closes its sockets when collected
+                # (but a forked child never closes the connections its parent still uses).
+                weakref.finalize(self, _close_in_owner, self._http, self._http_pid)
             return self._http
 
     def close(self) -> None:
@@ -582,10 +599,12 @@ class LLMClient:
         except _Stop as stop:
             if rec is not None:
                 rec.add("llm.errors")
+                rec.add("llm.retries", max(0, state["attempts"] - 1))
             raise stop.error from stop.__cause__
         except _Retryable as exc:
             if rec is not None:
                 rec.add("llm.errors")
+                rec.add("llm.retries", max(0, state["attempts"] - 1))
             raise self._exhausted(exc, state["attempts"], deadline) from (exc.__cause__ or exc)
 
         completion = self._completion(data, latency, state["attempts"], time.monotonic() - start - latency)
@@ -602,6 +621,8 @@ class LLMClient:
             rec.observe("llm.completion_tokens", completion.completion_tokens)
             rec.observe("llm.attempts", completion.attempts)
             rec.add("llm.tokens", completion.total_tokens)
+            if completion.attempts > 1:
+                rec.add("llm.retries", completion.attempts - 1)
         if use_cache:
             saved = asdict(completion)
             for k in ("latency_s", "attempts", "waited_s", "cached"):

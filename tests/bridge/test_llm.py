@@ -144,7 +144,7 @@ def test_429_pauses_the_limiter_so_the_retry_is_not_rejected_again():
     assert second.attempts == 2 and second.waited_s > 0.5
     # The retry waited out the pause (Retry-After) instead of hammering the provider.
     assert stats["rate_limited"] == 1 and stats["completed"] == 2
-    assert rec.counters["llm.rate_limited"] == 1
+    assert rec.counters["llm.rate_limited"] == 1 and rec.counters["llm.retries"] == 1
 
 
 def test_429_without_retries_left_raises_rate_limited():
@@ -288,7 +288,7 @@ def test_recorder_receives_llm_telemetry():
     assert s["llm.attempts"] == [1.0, 1.0]
     assert s["llm.latency_s"] == [a.latency_s, b.latency_s] and min(s["llm.latency_s"]) >= 0.01
     assert c["llm.calls"] == 2 and c["llm.tokens"] == a.total_tokens + b.total_tokens
-    assert "llm.rate_limited" not in c
+    assert "llm.rate_limited" not in c and "llm.retries" not in c
 
 
 # ---------------------------------------------------------------- cache
