@@ -1,0 +1,156 @@
+"""Task dispatch for ``WorkerPool``: handing tasks to workers, and what each lane reads.
+
+A lane thread (one per worker, see ``bridge._pool_workers``) calls ``_on_message``
+for every message, in the order the worker sent it: channel calls and sends go to
+the task's callbacks, DONE resolves the future after giving the worker its next
+task, READY and PONG make a worker available.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from bridge import _worker
+from bridge._pool_core import PoolCore, PoolState
+from bridge._pool_tasks import Task, answer_call, deliver_send, settle
+from bridge._pool_workers import WorkerProcess, WorkerState
+
+logger = logging.getLogger("bridge.pool")
+
+
+class TaskDispatch(PoolCore):
+    """Hands tasks to free workers; the lanes' message handlers."""
+
+    def _assign(self, worker: WorkerProcess, task: Task) -> bool:
+        """Under the lock: make ``task`` the worker's current task, unless it was cancelled."""
+        if not task.future.set_running_or_notify_cancel():
+            return False
+        start = time.monotonic()
+        task.started = start
+        task.deadline = None if task.timeout is None else start + task.timeout
+        worker.state = WorkerState.BUSY
+        worker.task = task
+        return True
+
+    def _next_task(self, worker: WorkerProcess) -> Task | None:
+        """Under the lock: give the worker the oldest pending task that was not cancelled."""
+        while self._pending:
+            task = self._pending.popleft()
+            if self._assign(worker, task):
+                return task
+        return None
+
+    def _free(self, worker: WorkerProcess, now: float) -> Task | None:
+        """Under the lock: a worker became available; its next task, or it joins the idle ones."""
+        task = self._next_task(worker)
+        if task is None:
+            worker.state = WorkerState.IDLE
+            worker.idle_since = now
+            self._idle.append(worker)
+            # The supervisor may be sleeping with no deadline in sight: the health
+            # check and the idle shrink of this worker are new ones.
+            due = now + self._idle_shrink_after
+            if self._health_interval is not None:
+                due = min(due, worker.last_health + self._health_interval)
+            if due < self._planned:
+                self._wake()
+        return task
+
+    def _send_task(self, worker: WorkerProcess, task: Task) -> None:
+        # Wake the supervisor only when this deadline is sooner than it plans to look.
+        if task.deadline is not None and task.deadline < self._planned:
+            self._wake()
+        worker.send((_worker.TASK, task.id, task.blob))
+
+    def _task_of(self, worker: WorkerProcess, task_id: int) -> Task | None:
+        task = worker.task
+        return task if task is not None and task.id == task_id else None
+
+    # Lane threads call these, in the order each worker sent its messages.
+
+    # Lane threads call these, in the order each worker sent its messages.
+
+    def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == _worker.DONE:
+            self._on_done(worker, message)
+        elif kind == _worker.CALL:
+            ok, blob = answer_call(self._task_of(worker, message[1]), message[3])
+            worker.send((_worker.REPLY, message[2], ok, blob))
+        elif kind == _worker.SEND:
+            deliver_send(self._task_of(worker, message[1]), message[2])
+        elif kind == _worker.READY:
+            self._on_ready(worker)
+        elif kind == _worker.PONG:
+            self._on_pong(worker, message)
+
+    def _on_done(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
+        now = time.monotonic()
+        stop = False
+        following = None
+        with self._lock:
+            task = worker.task
+            if task is None or task.id != message[1]:
+                return
+            worker.task = None
+            worker.tasks_done += 1
+            self._counts["completed" if message[2] == _worker.OK else "failed"] += 1
+            if worker.state is WorkerState.BUSY:
+                if self._max_tasks is not None and worker.tasks_done >= self._max_tasks:
+                    stop = self._retire(worker, "recycled after max_tasks_per_worker tasks", now, replace=True)
+                elif len(self._workers) > self._max:
+                    stop = self._retire(worker, "above max_workers after resize()", now, scale_down=True)
+                else:
+                    following = self._free(worker, now)
+        if stop:
+            worker.send((_worker.STOP,))
+            self._wake()
+        elif following is not None:
+            self._send_task(worker, following)
+        elif self._state is not PoolState.RUNNING:
+            self._wake()  # closing: the supervisor stops idle workers
+        if not settle(task, message) and message[2] == _worker.OK:
+            with self._lock:  # an OK result that could not be unpickled here
+                self._counts["completed"] -= 1
+                self._counts["failed"] += 1
+
+    def _on_ready(self, worker: WorkerProcess) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if worker.state is not WorkerState.STARTING:
+                return
+            worker.ready_at = worker.last_health = now
+            worker.deadline = None
+            self._start_failures.clear()
+            task = self._free(worker, now)
+        if task is not None:
+            self._send_task(worker, task)
+        self._wake()
+
+    def _on_pong(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
+        _, seq, ok, reason = message
+        now = time.monotonic()
+        task = None
+        with self._lock:
+            if worker.state is not WorkerState.CHECKING or seq != worker.ping_seq:
+                return
+            if ok:
+                worker.last_health = now
+                worker.deadline = None
+                task = self._free(worker, now)
+            else:
+                self._retire(worker, f"failed its health check ({reason})", now, replace=True)
+        if task is not None:
+            self._send_task(worker, task)
+        elif not ok:
+            logger.warning("pool: worker %d %s; replacing it", worker.pid, reason)
+            worker.send((_worker.STOP,))
+            self._wake()
+
+    def _on_lane_closed(self, worker: WorkerProcess) -> None:
+        with self._lock:
+            worker.eof = True
+            fails = self._finish(worker) if worker in self._draining else []
+        self._fail_all(fails)
