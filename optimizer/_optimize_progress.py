@@ -41,7 +41,7 @@ class _RichProgress:
             console=Console(stderr=True),
             transient=False,
         )
-        self._task = self._bar.add_task(name, total=total, detail="")
+        self._task = self._bar.add_task(name, total=total, detail="ok 0  failed 0  pruned 0")
         self._bar.start()
 
     def update(self, report: OptimizeReport) -> None:
