@@ -181,6 +181,13 @@ class WorkerPool(TaskDispatch, Supervisor):
                 on this worker's lane thread, may block; its exception is raised in the task.
             on_send: receives ``worker_channel().send(payload)``, in order; every
                 message sent before the worker died arrives before the future fails.
+                An exception in it is logged and the message dropped.
+
+        Both callbacks run on the lane thread of the worker that runs the task:
+        one task's messages are handled one at a time, in order, but callbacks of
+        tasks on different workers run concurrently (guard shared state). Time in
+        ``on_call`` counts toward the task's timeout; a task that times out while
+        ``on_call`` runs fails once ``on_call`` has returned.
 
         The future fails with ``TaskTimeout``, ``WorkerCrashed`` (exit code, signal
         and pid attached), ``SerializationError``, or the task's own exception

@@ -241,3 +241,13 @@ def test_bad_timeouts_and_health_checks_are_rejected() -> None:
     lock = threading.Lock()
     with pytest.raises(InvalidRequest, match="cannot be pickled"):
         WorkerPool(health_check=lambda: lock.locked())
+
+
+def test_a_pool_may_start_from_zero_workers_and_return_to_zero() -> None:
+    with WorkerPool(min_workers=0, max_workers=2, idle_shrink_after=0.2, task_timeout=0.2) as pool:
+        assert pool.stats()["workers"] == 0
+        # math.inf lifts the pool's task_timeout for one task.
+        assert pool.submit(h.nap, 0.5, timeout=float("inf")).result(timeout=30) > 0
+        assert pool.stats()["scale_ups"] == 1
+        h.wait_until(lambda: pool.stats()["workers"] == 0, what="the idle worker to exit")
+        assert pool.stats()["scale_downs"] == 1
