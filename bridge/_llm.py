@@ -550,9 +550,10 @@ class LLMClient:
             per_try = min(left, self.attempt_timeout or left)
             key = self._api_key.value
             headers = {"Authorization": f"Bearer {key}"} if key else {}
+            http = self._client()
             t0 = time.monotonic()
             try:
-                resp = self._client().post(f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=per_try)
+                resp = http.post(f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=per_try)
             except httpx.TimeoutException as exc:
                 raise _Retryable(f"no answer within {per_try:.1f}s ({type(exc).__name__})", None, None) from exc
             except httpx.TransportError as exc:
