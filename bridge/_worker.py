@@ -96,6 +96,11 @@ class Wire:
 
     def _take(self, n: int) -> bytes | bytearray | memoryview:
         buf, pos = self._buf, self._pos
+        if pos and len(buf) - pos < n:
+            # About to read more: drop what was consumed, or a steady stream of
+            # messages that never ends on a chunk boundary would grow the buffer forever.
+            del buf[:pos]
+            pos = self._pos = 0
         while len(buf) - pos < n and n - (len(buf) - pos) < self._CHUNK:
             chunk = self.sock.recv(self._CHUNK)
             if not chunk:
@@ -178,12 +183,13 @@ class _WorkerChannel(Channel):
     def __init__(self, worker: _Worker, task_id: int) -> None:
         self._worker = worker
         self._task_id = task_id
+        self.ended = False  # set (under the worker's reader lock) when the task returns
 
     def call(self, payload: Any) -> Any:
         import cloudpickle
 
         worker = self._worker
-        worker.start_reader()
+        worker.start_reader(self)
         call_id = next(worker.call_ids)
         reply = _Reply()
         worker.calls[call_id] = reply
@@ -214,15 +220,21 @@ class _Worker:
         self._reader: threading.Thread | None = None
         self._reader_lock = threading.Lock()
 
-    def start_reader(self) -> None:
+    def start_reader(self, channel: _WorkerChannel) -> None:
         """Hand the reading of the socket to a thread of its own, for good (see the module doc)."""
-        if self._reader is None:
-            with self._reader_lock:
-                if self._reader is None:
-                    # Safe: the main thread is inside the task, not reading, and
-                    # will look at the inbox from now on.
-                    self._reader = threading.Thread(target=self._read_forever, name="studyhall-worker-reader", daemon=True)
-                    self._reader.start()
+        with self._reader_lock:
+            if channel.ended:
+                # The main thread may be reading the socket again: a second reader
+                # would tear messages apart.
+                raise RuntimeError(
+                    "Channel.call() after its task returned (from a thread the task left running); "
+                    "call only while the task runs, or join the thread before returning"
+                )
+            if self._reader is None:
+                # Safe: the main thread is inside the task, not reading, and
+                # will look at the inbox from now on.
+                self._reader = threading.Thread(target=self._read_forever, name="studyhall-worker-reader", daemon=True)
+                self._reader.start()
 
     def _receive(self) -> tuple[Any, ...]:
         try:
@@ -258,7 +270,7 @@ class _Worker:
 
     def run_task(self, task_id: int, blob: bytes) -> None:
         global _current
-        _current = _WorkerChannel(self, task_id)
+        _current = channel = _WorkerChannel(self, task_id)
         try:
             fn, args, kwargs = pickle.loads(blob)
             if isinstance(fn, str):
@@ -270,6 +282,8 @@ class _Worker:
             message = _returned(task_id, result)
         finally:
             _current = None
+            with self._reader_lock:
+                channel.ended = True
         _flush_stdio()
         self.send(message)
 

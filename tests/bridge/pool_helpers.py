@@ -150,6 +150,13 @@ def chatter(n: int) -> int:
     return n
 
 
+def chatter_blobs(n: int, size: int) -> int:
+    ch = worker_channel()
+    for i in range(n):
+        ch.send(bytes([i]) * size)
+    return n
+
+
 def chatter_then_die(n: int) -> None:
     ch = worker_channel()
     assert ch is not None

@@ -35,6 +35,14 @@ def test_submit_returns_results_and_map_keeps_order(pool: WorkerPool) -> None:
     assert pool.submit(sorted, [3, 1, 2], reverse=True).result(timeout=30) == [3, 2, 1]
 
 
+def test_large_arguments_results_and_messages_cross_intact(pool: WorkerPool) -> None:
+    blob = os.urandom(3 * 1024 * 1024 + 7)
+    assert pool.submit(bytes.upper, blob).result(timeout=60) == blob.upper()
+    got: list[bytes] = []
+    assert pool.submit(h.chatter_blobs, 40, 100_003, on_send=got.append).result(timeout=60) == 40
+    assert [len(b) for b in got] == [100_003] * 40 and got[7] == bytes([7]) * 100_003
+
+
 def test_lambdas_closures_and_string_targets(pool: WorkerPool) -> None:
     offset = 100
     assert pool.submit(lambda x: x + offset, 1).result(timeout=30) == 101
