@@ -27,6 +27,7 @@ def worker(
     retries: Annotated[int, typer.Option("--retries", min=0, help="Re-runs of a crashed or timed-out trial's parameters.")] = 0,
     create: Annotated[bool, typer.Option("--create", help="Create the study if it does not exist.")] = False,
     direction: Annotated[str, typer.Option("--direction", help="minimize or maximize (with --create).")] = "minimize",
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe, random, cmaes or nsga2 (with --create).")] = "tpe",
     storage: StorageOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -42,7 +43,7 @@ def worker(
     with user_errors():
         orch = Orchestrator(storage)
         if create:
-            study = orch.create_study(name, direction=direction, load_if_exists=True)
+            study = orch.create_study(name, direction=direction, sampler=sampler, load_if_exists=True)
         else:
             study = orch.load_study(name)
         try:

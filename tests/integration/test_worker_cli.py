@@ -27,7 +27,7 @@ def start(*args: str, sleep: float = 0.02) -> subprocess.Popen[str]:
 
 def test_three_workers_share_one_postgresql_study(postgresql_url, study_name):
     args = (study_name, "--objective", f"{OBJ}:sleepy", "--total", "60", "--workers", "2",
-            "--storage", postgresql_url, "--create", "--direction", "maximize", "--json")
+            "--storage", postgresql_url, "--create", "--direction", "maximize", "--sampler", "random", "--json")
     orch = Orchestrator(postgresql_url)  # the schema exists before three processes race to use it
     procs = [start(*args) for _ in range(3)]
     try:

@@ -170,6 +170,22 @@ def test_ctrl_c_fails_running_trials_and_reraises(study):
     assert_nothing_left(study)
 
 
+def test_timeout_stops_asking_and_ctrl_c_in_process_leaves_nothing_running(study, monkeypatch):
+    monkeypatch.setenv("STUDYHALL_TEST_SLEEP", "0.05")
+    report = study.optimize(f"{OBJ}:sleepy", timeout=0.3, workers=0, progress=False)
+    assert 1 <= report.completed == report.n_trials == len(study.trials()) and report.elapsed_s < 5
+
+    def objective(trial):  # type: ignore[no-untyped-def]
+        trial.suggest_float("x", 0, 1)
+        raise KeyboardInterrupt  # Ctrl-C while the objective runs in this thread
+
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=3, workers=0, progress=False)
+    last = study.trials()[-1]
+    assert last.state.name == "FAIL" and last.user_attrs["error"] == "interrupted"
+    assert_nothing_left(study)
+
+
 def test_bad_arguments_are_invalid_requests(study):
     lock = threading.Lock()
     for kwargs in (
