@@ -254,7 +254,7 @@ class WorkerPool(TaskDispatch, Supervisor):
                 "busy": sum(w.task is not None for w in self._workers),
                 "idle": sum(s is WorkerState.IDLE or s is WorkerState.CHECKING for s in states),
                 "starting": states.count(WorkerState.STARTING),
-                "queued": len(self._pending),
+                "queued": sum(not t.future.cancelled() for t in self._pending),
                 **self._counts,
             }
 

@@ -113,6 +113,12 @@ def health() -> bool:
     return not SICK
 
 
+def health_or_raise() -> bool:
+    if SICK:
+        raise RuntimeError("feeling sick")
+    return True
+
+
 class Unpicklable(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -153,6 +153,7 @@ def test_cancelled_future_never_runs() -> None:
         ran: list[int] = []
         second = pool.submit(h.chatter, 1, on_send=ran.append)
         assert second.cancel()
+        assert pool.stats()["queued"] == 0
         release.set()
         assert first.result(timeout=30) > 0
         assert pool.submit(h.double, 2).result(timeout=30) == 4  # runs after where second would have

@@ -110,8 +110,9 @@ def test_a_worker_over_max_memory_is_replaced_before_it_gets_work() -> None:
         assert stats["restarts"] == 1 and stats["crashes"] == 0
 
 
-def test_a_worker_failing_its_health_check_is_replaced() -> None:
-    with WorkerPool(min_workers=1, max_workers=1, health_check="pool_helpers:health", health_check_interval=0.1) as pool:
+@pytest.mark.parametrize("check", ["pool_helpers:health", h.health_or_raise], ids=["returns-false", "raises"])
+def test_a_worker_failing_its_health_check_is_replaced(check) -> None:  # type: ignore[no-untyped-def]
+    with WorkerPool(min_workers=1, max_workers=1, health_check=check, health_check_interval=0.1) as pool:
         sick = pool.submit(h.make_sick).result(timeout=30)
         h.wait_until(lambda: gone(sick), what="the sick worker to be stopped")
         assert pool.submit(h.pid).result(timeout=30) != sick
