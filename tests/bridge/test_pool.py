@@ -150,8 +150,10 @@ def test_cancelled_future_never_runs() -> None:
     with WorkerPool(min_workers=1, max_workers=1) as pool:
         release = threading.Event()
         first = pool.submit(h.gate, on_call=lambda p: release.wait(30))
+        h.wait_until(lambda: pool.stats()["busy"] == 1, what="the gated task to start")
         ran: list[int] = []
         second = pool.submit(h.chatter, 1, on_send=ran.append)
+        assert pool.stats()["queued"] == 1
         assert second.cancel()
         assert pool.stats()["queued"] == 0
         release.set()
