@@ -4,8 +4,8 @@
 
     request ─> _Gate (bearer token, body <= max_body_bytes, request metrics,
                │       catch-all 500 envelope)
-               └─> FastAPI routes (pydantic shapes; NaN and NUL rejected by the
-                   JSON parser) ─> Orchestrator / Study (their own validation)
+               └─> FastAPI routes (pydantic shapes, NUL-free names; NaN/Infinity
+                   rejected by the JSON parser) ─> Orchestrator / Study (their own validation)
                    ─> Leases (trials asked here are leased, see optimizer/_leases.py)
     errors ──> {"error": {"type", "message"}}: 400 InvalidRequest, 401, 404
                StudyNotFound/TrialNotFound, 409 DuplicateStudy/TrialFinished/
@@ -79,30 +79,18 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON; send finite numbers (tell state='fail' for a failed trial)")
 
 
-def _no_nul(doc: Any) -> None:
-    stack = [doc]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            if "\x00" in v:
-                raise ValueError("strings must not contain NUL (\\u0000) characters")
-        elif isinstance(v, dict):
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif isinstance(v, list):
-            stack.extend(v)
-
-
 def parse_json(body: bytes) -> Any:
-    """Strict JSON: NaN/Infinity literals and NUL characters are errors, not values."""
-    text = body.decode("utf-8")
+    """Strict JSON: NaN/Infinity literals are errors, not values (Python's parser accepts them)."""
     try:
+        text = body.decode("utf-8")  # RFC 8259: JSON between systems is UTF-8
         doc = json.loads(text, parse_constant=_no_constants)
-        _no_nul(doc)
-    except (ValueError, RecursionError) as exc:
-        if isinstance(exc, json.JSONDecodeError):
-            raise
-        raise json.JSONDecodeError(str(exc), text, 0) from exc
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+        reason = "the body is not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        if isinstance(exc, RecursionError):
+            reason = "the body nests too deeply"
+        raise json.JSONDecodeError(reason, "", 0) from exc
     return doc
 
 
@@ -548,7 +536,7 @@ def create_app(
     @api.post(
         "/studies/{name}/trials/{number}/heartbeat",
         response_model=m.LeaseOut,
-        responses=_errors(404, 409, 413, 422),
+        responses=_errors(400, 404, 409, 413, 422),
     )
     def heartbeat(name: StudyName, number: TrialNumber, body: m.HeartbeatRequest | None = None) -> dict[str, Any]:
         """Renew a trial's lease (by its length, or by ``lease_s`` if given)."""

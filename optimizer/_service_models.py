@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import optuna.distributions as od
 from optuna.trial import FrozenTrial
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from optimizer._space import Categorical, Float, Int, Param
 from optimizer._summary import Summary
@@ -32,12 +32,33 @@ MAX_CHOICES = 1000
 MAX_K = 256
 MAX_LEASE_S = 7 * 86400.0
 
-Number = Annotated[float, Field(strict=True)]
+
+def _whole(v: Any) -> Any:
+    # JSON Schema counts 60.0 as an integer; bools and strings stay errors (strict).
+    # (After Field in Annotated, or pydantic drops the bounds from the JSON schema.)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+WHOLE = BeforeValidator(_whole)
+IntBound = Annotated[int, Field(strict=True, ge=-MAX_SAFE_INT, le=MAX_SAFE_INT), WHOLE]
+IntStep = Annotated[int, Field(strict=True, ge=1, le=MAX_SAFE_INT), WHOLE]
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1), WHOLE]
+Retries = Annotated[int, Field(strict=True, ge=0, le=100), WHOLE]
+BatchSize = Annotated[int, Field(strict=True, ge=1, le=MAX_K), WHOLE]
+
+# Text that lands in raw database columns (names, keys): PostgreSQL refuses NUL there.
+NO_NUL = r"^[^\x00]+$"
+# Told numbers are summarised (squares, differences): beyond 1e100 that overflows a double.
+MAX_ABS_SAMPLE = 1e100
+Number = Annotated[float, Field(strict=True, ge=-MAX_ABS_SAMPLE, le=MAX_ABS_SAMPLE)]
 Bound = Annotated[float, Field(strict=True, ge=-MAX_ABS_FLOAT, le=MAX_ABS_FLOAT)]
-IntBound = Annotated[int, Field(strict=True, ge=-MAX_SAFE_INT, le=MAX_SAFE_INT)]
-# A study name is a path segment of every study URL: no "/" (and no NUL, which PostgreSQL refuses).
+# A study name is a path segment of every study URL: no "/" either.
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=r"^[^\x00/]+$")]
-ParamName = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+ParamName = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=NO_NUL)]
+AttrName = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
+MetricName = Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)]
 Choice = None | StrictBool | StrictInt | StrictFloat | Annotated[str, Field(max_length=1024)]
 Direction = Literal["minimize", "maximize"]
 LeaseS = Annotated[float, Field(strict=True, gt=0, le=MAX_LEASE_S)]
@@ -67,7 +88,7 @@ class IntParam(Model):
     low: IntBound
     high: IntBound
     log: StrictBool = False
-    step: Annotated[int, Field(strict=True, ge=1, le=MAX_SAFE_INT)] = 1
+    step: IntStep = 1
 
 
 class CategoricalParam(Model):
@@ -88,16 +109,16 @@ class CreateStudy(Model):
     direction: Direction | None = None
     directions: Annotated[list[Direction], Field(min_length=1, max_length=16)] | None = None
     sampler: Literal["tpe", "random", "cmaes", "nsga2"] = "tpe"
-    seed: Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)] | None = None
+    seed: Seed | None = None
     load_if_exists: StrictBool = False
-    retries: Annotated[int, Field(strict=True, ge=0, le=100)] | None = None
+    retries: Retries | None = None
 
 
 class AskRequest(Model):
     """POST /v1/studies/{name}/ask: ``k`` trials from ``space`` (default: the study's last space)."""
 
     space: SpaceSpec | None = None
-    k: Annotated[int, Field(strict=True, ge=1, le=MAX_K)] = 1
+    k: BatchSize = 1
     lease_s: LeaseS = 300.0
 
 
@@ -109,8 +130,8 @@ class TellRequest(Model):
     scores: list[Number] | None = None
     state: Literal["complete", "fail", "pruned"] | None = None
     error: Annotated[str, Field(max_length=10_000)] | None = None
-    metrics: Annotated[dict[Annotated[str, Field(max_length=128)], list[Number]], Field(max_length=64)] | None = None
-    user_attrs: Annotated[dict[Annotated[str, Field(min_length=1, max_length=256)], Any], Field(max_length=64)] | None = None
+    metrics: Annotated[dict[MetricName, list[Number]], Field(max_length=64)] | None = None
+    user_attrs: Annotated[dict[AttrName, Any], Field(max_length=64)] | None = None
 
 
 class HeartbeatRequest(Model):
@@ -123,7 +144,7 @@ class EnqueueRequest(Model):
     """POST /v1/studies/{name}/enqueue: parameters for the next ask."""
 
     params: Annotated[dict[ParamName, Choice], Field(max_length=MAX_PARAMS)]
-    user_attrs: Annotated[dict[Annotated[str, Field(max_length=256)], Any], Field(max_length=64)] | None = None
+    user_attrs: Annotated[dict[AttrName, Any], Field(max_length=64)] | None = None
 
 
 class ErrorBody(BaseModel):
