@@ -547,8 +547,11 @@ class MiproLoop:
     # ---- the run -----------------------------------------------------------------------
 
     def run(self, n_trials: int = 30) -> MiproResult:
-        """Run until the study has ``n_trials`` finished trials (so a second run resumes).
+        """Run until the study has ``n_trials`` scored (complete or pruned) trials.
 
+        Failed trials (too many LLM errors, a crash, a dead process) do not count,
+        so their retries and replacements run; ``stopped == "failing"`` when the
+        last trials all failed. The count is the study's, so a second run resumes.
         Returns the best combination by full-valset score with the whole study's cost.
         """
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
@@ -566,16 +569,17 @@ class MiproLoop:
                 trials = _finished(study)
                 fulls = self.full_evals(study)
                 last = max((f.after_trials for f in fulls), default=0)
-                if len(trials) - last >= self.full_eval_every and not self._full_eval(study, trials, fulls, bar):
+                n = _scored(trials)
+                if n - last >= self.full_eval_every and not self._full_eval(study, trials, fulls, bar):
                     stopped = "max_tokens_total"
                     break
-                if len(trials) >= n_trials:
+                if n >= n_trials:
                     break
                 if _failing(trials, max(2, self.full_eval_every)):
                     stopped = "failing"
                     _log.warning("the last trials all failed; stopping (their 'error' attribute says why)")
                     break
-                k = min(self.full_eval_every - (len(trials) - last) % self.full_eval_every, n_trials - len(trials))
+                k = min(self.full_eval_every - (n - last) % self.full_eval_every, n_trials - n)
                 k = self._affordable(trials, fulls, k)
                 if k < 1:
                     stopped = "max_tokens_total"
@@ -588,7 +592,7 @@ class MiproLoop:
             trials = _finished(study)
             fulls = self.full_evals(study)
             last = max((f.after_trials for f in fulls), default=0)
-            if len(trials) > last and stopped != "failing":
+            if _scored(trials) > last and stopped != "failing":
                 self._full_eval(study, trials, fulls, bar)
         finally:
             bar.close()
@@ -625,7 +629,7 @@ class MiproLoop:
             n=len(scores),
             errors=len(batch.errors),
             minibatch_mean=mean,
-            after_trials=len(trials),
+            after_trials=_scored(trials),
             llm_calls=batch.calls,
             tokens=batch.tokens,
             elapsed_s=time.monotonic() - t0,
@@ -711,6 +715,11 @@ class MiproLoop:
 
 def _finished(study: Study) -> list[FrozenTrial]:
     return study.trials(states=list(_FINISHED))
+
+
+def _scored(trials: Sequence[FrozenTrial]) -> int:
+    """Trials that scored a minibatch (complete or pruned): what ``n_trials`` counts."""
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
 
 
 def _failing(trials: Sequence[FrozenTrial], n: int) -> bool:
