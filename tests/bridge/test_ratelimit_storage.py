@@ -113,24 +113,25 @@ def test_storage_limiter_blocks_until_the_database_clock_allows(store):
 
 def test_pause_reaches_a_request_booked_in_another_process(shared_url):
     st = connect(shared_url)
-    lim = RateLimiter(f"pause-{uuid.uuid4().hex[:8]}", limits=[Limit(tokens=100, per=1.0)], storage=st)
+    lim = RateLimiter(f"pause-{uuid.uuid4().hex[:8]}", limits=[Limit(tokens=100, per=2.0)], storage=st)
     child = spawn("acquire_on_go", lim)
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
         before_drain = st.now()
-        lim.adjust(tokens=100)  # empty the bucket: the child's 100 tokens are due in 1 s
+        lim.adjust(tokens=100)  # empty the bucket: the child's 100 tokens are due in 2 s
         assert child.stdin is not None
         child.stdin.write("go\n")
         child.stdin.flush()
-        wait_until(lambda: lim.available()["tokens/1s"] < -50, what="the child to book its slot")
+        # Booked: 100 tokens owed beyond what has refilled (50 a second) since the drain.
+        wait_until(lambda: lim.available()["tokens/2s"] < -20, what="the child to book its slot")
         lim.pause(0.5)
         result = finish(child)
     finally:
         child.kill()
         child.wait()
-    # Its slot was 1 s after the drain; the pause in this process moved it by 0.5 s.
-    assert result["granted_at"] >= before_drain + 1.45
+    # Its slot was 2 s after the drain; the pause in this process moved it by 0.5 s.
+    assert result["granted_at"] >= before_drain + 2.45
 
 
 def test_three_processes_share_one_limit(shared_url):
