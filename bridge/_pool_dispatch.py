@@ -70,8 +70,6 @@ class TaskDispatch(PoolCore):
 
     # Lane threads call these, in the order each worker sent its messages.
 
-    # Lane threads call these, in the order each worker sent its messages.
-
     def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == _worker.DONE:
@@ -87,6 +85,9 @@ class TaskDispatch(PoolCore):
             self._on_pong(worker, message)
 
     def _on_done(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
+        # A worker that grew past max_memory_mb gets no more work. Its own RSS is
+        # cheap to read after every task; the health checks also count its children.
+        rss = worker.own_memory_mb() if self._max_memory_mb is not None else 0.0
         now = time.monotonic()
         stop = False
         following = None
@@ -98,7 +99,10 @@ class TaskDispatch(PoolCore):
             worker.tasks_done += 1
             self._counts["completed" if message[2] == _worker.OK else "failed"] += 1
             if worker.state is WorkerState.BUSY:
-                if self._max_tasks is not None and worker.tasks_done >= self._max_tasks:
+                if self._max_memory_mb is not None and rss > self._max_memory_mb:
+                    reason = f"uses {rss:.0f} MiB, over max_memory_mb={self._max_memory_mb:g}"
+                    stop = self._retire(worker, reason, now, replace=True)
+                elif self._max_tasks is not None and worker.tasks_done >= self._max_tasks:
                     stop = self._retire(worker, "recycled after max_tasks_per_worker tasks", now, replace=True)
                 elif len(self._workers) > self._max:
                     stop = self._retire(worker, "above max_workers after resize()", now, scale_down=True)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("bridge.pool")
 
 WORKER_FILE = _worker.__file__
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class WorkerState(enum.Enum):
@@ -162,6 +163,14 @@ class WorkerProcess:
         except psutil.Error:
             return 0.0
         return total / (1024 * 1024)
+
+    def own_memory_mb(self) -> float:
+        """Resident memory of the worker process alone, in MiB (one small /proc read on Linux)."""
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * _PAGE / (1024 * 1024)
+        except (OSError, ValueError, IndexError):
+            return self.memory_mb()
 
     def describe_exit(self) -> str:
         """How the process ended, in words that hint at the cause."""

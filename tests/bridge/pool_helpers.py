@@ -103,6 +103,26 @@ def hog(megabytes: int) -> int:
     return os.getpid()
 
 
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+HOG_CHILD = """
+import sys, time
+block = bytearray(int(sys.argv[1]) * 1024 * 1024)
+block[::4096] = b"x" * len(block[::4096])
+print("ready", flush=True)
+time.sleep(1000)
+"""
+
+
+def start_memory_hog_child(megabytes: int) -> tuple[int, int]:
+    """Leave a child process holding ``megabytes`` resident; the worker itself stays small."""
+    child = subprocess.Popen([sys.executable, "-c", HOG_CHILD, str(megabytes)], stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    child.stdout.readline()  # its memory is resident now
+    _CHILDREN.append(child)
+    return os.getpid(), child.pid
+
+
 def make_sick() -> int:
     global SICK
     SICK = True

@@ -102,12 +102,23 @@ def test_a_timeout_kills_what_the_task_started() -> None:
 
 
 def test_a_worker_over_max_memory_is_replaced_before_it_gets_work() -> None:
-    with WorkerPool(min_workers=1, max_workers=1, max_memory_mb=150, health_check_interval=0.1) as pool:
-        hog_pid = pool.submit(h.hog, 300).result(timeout=30)
+    with WorkerPool(min_workers=1, max_workers=1, max_memory_mb=150, health_check_interval=None) as pool:
+        # Queued right behind the hog: it must not run on the bloated worker.
+        hog, after = pool.submit(h.hog, 300), pool.submit(h.pid)
+        hog_pid = hog.result(timeout=30)
+        assert after.result(timeout=30) != hog_pid
         h.wait_until(lambda: gone(hog_pid), what="the memory hog to be stopped")
-        assert pool.submit(h.pid).result(timeout=30) != hog_pid
         stats = pool.stats()
         assert stats["restarts"] == 1 and stats["crashes"] == 0
+
+
+def test_an_idle_worker_whose_children_use_too_much_memory_is_replaced() -> None:
+    with WorkerPool(min_workers=1, max_workers=1, max_memory_mb=150, health_check_interval=0.1) as pool:
+        holder = pool.submit(h.start_memory_hog_child, 300).result(timeout=30)
+        worker_pid, child_pid = holder
+        h.wait_until(lambda: gone(worker_pid) and gone(child_pid), what="the worker and its hungry child to stop")
+        assert pool.submit(h.pid).result(timeout=30) != worker_pid
+        assert pool.stats()["restarts"] == 1
 
 
 @pytest.mark.parametrize("check", ["pool_helpers:health", h.health_or_raise], ids=["returns-false", "raises"])
