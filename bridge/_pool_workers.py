@@ -57,8 +57,11 @@ class WorkerProcess:
     ) -> None:
         ours, theirs = socket.socketpair()
         try:
+            # -P: "-c" would put the working directory first on sys.path, and a
+            # project's own queue.py or socket.py would shadow what the worker imports
+            # before it takes the parent's sys.path.
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _worker.WORKER_BOOT, WORKER_FILE, str(theirs.fileno()), str(os.getpid())],
+                [sys.executable, "-P", "-c", _worker.WORKER_BOOT, WORKER_FILE, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,  # its own process group: killing it kills what it started
                 stdin=subprocess.DEVNULL,

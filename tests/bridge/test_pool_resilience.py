@@ -263,3 +263,12 @@ def test_a_pool_may_start_from_zero_workers_and_return_to_zero() -> None:
         assert pool.stats()["scale_ups"] == 1
         h.wait_until(lambda: pool.stats()["workers"] == 0, what="the idle worker to exit")
         assert pool.stats()["scale_downs"] == 1
+
+
+def test_a_module_in_the_working_directory_does_not_shadow_the_workers_stdlib(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A project with its own queue.py or socket.py, run from its root: workers must still start.
+    for name in ("queue", "socket", "struct", "signal"):
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('a stdlib module was shadowed')\n")
+    monkeypatch.chdir(tmp_path)
+    with WorkerPool(min_workers=1, max_workers=1) as pool:
+        assert pool.submit(h.where).result(timeout=30)[0] == str(tmp_path)
