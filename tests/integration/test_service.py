@@ -315,17 +315,17 @@ def test_heartbeats_keep_a_leased_trial_alive_past_the_stale_grace(tmp_path, stu
     with TestClient(create_app(st, sweep_interval=0.2)) as http:
         http.post("/v1/studies", json={"name": study_name})
         base = f"/v1/studies/{study_name}/trials"
-        http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON, "lease_s": 2.5, "k": 2})
+        http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON, "lease_s": 2, "k": 2})
         t0 = st.now()
         study = Orchestrator(st).load_study(study_name)  # another "process" checking for stale trials
 
-        def beat_until_4s_passed():
+        def beat_until_3s_passed():
             r = http.post(f"{base}/0/heartbeat", json={"lease_s": 1.5})
             assert r.status_code == 200, r.text
             assert study.fail_stale_trials() == []
-            return st.now() > t0 + 4
+            return st.now() > t0 + 3
 
-        wait_until(beat_until_4s_passed, timeout=30, interval=0.2)
+        wait_until(beat_until_3s_passed, timeout=30, interval=0.2)
         assert http.get(f"{base}/0").json()["state"] == "running"
         # a rejected tell keeps the lease: the client corrects it and tells again
         assert error_of(http.post(f"{base}/0/tell", json={"values": [1, 2]}), 400) == "InvalidRequest"
