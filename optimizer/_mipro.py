@@ -74,7 +74,11 @@ class TooManyErrors(StudyhallError):
 
 @dataclass(frozen=True)
 class FullEval:
-    """One evaluation of a combination on the whole valset (kept apart from the trials)."""
+    """One evaluation of a combination on the whole valset (kept apart from the trials).
+
+    ``llm_calls``/``tokens`` are this evaluation's; ``study_calls``/``study_tokens``
+    the study's totals once it finished (what it cost to get here).
+    """
 
     params: dict[str, int]
     score: float
@@ -86,6 +90,8 @@ class FullEval:
     tokens: int
     elapsed_s: float
     summary: dict[str, Any] = field(default_factory=dict)
+    study_calls: int = 0
+    study_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (what is stored as the study user attribute)."""
@@ -634,6 +640,8 @@ class MiproLoop:
             tokens=batch.tokens,
             elapsed_s=time.monotonic() - t0,
             summary={k: v for k, v in summary.as_dict().items() if k != "histogram"} if summary else {},
+            study_calls=self._calls(trials, fulls) + batch.calls,
+            study_tokens=self._spent(trials, fulls) + batch.tokens,
         )
         retrying(study.optuna.set_user_attr, f"{FULL_EVAL_ATTR}{len(fulls):03d}", fe.as_dict())
         bar.phase("")
@@ -643,6 +651,9 @@ class MiproLoop:
 
     def _spent(self, trials: list[FrozenTrial], fulls: list[FullEval]) -> int:
         return sum(int(t.user_attrs.get("mipro.tokens", 0)) for t in trials) + sum(f.tokens for f in fulls)
+
+    def _calls(self, trials: list[FrozenTrial], fulls: list[FullEval]) -> int:
+        return sum(int(t.user_attrs.get("mipro.llm_calls", 0)) for t in trials) + sum(f.llm_calls for f in fulls)
 
     def _per_example(self, trials: list[FrozenTrial], fulls: list[FullEval]) -> float | None:
         tokens = sum(int(t.user_attrs.get("mipro.tokens", 0)) for t in trials) + sum(f.tokens for f in fulls)
@@ -699,7 +710,7 @@ class MiproLoop:
             best_demos=dem,
             best_full_score=score,
             full_evals=fulls,
-            llm_calls=sum(int(t.user_attrs.get("mipro.llm_calls", 0)) for t in trials) + sum(f.llm_calls for f in fulls),
+            llm_calls=self._calls(trials, fulls),
             tokens=self._spent(trials, fulls),
             study=study.name,
             trials=len(trials),
