@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -136,7 +137,7 @@ class Client:
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8765``.
-        token: the service's bearer token (``--token``/``STUDYHALL_TOKEN`` on the server).
+        token: the service's bearer token (``--token`` on the server); default ``$STUDYHALL_TOKEN``.
         timeout: seconds per request.
         http: an ``httpx.Client`` to send through instead (e.g. FastAPI's TestClient).
 
@@ -151,6 +152,7 @@ class Client:
         self, base_url: str, token: str | None = None, *, timeout: float = 30.0, http: httpx.Client | None = None
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        token = token if token is not None else os.environ.get("STUDYHALL_TOKEN")
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"

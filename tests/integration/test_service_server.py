@@ -183,3 +183,22 @@ def test_two_servers_on_one_postgresql_database(postgresql_url, study_name):
     by_number = {x.number: x.value for x in trials}
     assert all(by_number[n] == v for n, v in told)
     assert not [x for x in trials if x.state.name in ("RUNNING", "WAITING")]
+
+
+def test_dashboard_serves_the_same_storage(sqlite_url, study_name):
+    Orchestrator(sqlite_url).create_study(study_name)
+    port = free_port()
+    proc = run_cli("dashboard", "--storage", sqlite_url, "--port", str(port))
+    try:
+        def listed() -> bool:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/studies", timeout=2)
+            except httpx.TransportError:
+                return False
+            return r.status_code == 200 and study_name in r.text
+
+        wait_until(listed, timeout=30, interval=0.1, what="optuna-dashboard to list the study")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
