@@ -101,7 +101,7 @@ def demo(
             loop = MiproLoop(
                 task.program, task.metric, instructions=task.instructions, demos=task.demos, valset=task.valset,
                 lm=lm, study=study, storage=orch.storage, minibatch_size=minibatch, seed=seed, workers=workers,
-                concurrency=concurrency, prune=prune, progress=True, trial_timeout=300.0,
+                concurrency=concurrency, prune=prune, progress=True, trial_timeout=300.0 if workers else None,
             )
             started = time.monotonic()
             result = loop.run(n_trials=trials)

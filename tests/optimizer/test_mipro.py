@@ -289,3 +289,22 @@ def test_parallel_trials_in_pool_workers_share_one_limiter(sqlite_url: str, stud
     for t in trials:  # the client's telemetry, recorded in the worker, landed on the trial
         assert t.user_attrs["llm.calls"] == 10 and "llm.latency_s.p90" in t.user_attrs
     assert result.latency is not None and result.latency.n == 6 * 10 + 2 * 30
+
+
+def test_demo_command_fresh_then_resumed(sqlite_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from optimizer.cli import _register_commands, app
+
+    _register_commands()
+    small = ["--storage", sqlite_url, "--val", "10", "--minibatch", "5", "--workers", "0", "--seed", "1"]
+    first = CliRunner().invoke(app, ["demo", "--trials", "3", *small])
+    assert first.exit_code == 0, first.output
+    assert "best instruction" in first.output and f"optuna-dashboard {sqlite_url}" in first.output
+    assert "429s (retried)" in first.output and "latency p50" in first.output
+    resumed = CliRunner().invoke(app, ["demo", "--trials", "5", "--resume", *small])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(Orchestrator(sqlite_url).load_study("demo").trials()) == 5
+    fresh = CliRunner().invoke(app, ["demo", "--trials", "2", *small])
+    assert fresh.exit_code == 0 and "starting a fresh study" in fresh.output
+    assert len(Orchestrator(sqlite_url).load_study("demo").trials()) == 2
