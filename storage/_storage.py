@@ -84,10 +84,30 @@ def is_transient(exc: BaseException | None) -> bool:
     return False
 
 
-def retrying(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
+def _is_setup_race(exc: BaseException | None) -> bool:
+    # Processes creating the schema at the same moment: the loser's CREATE TABLE/TYPE
+    # hits "already exists" or a duplicate key in the catalog; trying again sees the
+    # winner's tables and creates nothing.
+    seen = 0
+    while exc is not None and seen < 8:
+        text = str(exc).lower()
+        if "already exists" in text or "duplicate key" in text or "duplicate entry" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def retrying(
+    fn: Callable[..., T],
+    *args: Any,
+    attempts: int = 8,
+    retry_on: Callable[[BaseException], bool] = is_transient,
+    **kwargs: Any,
+) -> T:
     """Call ``fn`` and retry it on transient database errors with jittered backoff."""
     retryer = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(is_transient),
+        retry=tenacity.retry_if_exception(retry_on),
         stop=tenacity.stop_after_attempt(attempts),
         wait=tenacity.wait_random_exponential(multiplier=0.02, max=2.0),
         reraise=True,
@@ -102,6 +122,10 @@ def retrying(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any)
                 "server is up and not overloaded, then retry"
             ) from exc
         raise
+
+
+def _setup_retry(exc: BaseException) -> bool:
+    return is_transient(exc) or _is_setup_race(exc)
 
 
 def _normalise_url(url: str) -> sa.URL:
@@ -185,6 +209,7 @@ class Storage:
             self.optuna: optuna.storages.RDBStorage = retrying(
                 optuna.storages.RDBStorage,
                 self.url,
+                retry_on=_setup_retry,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
@@ -193,7 +218,7 @@ class Storage:
         if self.dialect == "sqlite":
             _sqlite_hooks(self.engine)
             self.engine.dispose()  # connections opened before the hooks must not be reused
-        retrying(self._migrate)
+        retrying(self._migrate, retry_on=_setup_retry)
         self.heartbeat = Heartbeat(self)
 
     def _migrate(self) -> None:
