@@ -33,10 +33,12 @@ export EXAMPLE_BASE_URL=$(cat "$WORK/url")
 # 3. Three workers, each running WORKERS trials at a time in its own pool, until the
 #    study as a whole has 3 x TRIALS_EACH finished trials.
 TOTAL=$((3 * TRIALS_EACH))
+LIMITS=(--retries 1)
+if [ "$WORKERS" -gt 0 ]; then LIMITS+=(--trial-timeout 120); fi  # 0 runs trials in the worker process itself
 pids=()
 for w in 1 2 3; do
   "$STUDYHALL" worker "$STUDY" --objective prompt_objective:objective \
-    --trials "$TRIALS_EACH" --total "$TOTAL" --workers "$WORKERS" --trial-timeout 120 --retries 1 --json > "$WORK/worker$w.json" &
+    --trials "$TRIALS_EACH" --total "$TOTAL" --workers "$WORKERS" "${LIMITS[@]}" --json > "$WORK/worker$w.json" &
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done

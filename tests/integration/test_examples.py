@@ -36,7 +36,7 @@ def test_miprov2_loop(tmp_path: Path) -> None:
 def test_parallel_workers_share_one_study_and_limit(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'par.db'}"
     env = {"STUDYHALL_STORAGE": url, "TRIALS_EACH": "2", "PYTHON": sys.executable, "STUDYHALL": str(BIN / "studyhall"),
-           "EXAMPLE_MINIBATCH": "6", "WORKERS": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+           "EXAMPLE_MINIBATCH": "6", "WORKERS": "0", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     out = _run(["bash", str(EXAMPLES / "parallel_workers.sh")], tmp_path, env, timeout=110)
     for w in (1, 2, 3):
         assert f"worker {w}: " in out
