@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
+import sqlalchemy as sa
+from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer import telemetry
@@ -33,6 +35,7 @@ RETRIES_ATTR = "studyhall:retries"
 SAMPLER_ATTR = "studyhall:sampler"
 _STATES = {"complete": TrialState.COMPLETE, "fail": TrialState.FAIL, "pruned": TrialState.PRUNED}
 _MAX_ERROR_LEN = 2000
+_TRIALS = models.TrialModel.__table__
 
 
 @dataclass(frozen=True)
@@ -236,11 +239,10 @@ class Study:
         number = trial.number if isinstance(trial, TrialHandle) else trial
         if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
             raise InvalidRequest(f"tell needs a TrialHandle or a trial number; got {trial!r:.60}")
-        trial_id = self._trial_id(int(number))
-        frozen = retrying(self.storage.optuna.get_trial, trial_id)
-        if frozen.state.is_finished():
+        trial_id, current = self._trial_state(int(number))
+        if current.is_finished():
             raise InvalidRequest(
-                f"trial {number} of study {self.name!r} is already finished ({frozen.state.name}); "
+                f"trial {number} of study {self.name!r} is already finished ({current.name}); "
                 "ask for a new trial instead"
             )
         st = _parse_state(state) if state is not None else TrialState.COMPLETE
@@ -285,7 +287,8 @@ class Study:
         finally:
             self.storage.heartbeat.discard(trial_id)
         telemetry.after_tell(self.name, st, vals, rows, attrs)
-        return retrying(self.storage.optuna.get_trial, trial_id)
+        # Optuna's cached storage re-reads a trial once when it finishes; later reads are free.
+        return retrying(self.optuna._storage.get_trial, trial_id)
 
     def _values(
         self,
@@ -330,6 +333,21 @@ class Study:
         return out
 
     # ---- housekeeping ------------------------------------------------------------------
+
+    def _trial_state(self, number: int) -> tuple[int, TrialState]:
+        # One indexed read for both the id and the state: tell runs once per trial.
+        t = _TRIALS.c
+
+        def read(conn: sa.Connection) -> Any:
+            return conn.execute(
+                sa.select(t.trial_id, t.state).where(t.study_id == self._study_id, t.number == number)
+            ).first()
+
+        row = self.storage.run(read)
+        if row is None:
+            raise TrialNotFound(f"study {self.name!r} has no trial number {number}")
+        state = row.state if isinstance(row.state, TrialState) else TrialState[str(row.state)]
+        return int(row.trial_id), state
 
     def _trial_id(self, number: int) -> int:
         try:
