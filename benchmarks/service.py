@@ -4,7 +4,7 @@ Both sides use the same SQLite file and the same sampler; each scenario gets a
 fresh study, so neither side pays for the other's trials. Prints round trips/s
 with 1 and 8 concurrent clients and HTTP's rate as a fraction of in-process.
 
-    python benchmarks/service.py            # 240 round trips per scenario, random + TPE
+    python benchmarks/service.py            # 180 round trips per scenario, random + TPE
     python benchmarks/service.py --quick    # 40 round trips, random only
     python benchmarks/service.py --storage postgresql+psycopg://postgres@127.0.0.1/test
 """
@@ -88,11 +88,11 @@ def rate(n_total: int, clients: int, make_study: Callable[[], object]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="40 round trips per scenario, random sampler only")
-    ap.add_argument("-n", type=int, default=None, help="round trips per scenario (default 240, 40 with --quick)")
+    ap.add_argument("-n", type=int, default=None, help="round trips per scenario (default 180, 40 with --quick)")
     ap.add_argument("--rounds", type=int, default=3, help="alternate in-process and HTTP this many times; report medians")
     ap.add_argument("--storage", default=None, help="storage URL (default: a fresh SQLite file)")
     args = ap.parse_args()
-    n = args.n or (40 if args.quick else 240)
+    n = args.n or (40 if args.quick else 180)
     rounds = 1 if args.quick else max(1, args.rounds)
     samplers = ["random"] if args.quick else ["random", "tpe"]
     with tempfile.TemporaryDirectory() as tmp:
