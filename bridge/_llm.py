@@ -482,7 +482,9 @@ class LLMClient:
 
     def _scrub(self, text: str) -> str:
         key = self._api_key.value
-        if key and key in text:
+        # A key of a few characters is no secret worth hiding and would mangle
+        # ordinary words ("sim" in "sim-small"); real keys are long.
+        if key and len(key) >= 8 and key in text:
             text = text.replace(key, "***")
         return text
 
@@ -687,7 +689,10 @@ class LLMClient:
 
     def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        _log.warning(
+        # A 429 is expected backpressure (the limiter pauses everyone); only other
+        # failures deserve a warning on the user's terminal.
+        _log.log(
+            logging.INFO if isinstance(exc, RateLimited) or getattr(exc, "status", None) == 429 else logging.WARNING,
             "%s: attempt %d failed (%s%s); retrying in %.2fs",
             self.model,
             retry_state.attempt_number,

@@ -36,7 +36,7 @@ def main() -> None:
 
     # 2% of the simulated provider's answers are 500/503; the client retries them.
     with FakeProvider(rpm=1200, tpm=400_000, latency_s=(0.02, 0.06), error_rate=0.02, responder=task.responder()) as fp:
-        lm = LLMClient("sim-small", base_url=fp.base_url, api_key="sim", limiter=RateLimiter("manual", rpm=1200, tpm=400_000), max_retries=2)
+        lm = LLMClient("sim-small", base_url=fp.base_url, api_key="sk-studyhall-simulated", limiter=RateLimiter("manual", rpm=1200, tpm=400_000), max_retries=2)
         for _ in range(args.rounds):
             for trial in study.ask_batch(space, k=2):
                 instruction = task.instructions[trial.params["instruction"]]

@@ -40,7 +40,7 @@ def _client() -> LLMClient:
         limits=[Limit(requests=REQUESTS, per=WINDOW_S), Limit(tokens=TOKENS, per=WINDOW_S)],
         storage=os.environ["STUDYHALL_STORAGE"],
     )
-    return LLMClient("sim-small", base_url=os.environ["EXAMPLE_BASE_URL"], api_key="sim", limiter=limiter, timeout=120.0)
+    return LLMClient("sim-small", base_url=os.environ["EXAMPLE_BASE_URL"], api_key="sk-studyhall-simulated", limiter=limiter, timeout=120.0)
 
 
 def objective(trial) -> list[float]:  # type: ignore[no-untyped-def]

@@ -37,7 +37,7 @@ def make_loop(storage_url: str, base_url: str, study: str) -> MiproLoop:
     st = connect(storage_url, heartbeat_interval=1, grace_period=GRACE_S)
     return MiproLoop(
         task.program, task.metric, instructions=task.instructions, demos=task.demos, valset=task.valset,
-        lm=LLMClient("sim-small", base_url=base_url, api_key="sim"), study=study, storage=st,
+        lm=LLMClient("sim-small", base_url=base_url, api_key="sk-studyhall-simulated"), study=study, storage=st,
         minibatch_size=12, full_eval_every=5, workers=2, concurrency=3, retries=1,
     )
 

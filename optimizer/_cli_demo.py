@@ -91,7 +91,7 @@ def demo(
                 os.environ["OPENAI_API_KEY"] = api_key
         try:
             limiter = RateLimiter(f"demo:{model}", limits=limits, storage=orch.storage)
-            lm = LLMClient(model, base_url=url, api_key=api_key or ("sim" if fake else None), limiter=limiter, timeout=120.0)
+            lm = LLMClient(model, base_url=url, api_key=api_key or ("sk-studyhall-simulated" if fake else None), limiter=limiter, timeout=120.0)
             console.print(
                 f"MIPROv2-style search: {len(task.instructions)} instructions x {len(task.demos)} demo sets, "
                 f"{trials} trials of {min(minibatch, val)} examples, full evaluation on {val} every 5 trials, "

@@ -379,3 +379,11 @@ def test_api_key_never_leaks(caplog, studyhall_storage):
     assert "retrying" in caplog.text  # the retries were logged...
     for text in [caplog.text, *seen]:
         assert secret not in text  # ...and nothing anywhere shows the key
+
+
+def test_a_short_key_does_not_mangle_model_names_in_messages():
+    # Redacting "sim" would turn "sim-small" into "***-small" in every error message.
+    lm = LLMClient("sim-small", base_url="http://127.0.0.1:9/v1", api_key="sim")
+    assert lm._scrub("Rate limit reached for sim-small") == "Rate limit reached for sim-small"
+    real = LLMClient("sim-small", base_url="http://127.0.0.1:9/v1", api_key="sk-0123456789abcdef")
+    assert real._scrub("bad key sk-0123456789abcdef") == "bad key ***"
