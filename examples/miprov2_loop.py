@@ -59,7 +59,7 @@ def main() -> None:
     try:
         # One limiter in the database: every worker process (and host) shares its buckets.
         limiter = RateLimiter(f"example:{args.model}", rpm=3000, tpm=1_000_000, storage=args.storage)
-        lm = LLMClient(args.model, base_url=base_url, api_key=None if args.base_url else "sim", limiter=limiter)
+        lm = LLMClient(args.model, base_url=base_url, api_key=None if args.base_url else "sk-studyhall-simulated", limiter=limiter)
         loop = MiproLoop(
             solve,
             exact_match,
