@@ -119,6 +119,8 @@ def main() -> None:
                         http_rates.append(rate(n // rounds, clients, remote_study))
                     for c in opened:
                         c.close()
+                    orch.delete_study(f"{name}-local")  # leave a shared database as it was
+                    orch.delete_study(f"{name}-http")
                     local, http = statistics.median(local_rates), statistics.median(http_rates)
                     print(f"{smp:8} {clients:>7} {local:>11.1f} {http:>8.1f} {http / local:>15.2f}x", flush=True)
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("studyhall.service")
 
+CLOCK_SYNC_S = 30.0
 RECLAIM_S = 60.0  # a claimed expiry not finished by then was abandoned by a dead process
 SWEEP_BATCH = 100
 
@@ -118,6 +120,21 @@ class Leases:
         self._on_expire = on_expire or (lambda _name, _number: None)
         self._next_sweep = 0.0
         self._sweeping = threading.Lock()
+        self._offset = 0.0  # database clock - this host's clock
+        self._synced = -math.inf
+
+    def now(self) -> float:
+        """The database clock, estimated from this host's (re-synced every CLOCK_SYNC_S).
+
+        Leases tolerate milliseconds of error; a round trip per lease operation for
+        ``Storage.now()`` would cost more than the lease itself.
+        """
+        if time.monotonic() - self._synced > CLOCK_SYNC_S:
+            before = time.time()
+            db = self.storage.now()
+            self._offset = db - (before + time.time()) / 2
+            self._synced = time.monotonic()
+        return time.time() + self._offset
 
     # ---- ask, renew, claim -------------------------------------------------------------
 
@@ -138,7 +155,7 @@ class Leases:
 
     def grant(self, study_id: int, trial_ids: Sequence[int], lease_s: float) -> float:
         """Lease new trials for ``lease_s`` seconds; returns the expiry (database clock)."""
-        expires = self.storage.now() + lease_s
+        expires = self.now() + lease_s
 
         def write(conn: sa.Connection) -> None:
             conn.execute(
@@ -152,7 +169,7 @@ class Leases:
 
     def renew(self, trial_id: int, lease_s: float | None = None) -> float | LeaseExpired | None:
         """Extend a valid lease (by its own length, or ``lease_s``); EXPIRED, or None if never leased."""
-        now = self.storage.now()
+        now = self.now()
 
         def write(conn: sa.Connection) -> float | LeaseExpired | None:
             row = conn.execute(sa.select(leases.c.lease_s).where(leases.c.trial_id == trial_id)).first()
@@ -173,7 +190,7 @@ class Leases:
 
     def claim(self, trial_id: int) -> Lease | LeaseExpired | None:
         """Take a trial's valid lease for a tell; EXPIRED if it ran out, None if it has none."""
-        now = self.storage.now()
+        now = self.now()
 
         def write(conn: sa.Connection) -> Lease | LeaseExpired | None:
             row = conn.execute(sa.select(leases).where(leases.c.trial_id == trial_id)).first()
@@ -222,7 +239,7 @@ class Leases:
 
         Returns (study name, trial number) of each trial this call expired.
         """
-        now = self.storage.now()
+        now = self.now()
         rows = self.storage.run(
             lambda c: c.execute(
                 sa.select(leases).where(leases.c.expires_at < now).order_by(leases.c.expires_at).limit(SWEEP_BATCH)
