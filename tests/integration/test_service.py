@@ -343,3 +343,30 @@ def test_trials_asked_in_process_are_not_leased(http, sqlite_url, study_name):
     r = http.post(f"/v1/studies/{study_name}/trials/{t.number}/heartbeat")
     assert error_of(r, 409) == "NotLeased"
     assert http.post(f"/v1/studies/{study_name}/trials/{t.number}/tell", json={"value": 2}).status_code == 200
+
+
+def test_an_expired_lease_refuses_tells_until_swept_and_abandoned_claims_are_taken_over(sqlite_url, study_name):
+    import sqlalchemy as sa
+
+    from storage import tables
+
+    leases = tables.leases
+    app = create_app(sqlite_url, sweep_interval=3600)  # no sweep unless this test runs one
+    st = app.state.storage
+    with TestClient(app) as http:
+        http.post("/v1/studies", json={"name": study_name, "retries": 1})
+        a, b = http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON, "lease_s": 0.3, "k": 2}).json()["trials"]
+        wait_until(lambda: st.now() > a["lease_expires_at"] + 0.1, timeout=10, what="the lease to run out")
+        base = f"/v1/studies/{study_name}/trials"
+        assert error_of(http.post(f"{base}/0/tell", json={"value": 1}), 409) == "LeaseExpired"
+        assert error_of(http.post(f"{base}/0/heartbeat"), 409) == "LeaseExpired"
+        assert http.get(f"{base}/0").json()["state"] == "running"  # refused, not yet failed
+        # trial 1's expiry was claimed two minutes ago by a process that then died
+        tid = st.optuna.get_trial_id_from_study_id_trial_number(st.study_id(study_name), b["number"])
+        claimed_at = st.now() - 120
+        st.run(lambda c: c.execute(sa.update(leases).where(leases.c.trial_id == tid).values(expires_at=-claimed_at)))
+        expired = app.state.leases.sweep()
+        assert sorted(expired) == [(study_name, 0), (study_name, 1)]
+        assert app.state.leases.sweep() == []  # idempotent
+        assert [t["state"] for t in http.get(base).json()["trials"]] == ["fail", "fail", "waiting", "waiting"]
+        assert st.run(lambda c: c.execute(sa.select(sa.func.count()).select_from(leases)).scalar_one()) == 0
