@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from optimizer import Client, Float, Int, InvalidRequest, Orchestrator
-from storage import connect
 from tests._util import ROOT, wait_until
 
 CLI = "from optimizer.cli import main; main()"
@@ -147,9 +146,6 @@ def test_sixteen_threads_ask_and_tell_one_study(sqlite_url, study_name):
 
 
 def test_two_servers_on_one_postgresql_database(postgresql_url, study_name):
-    # Create the tables first: two processes creating them at once on an empty schema
-    # race in Optuna's create_all (CREATE TYPE), a storage-layer issue outside this test.
-    connect(postgresql_url)
     with serving(postgresql_url, n=2) as [a, b], Client(a, TOKEN) as ca, Client(b, TOKEN) as cb:
         ca.create_study(study_name, retries=1, sampler="random")
         sa, sb = ca.load_study(study_name), cb.load_study(study_name)
