@@ -43,14 +43,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import optuna
 import sqlalchemy as sa
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-from optimizer._study import TrialHandle, _quiet_ask
+from optimizer._study import TrialHandle
 from storage import Storage, retrying
-from storage._metrics import write_trial_telemetry
 from storage._schema import leases
 
 if TYPE_CHECKING:
@@ -140,14 +138,11 @@ class Leases:
 
     def ask(self, study: Study, space: Space | None, k: int, lease_s: float) -> tuple[list[TrialHandle], float]:
         """``k`` trials of ``study``, each leased for ``lease_s`` seconds; also their expiry time."""
-        dists = study._remember_space(space)
-        study._maybe_fail_stale()
         handles: list[TrialHandle] = []
         try:
-            with _quiet_ask(study.optuna):
-                for _ in range(k):
-                    trial = retrying(study.optuna.ask, fixed_distributions=dists)
-                    handles.append(TrialHandle(trial.number, dict(trial.params), trial._trial_id))
+            # keepalive=False: the lease keeps these alive, not this process's heartbeat.
+            for _ in range(k):
+                handles.append(study.ask(space, keepalive=False))
         finally:
             # Lease whatever was asked, even if a later ask failed, so none is orphaned.
             expires = self.grant(study._study_id, [h.trial_id for h in handles], lease_s) if handles else 0.0
@@ -288,20 +283,7 @@ class Leases:
                 f"lease expired: no tell or heartbeat within {row['lease_s']:g}s; the client "
                 "evaluating this trial died, hung or lost its connection"
             )
-            # Attributes first: Optuna's cache never re-reads a finished trial.
-            write_trial_telemetry(
-                self.storage,
-                study_id=row["study_id"],
-                trial_id=trial_id,
-                trial_number=frozen.number,
-                user_attrs={"error": reason, "failure": "lease"},
-            )
-            try:
-                changed = retrying(self.storage.optuna.set_trial_state_values, trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                changed = False  # a stale check elsewhere failed it first, and retries it
-            if changed:
-                study.retry(frozen, study.retries)
+            if study.fail_abandoned(frozen, reason=reason, failure="lease"):
                 result = (study.name, frozen.number)
         self._drop(trial_id)
         return result

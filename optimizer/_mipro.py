@@ -590,7 +590,7 @@ class MiproLoop:
                 if k < 1:
                     stopped = "max_tokens_total"
                     break
-                report = study.optimize(
+                study.optimize(
                     objective, n_trials=k, workers=min(self.workers, k), trial_timeout=self.trial_timeout,
                     retries=self.retries, space=self.candidates.space(), progress=False,
                 )

@@ -10,7 +10,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.storages._rdb import models
 
-from optimizer._study import RETRIES_ATTR, SAMPLER_ATTR, Study
+from optimizer._study import SAMPLER_ATTR, Study
 from storage import DuplicateStudy, InvalidRequest, Storage, StudyNotFound, connect, retrying
 from storage._metrics import delete_study_rows
 

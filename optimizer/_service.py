@@ -219,7 +219,7 @@ def create_app(
     def tell(name: StudyName, number: TrialNumber, body: m.TellRequest) -> dict[str, Any]:
         """Finish a trial with value(s), per-example scores, or a fail/pruned state."""
         study = studies.get(name)
-        trial_id = study._trial_id(number)
+        trial_id = study.trial_id(number)
         claim = leases.claim(trial_id)
         if claim is EXPIRED:
             raise Conflict(
@@ -256,7 +256,7 @@ def create_app(
     def heartbeat(name: StudyName, number: TrialNumber, body: m.HeartbeatRequest | None = None) -> dict[str, Any]:
         """Renew a trial's lease (by its length, or by ``lease_s`` if given)."""
         study = studies.get(name)
-        trial_id = study._trial_id(number)
+        trial_id = study.trial_id(number)
         expires = leases.renew(trial_id, body.lease_s if body is not None else None)
         if isinstance(expires, float):
             return {"number": number, "lease_expires_at": expires}

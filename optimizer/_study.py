@@ -166,33 +166,37 @@ class Study:
 
     # ---- ask ---------------------------------------------------------------------------
 
-    def ask(self, space: Space | None = None) -> TrialHandle:
+    def ask(self, space: Space | None = None, *, keepalive: bool = True) -> TrialHandle:
         """Start a trial and sample its parameters from ``space`` (or the study's last space).
 
         Enqueued parameters (``enqueue``, retries) are handed out first. The trial is
-        heartbeated by this process until it is told.
+        heartbeated by this process until it is told; with ``keepalive=False`` the
+        caller keeps it alive instead (the HTTP service's leases do).
         """
         dists = self._remember_space(space)
         self._maybe_fail_stale()
-        return self._ask(dists)
+        return self._ask(dists, keepalive)
 
-    def ask_batch(self, space: Space | None = None, k: int = 1) -> list[TrialHandle]:
+    def ask_batch(self, space: Space | None = None, k: int = 1, *, keepalive: bool = True) -> list[TrialHandle]:
         """``k`` trials at once; TPE's constant liar keeps them apart while they are pending."""
         if not isinstance(k, int) or k < 1:
             raise InvalidRequest(f"ask_batch needs k >= 1; got {k!r}")
         dists = self._remember_space(space)
         self._maybe_fail_stale()
-        return [self._ask(dists) for _ in range(k)]
+        return [self._ask(dists, keepalive) for _ in range(k)]
 
-    def _ask(self, dists: dict[str, optuna.distributions.BaseDistribution]) -> TrialHandle:
-        trial = self._ask_trial(dists)
+    def _ask(self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True) -> TrialHandle:
+        trial = self._ask_trial(dists, keepalive)
         return TrialHandle(trial.number, dict(trial.params), trial._trial_id)
 
-    def _ask_trial(self, dists: dict[str, optuna.distributions.BaseDistribution]) -> optuna.Trial:
+    def _ask_trial(
+        self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True
+    ) -> optuna.Trial:
         # The live optuna.Trial: optimize() answers a worker's suggest_* calls with it.
         with _quiet_ask(self.optuna):
             trial = retrying(self.optuna.ask, fixed_distributions=dists)
-        self.storage.heartbeat.add(trial._trial_id)
+        if keepalive:
+            self.storage.heartbeat.add(trial._trial_id)
         return trial
 
     def _remember_space(self, space: Space | None) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -349,6 +353,10 @@ class Study:
         state = row.state if isinstance(row.state, TrialState) else TrialState[str(row.state)]
         return int(row.trial_id), state
 
+    def trial_id(self, number: int) -> int:
+        """The storage id of trial ``number``; TrialNotFound if there is none."""
+        return self._trial_id(number)
+
     def _trial_id(self, number: int) -> int:
         try:
             return retrying(self.storage.optuna.get_trial_id_from_study_id_trial_number, self._study_id, number)
@@ -381,24 +389,33 @@ class Study:
                 f"stale: no heartbeat for over {self.storage.grace_period}s; the process "
                 "running this trial died or hung"
             )
-            write_trial_telemetry(
-                self.storage,
-                study_id=self._study_id,
-                trial_id=trial_id,
-                trial_number=frozen.number,
-                user_attrs={"error": reason, "failure": "stale"},
-            )
-            try:
-                changed = retrying(self.storage.optuna.set_trial_state_values, trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another process failed it first, and retries it
-            if not changed:
-                continue
-            failed.append(frozen.number)
             if retries is None:
                 retries = self.retries
-            self.retry(frozen, retries)
+            if self.fail_abandoned(frozen, reason=reason, failure="stale", retries=retries):
+                failed.append(frozen.number)
         return failed
+
+    def fail_abandoned(self, frozen: FrozenTrial, *, reason: str, failure: str, retries: int | None = None) -> bool:
+        """FAIL a RUNNING trial its owner abandoned and retry it per policy; False if another process did.
+
+        ``reason`` lands in the ``error`` user_attr and ``failure`` names the kind
+        ("stale", "lease"). Safe to race: only the process that changes the state retries.
+        """
+        # Attributes first: Optuna's cache never re-reads a finished trial.
+        write_trial_telemetry(
+            self.storage,
+            study_id=self._study_id,
+            trial_id=frozen._trial_id,
+            trial_number=frozen.number,
+            user_attrs={"error": reason, "failure": failure},
+        )
+        try:
+            changed = retrying(self.storage.optuna.set_trial_state_values, frozen._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # another process failed it first, and retries it
+        if changed:
+            self.retry(frozen, self.retries if retries is None else retries)
+        return bool(changed)
 
     def retry(self, frozen: FrozenTrial, retries: int) -> bool:
         """Re-enqueue a failed trial's parameters if it has retries left; True if it did."""

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from optimizer import Float, Orchestrator, events, trace
+from optimizer import Orchestrator, events, trace
 from storage import InvalidRequest, connect
 
 
