@@ -35,6 +35,14 @@ class Float:
             raise InvalidRequest("Float takes log=True or step=..., not both")
         if self.step is not None and not self.step > 0:
             raise InvalidRequest(f"Float step must be > 0; got {self.step}")
+        if self.step is not None:
+            # Optuna would silently lower `high` to the last step (with a warning).
+            n = (self.high - self.low) / self.step
+            if abs(n - round(n)) > 1e-8 * max(1.0, abs(n)):
+                raise InvalidRequest(
+                    f"Float(low={self.low}, high={self.high}, step={self.step}): high - low must be a "
+                    f"multiple of step; use high={self.low + int(n) * self.step:g}"
+                )
 
     def distribution(self) -> od.BaseDistribution:
         """The equivalent Optuna distribution."""
@@ -60,6 +68,11 @@ class Int:
             raise InvalidRequest(f"Int step must be >= 1; got {self.step}")
         if self.log and (self.low < 1 or self.step != 1):
             raise InvalidRequest("Int(log=True) needs low >= 1 and step=1")
+        if (self.high - self.low) % self.step:
+            raise InvalidRequest(
+                f"Int(low={self.low}, high={self.high}, step={self.step}): high - low must be a multiple "
+                f"of step; use high={self.low + (self.high - self.low) // self.step * self.step}"
+            )
 
     def distribution(self) -> od.BaseDistribution:
         """The equivalent Optuna distribution."""

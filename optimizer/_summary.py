@@ -75,13 +75,17 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
         raise InvalidRequest("cannot summarise an empty list of samples; pass at least one")
     p50, p90, p99 = np.percentile(arr, (50, 90, 99))
     lo, hi = float(arr.min()), float(arr.max())
+    # Squares of samples beyond ~1e154 overflow float64: take the moments of scaled values.
+    scale = max(abs(lo), abs(hi))
+    scale = scale if scale > 1e150 else 1.0
+    scaled = arr / scale if scale != 1.0 else arr
     nbins = max(1, min(bins, int(np.unique(arr).size)))
     counts, edges = np.histogram(arr, bins=nbins, range=(lo, hi) if hi > lo else (lo - 0.5, hi + 0.5))
     hist = [(float(edges[i]), float(edges[i + 1]), int(c)) for i, c in enumerate(counts)]
     return Summary(
         n=int(arr.size),
-        mean=float(arr.mean()),
-        std=float(arr.std()),
+        mean=float(scaled.mean()) * scale,
+        std=float(scaled.std()) * scale,
         min=lo,
         p50=float(p50),
         p90=float(p90),

@@ -126,6 +126,8 @@ def test_params_outside_the_space(orch, study_name):
         (lambda: Int(5, 1), "low must be <= high"),
         (lambda: Int(0, 1.5), "integers"),
         (lambda: Int(1, 10, step=0), "step"),
+        (lambda: Float(0, 1, step=0.3), "multiple of step; use high=0.9"),
+        (lambda: Int(0, 10, step=3), "multiple of step; use high=9"),
         (lambda: Categorical([]), "at least one"),
         (lambda: Categorical("abc"), "not the string"),
         (lambda: Categorical([object()]), "choices must be"),

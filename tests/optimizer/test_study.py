@@ -153,3 +153,12 @@ def test_optuna_reads_a_studyhall_database(orch, study_name, store):
         assert loaded.best_trial.user_attrs["score.n"] == 2
     finally:
         plain.engine.dispose()
+
+
+def test_huge_scores_summarise_without_overflow(orch, study_name):
+    study = orch.create_study(study_name)
+    t = study.ask(SPACE)
+    frozen = study.tell(t, scores=[1e300, -1e300, 5e299])
+    s = study.trial_metrics(t.number)["score"]
+    assert math.isfinite(s.std) and s.std == pytest.approx(8.4983658e299, rel=1e-6)
+    assert frozen.value == pytest.approx(1.6666667e299, rel=1e-6)
