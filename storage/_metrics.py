@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -25,7 +25,8 @@ _STAT_COLUMNS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
 def _user_attrs_table() -> sa.Table:
     from optuna.storages._rdb import models
 
-    return models.TrialUserAttributeModel.__table__  # type: ignore[return-value]
+    # Optuna's declarative models leave __table__ untyped (Any in optuna 5, FromClause before).
+    return cast(sa.Table, models.TrialUserAttributeModel.__table__)
 
 
 def write_trial_telemetry(

@@ -14,7 +14,7 @@ context.configure(
     target_metadata=metadata,
     version_table=VERSION_TABLE,
     # Optuna's tables share the database; never let autogenerate touch them.
-    include_name=lambda name, type_, parent: type_ != "table" or name.startswith("studyhall_"),
+    include_name=lambda name, type_, parent: type_ != "table" or (name or "").startswith("studyhall_"),
     render_as_batch=connection.dialect.name == "sqlite",
 )
 with context.begin_transaction():
