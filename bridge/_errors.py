@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from storage import InvalidRequest, StudyhallError
 
 
@@ -35,7 +37,7 @@ class WorkerCrashed(StudyhallError):
         self.signal = signal
         self.pid = pid
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_crash, (str(self), self.exitcode, self.signal, self.pid))
 
 
@@ -63,7 +65,7 @@ class ProviderError(StudyhallError):
         self.status = status
         self.model = model
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_provider_error, (type(self), str(self), self.status, self.model))
 
 

@@ -31,7 +31,7 @@ class FallbackError(StudyhallError):
         super().__init__(message)
         self.errors: list[BaseException] = list(errors)
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         return (FallbackError, (str(self), self.errors))
 
 

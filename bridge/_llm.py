@@ -58,7 +58,7 @@ import httpx
 import tenacity
 
 from bridge._errors import InvalidRequest, LLMTimeout, ProviderError, RateLimited, RateLimitTimeout
-from bridge._fallbacks import with_fallbacks
+from bridge._fallbacks import Fallbacks, with_fallbacks
 from bridge._telemetry import current_recorder
 
 if TYPE_CHECKING:
@@ -164,7 +164,8 @@ def retry_delay(headers: Mapping[str, str], now: float | None = None, *, resets:
         ("anthropic-ratelimit-", "-reset", lambda v: None if (t := _parse_timestamp(v)) is None else t - now),
         ("x-ratelimit-reset-", "", parse_duration),
     ):
-        exhausted, others = [], []
+        exhausted: list[float] = []
+        others: list[float] = []
         for key, value in h.items():
             if not (key.startswith(prefix) and key.endswith(suffix)):
                 continue
@@ -439,7 +440,7 @@ class LLMClient:
         """
         if not self.fallbacks:
             return self._chat(messages, max_tokens, temperature, params)
-        chain = with_fallbacks(
+        chain: Fallbacks[Completion] = with_fallbacks(
             lambda: self._chat(messages, max_tokens, temperature, params),
             *[
                 (lambda fb=fb: fb.chat(messages, max_tokens=max_tokens, temperature=temperature, **params))
@@ -668,7 +669,7 @@ class LLMClient:
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        delay = getattr(exc, "delay", None)
+        delay: float | None = getattr(exc, "delay", None)
         if delay is not None:
             delay = min(delay, MAX_HEADER_WAIT_S)
             if getattr(exc, "status", None) == 429 and self.limiter is not None:
@@ -689,14 +690,15 @@ class LLMClient:
 
     def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
+        status = getattr(exc, "status", None)
         # A 429 is expected backpressure (the limiter pauses everyone); only other
         # failures deserve a warning on the user's terminal.
         _log.log(
-            logging.INFO if isinstance(exc, RateLimited) or getattr(exc, "status", None) == 429 else logging.WARNING,
+            logging.INFO if isinstance(exc, RateLimited) or status == 429 else logging.WARNING,
             "%s: attempt %d failed (%s%s); retrying in %.2fs",
             self.model,
             retry_state.attempt_number,
-            f"HTTP {exc.status}: " if getattr(exc, "status", None) else "",
+            f"HTTP {status}: " if status else "",
             str(exc)[:200],
             retry_state.upcoming_sleep,
         )

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any
 
 from bridge import _worker
 from bridge._errors import PoolClosed, RestartStorm
@@ -31,6 +32,12 @@ class Supervisor(PoolCore):
     storm_limit = 5
     #: ... within this many seconds.
     storm_window = 60.0
+
+    if TYPE_CHECKING:
+        # The lane callbacks each new worker gets; TaskDispatch defines them, and
+        # WorkerPool mixes both in.
+        def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None: ...
+        def _on_lane_closed(self, worker: WorkerProcess) -> None: ...
 
     def _supervise(self) -> None:
         try:
@@ -55,7 +62,7 @@ class Supervisor(PoolCore):
         # still set changed its state before this line, so the plan below sees it;
         # one after this line writes a byte that the next wait() sees.
         self._wake_armed = False
-        exited = [sentinels[s] for s in ready if s in sentinels]  # type: ignore[index]
+        exited = [sentinels[s] for s in ready if isinstance(s, int) and s in sentinels]
         for worker in exited:
             worker.reap()
         actions = Actions()
@@ -121,9 +128,9 @@ class Supervisor(PoolCore):
         self._owed = 0
         if self._state is PoolState.RUNNING:
             self._state = PoolState.CLOSING
-        victims = [(task, RestartStorm(str(self._broken)), None) for task in self._pending]
+        victims: list[Fail] = [(task, RestartStorm(str(self._broken)), None) for task in self._pending]
         self._pending.clear()
-        return victims  # type: ignore[return-value]
+        return victims
 
     def _plan(self, now: float, actions: Actions) -> None:
         """Under the lock: everything the supervisor does on a wake-up, decided in one place."""

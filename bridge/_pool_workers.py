@@ -147,7 +147,7 @@ class WorkerProcess:
             self.signal_group(signal.SIGKILL)
             self.returncode = self.proc.wait()
             self._reaped = True
-            os.close(self.sentinel if isinstance(self.sentinel, int) else self.sentinel.fileno())
+            os.close(self.sentinel)
         assert self.returncode is not None
         return self.returncode
 
@@ -157,7 +157,7 @@ class WorkerProcess:
 
         try:
             proc = psutil.Process(self.pid)
-            total = proc.memory_info().rss
+            total: int = proc.memory_info().rss
             for child in proc.children(recursive=True):
                 try:
                     total += child.memory_info().rss
@@ -194,28 +194,25 @@ class WorkerProcess:
         return f"was killed by {name}{hint}"
 
 
-class _ThreadSentinel:
-    """Where pidfd_open is missing: a thread waits for the exit and closes a pipe end."""
+def _thread_sentinel(proc: subprocess.Popen[bytes]) -> int:
+    """Where pidfd_open is missing: a thread waits for the exit and closes a pipe's write end."""
+    r, w = os.pipe()
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self._r, w = os.pipe()
+    def wait() -> None:
+        try:
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        finally:
+            os.close(w)
 
-        def wait() -> None:
-            try:
-                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-            finally:
-                os.close(w)
-
-        threading.Thread(target=wait, daemon=True).start()
-
-    def fileno(self) -> int:
-        return self._r
+    threading.Thread(target=wait, daemon=True).start()
+    return r
 
 
-def _sentinel(proc: subprocess.Popen[bytes]) -> int | _ThreadSentinel:
+def _sentinel(proc: subprocess.Popen[bytes]) -> int:
+    """A descriptor that becomes readable when ``proc`` exits (the supervisor waits on it)."""
     if hasattr(os, "pidfd_open") and sys.platform.startswith("linux"):
         try:
             return os.pidfd_open(proc.pid)
         except OSError:
             pass
-    return _ThreadSentinel(proc)
+    return _thread_sentinel(proc)
