@@ -67,7 +67,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ID_WIDTH = 10  # ids up to 10**10; fixed width keeps lexical path order = tree order
-_PATH_LEN = int(_events.c.path.type.length or 512)
+_path_type = _events.c.path.type
+_PATH_LEN = int(_path_type.length or 512) if isinstance(_path_type, sa.String) else 512
 MAX_DEPTH = (_PATH_LEN + 1) // (ID_WIDTH + 1) - 1
 MESSAGE_KEY = "studyhall"
 TRIAL_STEPS = 20  # the last steps kept per trial for its ``trace`` user_attr
@@ -353,7 +354,9 @@ def _write(conn: sa.Connection, ev: _Pending) -> tuple[int, str, int, str]:
         "data": ev.data,
     }
     # The path needs the row's own id, which only the insert hands out: insert, then set it.
-    event_id = int(conn.execute(sa.insert(_events).values(path="", **values)).inserted_primary_key[0])
+    key = conn.execute(sa.insert(_events).values(path="", **values)).inserted_primary_key
+    assert key is not None  # a single-row INSERT always reports its key
+    event_id = int(key[0])
     path = prefix + _pad(event_id)
     conn.execute(sa.update(_events).where(_events.c.id == event_id).values(path=path))
     return event_id, path, depth, corr
@@ -536,8 +539,13 @@ def handle_worker_message(storage: Storage, payload: Any, study_id: int | None =
             _record_remote(storage, payload, local_id, study_id, tid)
         elif op == "finish":
             raw = payload.get("local_id")
-            with _local_lock:
-                row = _local_rows.get(raw) if isinstance(raw, str) else (int(raw), "", 0, "")
+            if isinstance(raw, str):
+                with _local_lock:
+                    row = _local_rows.get(raw)
+            elif isinstance(raw, int) and not isinstance(raw, bool):
+                row = (raw, "", 0, "")
+            else:
+                raise InvalidRequest(f"a worker's finish() names no event id; got {raw!r:.60}")
             if row is not None:
                 _merge(storage, row[0], _json_ready("a worker's finish()", dict(payload.get("data") or {})))
         elif op == "step":  # a step kept for the trial's trace only, with nowhere to store it
@@ -680,7 +688,7 @@ def _where_clause(dialect: str, key: str | Sequence[str], value: Any) -> sa.Colu
             return jtype == "null"
         # Cast only numbers: PostgreSQL would abort the query on a non-numeric text.
         num = sa.case((jtype == "number", sa.cast(text, sa.Double)), else_=None)
-        return num == value
+        return num == float(value)  # already a float: float() types the comparison for mypy
     path = "$" + "".join(f'."{p}"' for p in parts)
     extracted = sa.func.json_extract(col, path)
     if dialect == "sqlite":
@@ -703,7 +711,7 @@ def _where_clause(dialect: str, key: str | Sequence[str], value: Any) -> sa.Colu
     if kind == "null":
         return jtype == "NULL"
     num = sa.case((jtype.in_(["INTEGER", "DOUBLE", "UNSIGNED INTEGER", "DECIMAL"]), extracted + 0.0), else_=None)
-    return num == value
+    return num == float(value)
 
 
 def query(
@@ -792,7 +800,7 @@ def trace_tree(storage: Storage | str, correlation_id: str) -> list[TraceNode]:
     from storage import connect
 
     st = connect(storage)
-    def read(conn: sa.Connection) -> list[Any]:
+    def read(conn: sa.Connection) -> Sequence[sa.Row[Any]]:
         stmt = sa.select(*_COLUMNS).where(_events.c.correlation_id == correlation_id).order_by(_events.c.path)
         return conn.execute(stmt).all()
 

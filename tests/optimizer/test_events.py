@@ -156,6 +156,14 @@ def test_record_without_storage_outside_a_worker_is_refused():
     assert events.handle_worker_message(None, ("a", "tuple")) is False  # type: ignore[arg-type]
 
 
+def test_a_worker_finish_without_an_event_id_is_logged_and_dropped(caplog):
+    # It used to escape as a TypeError from int(None) and fail the trial that sent it.
+    message = {events.MESSAGE_KEY: "event", "op": "finish", "local_id": None, "data": {}}
+    with caplog.at_level("WARNING", logger="optimizer.events"):
+        assert events.handle_worker_message(None, message) is True  # type: ignore[arg-type]
+    assert "names no event id" in caplog.text
+
+
 def send_events_then_die(n: int) -> None:
     """Pool task: a root, n nested children, a closed span, then SIGKILL before returning."""
     from optimizer import events as ev
