@@ -8,7 +8,7 @@ Example:
 """
 
 from bridge import FallbackError, with_fallbacks
-from optimizer._optimize import OptimizeReport
+from optimizer._optimize_report import OptimizeReport
 from optimizer._orchestrator import Orchestrator, StudyInfo, make_sampler
 from optimizer._space import Categorical, Float, Int
 from optimizer._study import Evaluation, Study, TrialHandle

@@ -269,7 +269,7 @@ class Leases:
             == 1
         )
 
-    def _expire(self, row: Mapping[str, Any]) -> tuple[str, int] | None:
+    def _expire(self, row: sa.RowMapping) -> tuple[str, int] | None:
         trial_id = row["trial_id"]
         try:
             study = self._study_of(row["study_id"])

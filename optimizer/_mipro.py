@@ -697,7 +697,7 @@ class MiproLoop:
             params, score = dict(best.params), best.score
         else:
             means = _combo_means(trials)
-            params = dict(max(means, key=lambda k: means[k][0])) if means else self.candidates.defaults()
+            params = dict(max(means.items(), key=lambda kv: kv[1][0])[0]) if means else self.candidates.defaults()
             score = None
         ins, dem = self.candidates.chosen(params)
         from storage._metrics import read_study_samples

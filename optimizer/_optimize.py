@@ -363,7 +363,7 @@ class _Run:
 
 def _rebuild(out: TrialOutcome) -> BaseException:
     try:
-        exc: BaseException = cloudpickle.loads(out.exception)  # type: ignore[arg-type]
+        exc: BaseException = cloudpickle.loads(out.exception)
     except Exception:
         exc = RuntimeError(out.error)
     if out.traceback:

@@ -190,13 +190,13 @@ class Orchestrator:
         )
 
         def read(conn: sa.Connection) -> list[StudyInfo]:
-            names = dict(conn.execute(sa.select(s.c.study_id, s.c.study_name)).all())
+            names: dict[int, str] = dict(conn.execute(sa.select(s.c.study_id, s.c.study_name)).all())
             dirs: dict[int, list[str]] = {}
             for sid, obj, direction in conn.execute(
                 sa.select(d.c.study_id, d.c.objective, d.c.direction).order_by(d.c.study_id, d.c.objective)
             ):
                 dirs.setdefault(sid, []).append(direction.name.lower())
-            counts = dict(conn.execute(sa.select(t.c.study_id, sa.func.count()).group_by(t.c.study_id)).all())
+            counts: dict[int, int] = dict(conn.execute(sa.select(t.c.study_id, sa.func.count()).group_by(t.c.study_id)).all())
             best_q = (
                 sa.select(t.c.study_id, sa.func.min(v.c.value), sa.func.max(v.c.value))
                 .select_from(t.join(v, v.c.trial_id == t.c.trial_id))

@@ -73,7 +73,7 @@ class StrictJSONRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def strict(request: Request) -> Response:
-            return await handler(_StrictJSONRequest(request.scope, request.receive))  # type: ignore[no-any-return]
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
 
         return strict
 

@@ -27,7 +27,7 @@ from storage import InvalidRequest, Storage, TrialNotFound, retrying
 from storage._metrics import read_trial_metrics, write_trial_telemetry
 
 if TYPE_CHECKING:
-    from optimizer._optimize import OptimizeReport
+    from optimizer._optimize_report import OptimizeReport
     from optimizer.telemetry import StudyMetrics
 
 SPACE_ATTR = "studyhall:space"

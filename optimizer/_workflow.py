@@ -48,7 +48,7 @@ class WorkflowError(StudyhallError, RuntimeError):
         self.correlation_id = correlation_id
         self.trace = trace or []
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         # Pickled across a worker pipe with its attributes (and its cause's text in the message).
         return (
             _rebuild,
@@ -97,6 +97,7 @@ class Workflow:
     def __init__(self, steps: Iterable[tuple[str, Callable[[Any], Any]] | Callable[[Any], Any]], name: str | None = None) -> None:
         parsed: list[tuple[str, Callable[[Any], Any]]] = []
         for i, item in enumerate(steps):
+            step_name: object  # checked below: a tuple or the callable's attribute may hold anything
             if isinstance(item, tuple) and len(item) == 2:
                 step_name, fn = item
             elif callable(item):

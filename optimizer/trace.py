@@ -177,7 +177,7 @@ def span(name: str, data: Any = None) -> Iterator[int | str | None]:
         raise
     finally:
         _current.reset(token)
-        end = {"duration_s": round(time.perf_counter() - start, 6)}
+        end: dict[str, Any] = {"duration_s": round(time.perf_counter() - start, 6)}
         if error is not None:
             end["error"] = error[:EVENT_STR]
         close(s, event_id, end)
