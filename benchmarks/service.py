@@ -108,7 +108,7 @@ def main() -> None:
                     remote.create_study(f"{name}-http", sampler=smp, seed=0)
                     opened: list[Client] = []
 
-                    def remote_study(name: str = name) -> object:
+                    def remote_study(name: str = name, opened: list[Client] = opened) -> object:
                         c = Client(base)
                         opened.append(c)
                         return c.load_study(f"{name}-http")

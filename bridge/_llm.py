@@ -126,7 +126,7 @@ def _parse_timestamp(text: str) -> float | None:
     except ValueError:
         return None
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=datetime.timezone.utc)
+        ts = ts.replace(tzinfo=datetime.UTC)
     return ts.timestamp()
 
 

@@ -91,7 +91,8 @@ def main() -> None:
     after = {t.number: t for t in orch.load_study(args.study).trials()}
     kept = [n for n, s in before.items() if s == "COMPLETE" and after[n].state.name == "COMPLETE"]
     retried = [t.number for t in after.values() if "retry_of" in t.user_attrs]
-    print(f"resumed: {result.completed + result.pruned} scored trials now (+{result.failed} failed); all {len(kept)} trials completed before the kill are kept; "
+    print(f"resumed: {result.completed + result.pruned} scored trials now (+{result.failed} failed); "
+          f"all {len(kept)} trials completed before the kill are kept; "
           f"killed trials {running} failed as stale ({[after[n].user_attrs.get('failure') for n in running]}) "
           f"and re-run as {retried}")
     print(f"full evaluations: {fulls_before} before the kill, {len(result.full_evals)} now "

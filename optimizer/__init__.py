@@ -7,14 +7,16 @@ Example:
     >>> study.tell(t, scores=[1, 0, 1, 1])  # doctest: +SKIP
 """
 
+import typing
+
 from bridge import FallbackError, with_fallbacks
+from optimizer import events, telemetry, trace  # modules: events.record, trace.step, ...
 from optimizer._optimize_report import OptimizeReport
 from optimizer._orchestrator import Orchestrator, StudyInfo, make_sampler
 from optimizer._space import Categorical, Float, Int
 from optimizer._study import Evaluation, Study, TrialHandle
 from optimizer._summary import Summary, summarize
 from optimizer._workflow import Workflow, WorkflowError, WorkflowResult
-from optimizer import events, telemetry, trace  # noqa: E402  (modules: events.record, trace.step, ...)
 from storage import InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
 
 # The HTTP service and its client load on first use: fastapi and httpx would add
@@ -29,13 +31,11 @@ _LAZY = {
     "arith_task": "optimizer._simtask",
 }
 
-import typing
-
 if typing.TYPE_CHECKING:  # pragma: no cover
     from optimizer._client import Client, RemoteStudy, ServiceError
     from optimizer._mipro import MiproLoop, MiproResult
-    from optimizer._simtask import arith_task
     from optimizer._service import create_app
+    from optimizer._simtask import arith_task
 
 
 def __getattr__(name: str) -> object:

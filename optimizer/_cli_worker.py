@@ -12,7 +12,18 @@ from typing import Annotated
 
 import typer
 
-from optimizer.cli import JsonOpt, StorageOpt, app, console, err_console, fail, fmt, print_json, quiet_optuna, user_errors
+from optimizer.cli import (
+    JsonOpt,
+    StorageOpt,
+    app,
+    console,
+    err_console,
+    fail,
+    fmt,
+    print_json,
+    quiet_optuna,
+    user_errors,
+)
 
 
 @app.command()

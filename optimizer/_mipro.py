@@ -500,7 +500,11 @@ class MiproLoop:
         data = valset if valset is not None else trainset
         if data is None or len(data) == 0:
             raise InvalidRequest("MiproLoop needs a non-empty valset (or trainset) to score candidates on")
-        for name, v, low in (("minibatch_size", minibatch_size, 1), ("full_eval_every", full_eval_every, 1), ("concurrency", concurrency, 1), ("workers", workers, 0), ("retries", retries, 0)):
+        int_args = (
+            ("minibatch_size", minibatch_size, 1), ("full_eval_every", full_eval_every, 1),
+            ("concurrency", concurrency, 1), ("workers", workers, 0), ("retries", retries, 0),
+        )
+        for name, v, low in int_args:
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise InvalidRequest(f"{name} must be an integer >= {low}; got {v!r}")
         if max_tokens_total is not None and (not isinstance(max_tokens_total, int) or max_tokens_total < 1):

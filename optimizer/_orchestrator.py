@@ -192,7 +192,7 @@ class Orchestrator:
         def read(conn: sa.Connection) -> list[StudyInfo]:
             names: dict[int, str] = dict(conn.execute(sa.select(s.c.study_id, s.c.study_name)).all())
             dirs: dict[int, list[str]] = {}
-            for sid, obj, direction in conn.execute(
+            for sid, _objective, direction in conn.execute(
                 sa.select(d.c.study_id, d.c.objective, d.c.direction).order_by(d.c.study_id, d.c.objective)
             ):
                 dirs.setdefault(sid, []).append(direction.name.lower())

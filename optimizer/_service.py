@@ -24,8 +24,8 @@ Run it with ``studyhall serve`` (uvicorn) or mount ``create_app(...)`` anywhere 
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 

@@ -18,13 +18,15 @@ import contextlib
 import threading
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 from storage import InvalidRequest
 
 _registry: dict[str, Any] = {}
 _lock = threading.Lock()
-_overrides: ContextVar[Mapping[str, Any]] = ContextVar("studyhall_service_overrides", default={})
+# Read-only default: set() always installs a new mapping, nothing may change this one.
+_overrides: ContextVar[Mapping[str, Any]] = ContextVar("studyhall_service_overrides", default=MappingProxyType({}))
 
 
 def register(name: str, service: Any) -> None:

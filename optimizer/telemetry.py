@@ -251,7 +251,8 @@ def _write_note(conn: sa.Connection, study_id: int, trial_id: int, body: str) ->
     ver = conn.execute(sa.select(t.c.value_json).where(t.c.study_id == study_id, t.c.key == ver_key)).scalar_one_or_none()
     version = 1
     if ver is not None:  # rare: keep the existing note's text
-        parts: dict[str, str] = dict(conn.execute(sa.select(t.c.key, t.c.value_json).where(t.c.study_id == study_id, t.c.key.startswith(prefix, autoescape=True))).all())
+        part_rows = sa.select(t.c.key, t.c.value_json).where(t.c.study_id == study_id, t.c.key.startswith(prefix, autoescape=True))
+        parts: dict[str, str] = dict(conn.execute(part_rows).all())
         old = "".join(json.loads(parts[f"{prefix}{i}"]) for i in range(len(parts)) if f"{prefix}{i}" in parts)
         body = (old.rstrip() + "\n\n" + body) if old.strip() else body
         version = int(json.loads(ver)) + 1

@@ -140,7 +140,7 @@ def test_bad_requests_and_auth():
 def test_starts_fast_and_stops_cleanly():
     fp = FakeProvider()
     with pytest.raises(InvalidRequest, match="not running"):
-        fp.base_url
+        _ = fp.base_url
     start = time.monotonic()
     fp.start()
     assert time.monotonic() - start < 1.0

@@ -37,7 +37,7 @@ def test_three_workers_share_one_postgresql_study(postgresql_url, study_name):
             if p.poll() is None:
                 p.kill()
                 p.communicate()
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     reports = [json.loads(out) for out, _ in outputs]
     study = orch.load_study(study_name)
