@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench e2e clean
+.PHONY: demo test lint bench e2e clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+) on PATH"; exit 1; }
@@ -18,6 +18,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The packages pass mypy --strict and everything passes ruff (settings in pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check storage bridge optimizer tests benchmarks examples
+	$(BIN)/mypy storage bridge optimizer
 
 # The browser end-to-end test (the demo's telemetry as optuna-dashboard renders it in
 # headless chromium); installs Debian's chromium when it is missing.
