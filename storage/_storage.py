@@ -91,7 +91,7 @@ def _is_setup_race(exc: BaseException | None) -> bool:
     seen = 0
     while exc is not None and seen < 8:
         text = str(exc).lower()
-        if "already exists" in text or "duplicate key" in text or "duplicate entry" in text:
+        if any(t in text for t in ("already exists", "duplicate key", "duplicate entry", "unique constraint failed")):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1

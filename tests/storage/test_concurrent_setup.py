@@ -41,17 +41,22 @@ def test_four_processes_create_the_schema_at_once(request, backend, tmp_path):
             c.exec_driver_sql(f"CREATE DATABASE {fresh}")
         url = base.rsplit("/", 1)[0] + f"/{fresh}"
     go = tmp_path / "go"
+    procs: list[subprocess.Popen[str]] = []
     try:
         procs = [python(CONNECTOR, url, str(go), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
         go.touch()
-        for p in procs:
-            out, err = p.communicate(timeout=90)
+        results = [p.communicate(timeout=90) for p in procs]
+        for p, (out, err) in zip(procs, results):
             assert p.returncode == 0, err[-2000:]
             assert out.strip() == "True"
         st = connect(url)
         assert "studyhall_trial_metrics" in sa.inspect(st.engine).get_table_names()
         st.close()
     finally:
+        for p in procs:  # a failure above must not leave processes for a later test to reap
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
         if admin is not None:
             with admin.connect() as c:
                 c.exec_driver_sql(f"DROP SCHEMA {fresh} CASCADE" if backend == "postgresql" else f"DROP DATABASE {fresh}")
