@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import sqlalchemy as sa
 
+from _pg import drop_scratch_schema, scratch_schema_url
 from optimizer import Float, Int, Orchestrator
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -29,7 +29,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 SPACE = {"x": Float(-5.0, 5.0), "y": Float(0.0, 1.0), "k": Int(1, 8)}
 DISTS = {k: v.distribution() for k, v in SPACE.items()}
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def sampler(name: str) -> optuna.samplers.BaseSampler:
@@ -73,27 +72,6 @@ def run_studyhall(url: str, sampler_name: str, n: int, n_scores: int) -> list[fl
     return lat
 
 
-def pg_schema_url() -> str | None:
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    try:
-        eng = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-        with eng.connect() as c:
-            c.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        eng.dispose()
-    except Exception as exc:  # noqa: BLE001
-        print(f"(PostgreSQL skipped: {exc.__class__.__name__})")
-        return None
-    return f"{PG}?options=-csearch_path%3D{schema}"
-
-
-def drop_pg(url: str) -> None:
-    schema = url.rsplit("%3D", 1)[1]
-    eng = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with eng.connect() as c:
-        c.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    eng.dispose()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=500)
@@ -104,7 +82,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="studyhall-bench-"))
     backends = {"sqlite": lambda side: f"sqlite:///{tmp / (side + '-' + uuid.uuid4().hex[:6])}.db"}
-    pg = None if args.quick else pg_schema_url()
+    pg = None if args.quick else scratch_schema_url()
     if pg:
         backends["postgresql"] = lambda side: pg
 
@@ -130,7 +108,7 @@ def main() -> None:
         early, late = statistics.median(lat[:k]) * 1e3, statistics.median(lat[-k:]) * 1e3
         print(f"  {label:<10} trials 1-{k}: {early:6.2f}   trials {n_long - k + 1}-{n_long}: {late:6.2f}   growth {late / early:4.2f}x")
     if pg:
-        drop_pg(pg)
+        drop_scratch_schema(pg)
 
 
 if __name__ == "__main__":

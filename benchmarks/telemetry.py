@@ -32,6 +32,7 @@ import numpy as np
 import optuna
 import sqlalchemy as sa
 
+from _pg import drop_scratch_schema, scratch_schema_url
 from optimizer import Float, Orchestrator, events
 from storage import connect
 from storage._schema import events as events_table
@@ -41,7 +42,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 warnings.filterwarnings("ignore", message="Heartbeat of storage")  # raw Optuna ask/tell beside studyhall
 
 SPACE = {"x": Float(0.0, 1.0)}
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TRACE_SIZE = 1000
 
 
@@ -237,28 +237,6 @@ def bench_queries(st: Any, n_events: int) -> None:
     print(f"  query(where={{status: 429}}, limit=100, newest_first=True): {lim_ms:.1f} ms")
 
 
-def pg_url() -> str | None:
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    try:
-        eng = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-        with eng.connect() as c:
-            c.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        eng.dispose()
-    except Exception as exc:  # noqa: BLE001
-        print(f"(PostgreSQL skipped: {exc.__class__.__name__})")
-        return None
-    return f"{PG}?options=-csearch_path%3D{schema}"
-
-
-def drop_pg(url: str) -> None:
-    schema = url.rsplit("%3D", 1)[1]
-    connect(url).close()
-    eng = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with eng.connect() as c:
-        c.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    eng.dispose()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tells", type=int, default=300)
@@ -271,7 +249,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="studyhall-bench-"))
     urls = {"sqlite": f"sqlite:///{tmp / 'telemetry.db'}"}
-    if args.pg and (url := pg_url()):
+    if args.pg and (url := scratch_schema_url()):
         urls["postgresql"] = url
     for backend, url in urls.items():
         print(f"{backend}:")
@@ -280,7 +258,7 @@ def main() -> None:
         bench_record(st, 200 if args.quick else 1000)
         bench_queries(st, n_events)
         if backend == "postgresql":
-            drop_pg(url)
+            drop_scratch_schema(url)
 
 
 if __name__ == "__main__":
