@@ -283,7 +283,8 @@ class Study:
                 extra=note,
             )
         try:
-            retrying(self.optuna.tell, int(number), vals, state=st)
+            # Optuna's tell re-reads the finished trial and returns it: no read of our own.
+            finished: FrozenTrial = retrying(self.optuna.tell, int(number), vals, state=st)
         except (ValueError, RuntimeError) as exc:
             if "finished" in str(exc).lower():  # another process told it first
                 raise InvalidRequest(f"trial {number} of study {self.name!r} was finished meanwhile") from exc
@@ -291,8 +292,7 @@ class Study:
         finally:
             self.storage.heartbeat.discard(trial_id)
         telemetry.after_tell(self.name, st, vals, rows, attrs)
-        # Optuna's cached storage re-reads a trial once when it finishes; later reads are free.
-        return retrying(self.optuna._storage.get_trial, trial_id)
+        return finished
 
     def _values(
         self,

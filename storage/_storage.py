@@ -202,7 +202,7 @@ class Storage:
             _prepare_sqlite_file(parsed.database)
             engine_kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
-            engine_kwargs.update(pool_pre_ping=True, pool_recycle=1800)
+            engine_kwargs.update(pool_recycle=1800)
         with warnings.catch_warnings():
             # heartbeat_interval is marked experimental in Optuna; we rely on it knowingly.
             warnings.simplefilter("ignore")
