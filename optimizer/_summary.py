@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,8 @@ class Summary:
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-ready data (histogram as [lo, hi, count] lists)."""
-        d = asdict(self)
+        # Built by hand: dataclasses.asdict deep-copies, and tell() calls this per metric.
+        d: dict[str, Any] = {k: getattr(self, k) for k in FIELDS}
         d["histogram"] = [list(b) for b in self.histogram]
         return d
 
@@ -73,14 +74,22 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
     arr = as_array(samples)
     if arr.size == 0:
         raise InvalidRequest("cannot summarise an empty list of samples; pass at least one")
-    p50, p90, p99 = np.percentile(arr, (50, 90, 99))
-    lo, hi = float(arr.min()), float(arr.max())
+    # One sort serves the quantiles, the distinct count and the histogram (tell() runs this
+    # once per metric, so it is on the hot path).
+    srt = np.sort(arr)
+    n = srt.size
+    p50, p90, p99 = _quantiles(srt, (0.50, 0.90, 0.99))
+    lo, hi = float(srt[0]), float(srt[-1])
     # Squares of samples beyond ~1e154 overflow float64: take the moments of scaled values.
     scale = max(abs(lo), abs(hi))
     scale = scale if scale > 1e150 else 1.0
     scaled = arr / scale if scale != 1.0 else arr
-    nbins = max(1, min(bins, int(np.unique(arr).size)))
-    counts, edges = np.histogram(arr, bins=nbins, range=(lo, hi) if hi > lo else (lo - 0.5, hi + 0.5))
+    distinct = 1 + int(np.count_nonzero(srt[1:] != srt[:-1]))
+    nbins = max(1, min(bins, distinct))
+    edges = np.linspace(lo, hi, nbins + 1) if hi > lo else np.array([lo - 0.5, hi + 0.5])
+    # Bins are [a, b) except the last, [a, b], as in numpy.histogram.
+    cuts = np.searchsorted(srt, edges[1:-1], side="left")
+    counts = np.diff(np.concatenate(([0], cuts, [n])))
     hist = [(float(edges[i]), float(edges[i + 1]), int(c)) for i, c in enumerate(counts)]
     return Summary(
         n=int(arr.size),
@@ -93,6 +102,15 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
         max=hi,
         histogram=hist,
     )
+
+
+def _quantiles(srt: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    # numpy's default ("linear") percentile, read off an already sorted array.
+    pos = np.asarray(qs) * (srt.size - 1)
+    below = np.floor(pos).astype(np.intp)
+    above = np.minimum(below + 1, srt.size - 1)
+    frac = pos - below
+    return [float(v) for v in srt[below] + (srt[above] - srt[below]) * frac]
 
 
 def summary_attrs(name: str, s: Summary) -> dict[str, float | int]:
