@@ -345,6 +345,7 @@ def _values(st: Storage, study_id: int, n_obj: int) -> tuple[tuple[int, int], li
             sa.select(v.c.objective, v.c.value, v.c.value_type)
             .select_from(v.join(t, t.c.trial_id == v.c.trial_id))
             .where(t.c.study_id == study_id, t.c.state == TrialState.COMPLETE)
+            .order_by(t.c.number)  # a fixed order: the same study always sums to the same last bit
         )
         out: list[list[float]] = [[] for _ in range(n_obj)]
         for objective, value, value_type in rows:

@@ -159,7 +159,9 @@ def test_two_servers_on_one_postgresql_database(postgresql_url, study_name):
         lost = sa.ask_batch({"x": Float(0, 1)}, k=3, lease_s=1)
 
         def expired() -> bool:
-            return all(sb.trial(x.number).state.name == "FAIL" for x in lost)
+            # A trial is failed first and its retry enqueued just after: wait for both.
+            failed = all(sb.trial(x.number).state.name == "FAIL" for x in lost)
+            return failed and len(sa.trials(states=["waiting"])) == len(lost)
 
         wait_until(expired, timeout=30, interval=0.1, what="both servers to expire the leases")
         retried = sa.trials(states=["waiting"])
