@@ -29,7 +29,7 @@ import optuna.distributions as od
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer._orchestrator import StudyInfo
-from optimizer._space import Categorical, Float, Int, Space
+from optimizer._space import Categorical, Float, Int, Space, distribution_spec
 from optimizer._study import TrialHandle
 from optimizer._summary import Summary
 from storage import DuplicateStudy, InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
@@ -52,18 +52,10 @@ class ServiceError(StudyhallError):
 
 def param_to_json(p: Any) -> dict[str, Any]:
     """A Float/Int/Categorical (or Optuna distribution) as the service's JSON."""
-    if isinstance(p, Float):
-        return {"type": "float", "low": p.low, "high": p.high, "log": p.log, "step": p.step}
-    if isinstance(p, Int):
-        return {"type": "int", "low": p.low, "high": p.high, "log": p.log, "step": p.step}
-    if isinstance(p, Categorical):
-        return {"type": "categorical", "choices": list(p.choices)}
-    if isinstance(p, od.FloatDistribution):
-        return {"type": "float", "low": p.low, "high": p.high, "log": p.log, "step": p.step}
-    if isinstance(p, od.IntDistribution):
-        return {"type": "int", "low": p.low, "high": p.high, "log": p.log, "step": p.step}
-    if isinstance(p, od.CategoricalDistribution):
-        return {"type": "categorical", "choices": list(p.choices)}
+    if isinstance(p, (Float, Int, Categorical)):
+        p = p.distribution()
+    if isinstance(p, od.BaseDistribution):
+        return distribution_spec(p)
     raise InvalidRequest(f"a space value must be Float(low, high), Int(low, high) or Categorical([...]); got {p!r:.60}")
 
 

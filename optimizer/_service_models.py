@@ -17,7 +17,7 @@ import optuna.distributions as od
 from optuna.trial import FrozenTrial
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
-from optimizer._space import Categorical, Float, Int, Param
+from optimizer._space import Categorical, Float, Int, Param, distribution_spec
 from optimizer._summary import Summary
 
 # JSON numbers a double holds exactly; larger integers would be rounded by Optuna's
@@ -296,13 +296,7 @@ def space_from_spec(space: Mapping[str, FloatParam | IntParam | CategoricalParam
 
 def spec_of(d: od.BaseDistribution) -> dict[str, Any]:
     """An Optuna distribution in the wire format."""
-    if isinstance(d, od.FloatDistribution):
-        return {"type": "float", "low": d.low, "high": d.high, "log": d.log, "step": d.step}
-    if isinstance(d, od.IntDistribution):
-        return {"type": "int", "low": d.low, "high": d.high, "log": d.log, "step": d.step}
-    if isinstance(d, od.CategoricalDistribution):
-        return {"type": "categorical", "choices": list(d.choices)}
-    raise TypeError(f"no wire format for {type(d).__name__}")  # pragma: no cover - Optuna has no others
+    return distribution_spec(d)
 
 
 def finite(v: Any) -> Any:

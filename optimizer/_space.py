@@ -151,6 +151,17 @@ def check_params(params: Mapping[str, Any], dists: Mapping[str, od.BaseDistribut
             raise InvalidRequest(f"parameter {name!r}={value!r} lies outside its space {d}")
 
 
+def distribution_spec(d: od.BaseDistribution) -> dict[str, Any]:
+    """An Optuna distribution in the HTTP service's JSON (``{"type": "float", "low", ...}``)."""
+    if isinstance(d, od.FloatDistribution):
+        return {"type": "float", "low": d.low, "high": d.high, "log": d.log, "step": d.step}
+    if isinstance(d, od.IntDistribution):
+        return {"type": "int", "low": d.low, "high": d.high, "log": d.log, "step": d.step}
+    if isinstance(d, od.CategoricalDistribution):
+        return {"type": "categorical", "choices": list(d.choices)}
+    raise InvalidRequest(f"no JSON form for a {type(d).__name__}; use Float, Int or Categorical")
+
+
 def space_to_json(dists: Mapping[str, od.BaseDistribution]) -> dict[str, str]:
     """Serialise distributions for storage in the study's system attributes."""
     return {k: od.distribution_to_json(v) for k, v in dists.items()}
