@@ -26,15 +26,10 @@ SICK = False
 
 
 def wait_until(pred: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+    """tests._util.wait_until with the pool tests' longer deadline and finer polling."""
+    from tests._util import wait_until as wait  # imported here: workers load this module too
+
+    return wait(pred, timeout=timeout, interval=0.01, what=what)
 
 
 def worker_channel() -> Any:
