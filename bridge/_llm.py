@@ -280,8 +280,8 @@ def _cache_put(store: Storage | None, key: str, model: str, response: dict[str, 
         with _memory_cache_lock:
             _memory_cache[key] = response
         return
-    from bridge._ratelimit import insert_ignore
     from storage import tables
+    from storage._sql import insert_ignore
 
     store.run(
         lambda conn: insert_ignore(

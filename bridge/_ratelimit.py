@@ -256,38 +256,15 @@ class _MemoryBackend:
             return _available(limits, s.tats, time.monotonic())
 
 
-def _db_clock_sql(dialect: str) -> str:
-    if dialect == "sqlite":
-        return "SELECT (julianday('now') - 2440587.5) * 86400.0"
-    if dialect == "postgresql":
-        return "SELECT EXTRACT(EPOCH FROM clock_timestamp())"
-    return "SELECT UNIX_TIMESTAMP(NOW(6))"
-
-
-def insert_ignore(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT rows, silently skipping those whose primary key already exists (any dialect)."""
-    if not rows:
-        return
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        conn.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
-    else:
-        conn.execute(table.insert().prefix_with("IGNORE"), rows)
-
-
 class _StorageBackend:
     """Bucket rows in ``studyhall_rate_limits``, one transaction per decision."""
 
     def __init__(self, name: str, store: Storage) -> None:
         self.name = name
         self.storage = store
-        self.clock_sql = _db_clock_sql(store.dialect)
+        from storage._sql import db_clock_sql
+
+        self.clock_sql = db_clock_sql(store.dialect)
 
     def _lock_rows(
         self, conn: sa.Connection, limits: tuple[Limit, ...]
@@ -295,6 +272,7 @@ class _StorageBackend:
         import sqlalchemy as sa
 
         from storage import tables
+        from storage._sql import insert_ignore
 
         t = tables.rate_limits
         wanted = {lim.bucket for lim in limits} | {PAUSE_BUCKET}

@@ -1,8 +1,8 @@
 """Study: create/ask/tell on an Optuna study, with distributions and no stuck trials.
 
 ask ──> optuna.ask (retried) ──> heartbeat.add ──> TrialHandle
-tell ─> validate (nothing written on bad input) ──> telemetry rows + user_attrs
-        (one transaction) ──> optuna.tell ──> heartbeat.discard
+tell ─> read the running trial ──> validate (nothing written on bad input) ──> sampler.after_trial
+        ──> state + values + user_attrs + telemetry rows + note (one transaction) ──> heartbeat.discard
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
-import sqlalchemy as sa
-from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from optimizer import telemetry
@@ -35,7 +34,6 @@ RETRIES_ATTR = "studyhall:retries"
 SAMPLER_ATTR = "studyhall:sampler"
 _STATES = {"complete": TrialState.COMPLETE, "fail": TrialState.FAIL, "pruned": TrialState.PRUNED}
 _MAX_ERROR_LEN = 2000
-_TRIALS = models.TrialModel.__table__
 
 
 @dataclass(frozen=True)
@@ -92,6 +90,7 @@ class Study:
         self._study_id: int = study._study_id
         self._last_stale_check = 0.0
         self._space_json: dict[str, str] | None = None
+        self._ids: dict[int, int] = {}  # number -> trial id of the trials this object asked for
 
     def __repr__(self) -> str:
         return f"Study({self.name!r}, directions={self.directions})"
@@ -195,6 +194,7 @@ class Study:
         # The live optuna.Trial: optimize() answers a worker's suggest_* calls with it.
         with _quiet_ask(self.optuna):
             trial = retrying(self.optuna.ask, fixed_distributions=dists)
+        self._ids[trial.number] = trial._trial_id
         if keepalive:
             self.storage.heartbeat.add(trial._trial_id)
         return trial
@@ -243,23 +243,28 @@ class Study:
         number = trial.number if isinstance(trial, TrialHandle) else trial
         if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
             raise InvalidRequest(f"tell needs a TrialHandle or a trial number; got {trial!r:.60}")
-        trial_id, current = self._trial_state(int(number))
-        if current.is_finished():
+        # One read of the running trial: the sampler's after_trial hook, a pruned
+        # trial's last intermediate value and the returned FrozenTrial all come from it.
+        running = retrying(self.storage.optuna.get_trial, self._trial_id(int(number)))
+        if running.state.is_finished():
             raise InvalidRequest(
-                f"trial {number} of study {self.name!r} is already finished ({current.name}); "
+                f"trial {number} of study {self.name!r} is already finished ({running.state.name}); "
                 "ask for a new trial instead"
             )
         st = _parse_state(state) if state is not None else TrialState.COMPLETE
-        vals = self._values(value, values, scores, st)
-
         attrs: dict[str, Any] = dict(user_attrs or {})
         rows: list[tuple[str, dict[str, Any], np.ndarray | None]] = []
+        score = None
         if scores is not None:
             arr = as_array(scores, "scores")
             if arr.size:
-                s = summarize(arr)
-                attrs.update(summary_attrs("score", s))
-                rows.append(("score", s.as_dict(), arr))
+                score = summarize(arr)
+                attrs.update(summary_attrs("score", score))
+                rows.append(("score", score.as_dict(), arr))
+        vals = self._values(value, values, scores, st, score)
+        if st == TrialState.PRUNED and running.last_step is not None:
+            last = running.intermediate_values[running.last_step]
+            vals = [last] if math.isfinite(last) and len(self.optuna.directions) == 1 else None  # as Optuna does
         for name, samples in (metrics or {}).items():
             if not isinstance(name, str) or not name or len(name) > 128:
                 raise InvalidRequest(f"metric names must be strings of 1-128 characters; got {name!r:.60}")
@@ -271,28 +276,51 @@ class Study:
         if error is not None:
             attrs["error"] = str(error)[:_MAX_ERROR_LEN]
         # a failed trial's last trace steps; the dashboard note rides in the same transaction
-        note = telemetry.before_tell(self._study_id, trial_id, int(number), st, attrs, rows)
-        if attrs or rows:
-            write_trial_telemetry(
+        note = telemetry.before_tell(self._study_id, running._trial_id, int(number), st, attrs, rows)
+        done_at = datetime.now()
+        try:
+            self._after_trial(running, st, vals)
+        finally:
+            # The state, values, user_attrs, metrics rows and note: one transaction.
+            told = write_trial_telemetry(
                 self.storage,
                 study_id=self._study_id,
-                trial_id=trial_id,
+                trial_id=running._trial_id,
                 trial_number=int(number),
                 user_attrs=attrs,
                 metrics=rows,
                 extra=note,
+                finish=st,
+                values=vals,
+                completed_at=done_at,
             )
-        try:
-            # Optuna's tell re-reads the finished trial and returns it: no read of our own.
-            finished: FrozenTrial = retrying(self.optuna.tell, int(number), vals, state=st)
-        except (ValueError, RuntimeError) as exc:
-            if "finished" in str(exc).lower():  # another process told it first
-                raise InvalidRequest(f"trial {number} of study {self.name!r} was finished meanwhile") from exc
-            raise
-        finally:
-            self.storage.heartbeat.discard(trial_id)
+            self.storage.heartbeat.discard(running._trial_id)
+            self._ids.pop(running.number, None)
+        if not told:  # another process told it between our read and our write
+            raise InvalidRequest(f"trial {number} of study {self.name!r} was finished meanwhile")
         telemetry.after_tell(self.name, st, vals, rows, attrs)
-        return finished
+        return FrozenTrial(
+            number=running.number,
+            state=st,
+            value=None,
+            values=vals,
+            datetime_start=running.datetime_start,
+            datetime_complete=done_at,
+            params=running.params,
+            distributions=running.distributions,
+            user_attrs={**running.user_attrs, **attrs},
+            system_attrs=running.system_attrs,
+            intermediate_values=running.intermediate_values,
+            trial_id=running._trial_id,
+        )
+
+    def _after_trial(self, running: FrozenTrial, state: TrialState, values: list[float] | None) -> None:
+        # What optuna.Study.tell does before it writes: the sampler's hook (GridSampler
+        # stops an exhausted grid; constraints are stored) on the pruner's view of the study.
+        study = self.optuna
+        study._thread_local.cached_all_trials = None
+        view = optuna.pruners._filter_study(study, running)
+        study.sampler.after_trial(view, running, state, values)
 
     def _values(
         self,
@@ -300,6 +328,7 @@ class Study:
         values: Sequence[float] | None,
         scores: Sequence[float] | np.ndarray | None,
         state: TrialState,
+        score: Summary | None,
     ) -> list[float] | None:
         n_obj = len(self.optuna.directions)
         if value is not None and values is not None:
@@ -315,10 +344,9 @@ class Study:
                     f"scores= sets the value of a single-objective study; this one has {n_obj} "
                     "objectives, so pass values=[...] (and keep scores as a metric)"
                 )
-            arr = as_array(scores, "scores")
-            if arr.size == 0:
+            if score is None:
                 raise InvalidRequest("scores is empty; pass at least one score, or a value")
-            raw = float(arr.mean())
+            raw = score.mean
         if raw is None:
             raise InvalidRequest("tell needs a value, values=[...] or scores=[...] for a completed trial")
         seq = list(raw) if isinstance(raw, (Sequence, np.ndarray)) and not isinstance(raw, str) else [raw]
@@ -338,26 +366,13 @@ class Study:
 
     # ---- housekeeping ------------------------------------------------------------------
 
-    def _trial_state(self, number: int) -> tuple[int, TrialState]:
-        # One indexed read for both the id and the state: tell runs once per trial.
-        t = _TRIALS.c
-
-        def read(conn: sa.Connection) -> Any:
-            return conn.execute(
-                sa.select(t.trial_id, t.state).where(t.study_id == self._study_id, t.number == number)
-            ).first()
-
-        row = self.storage.run(read)
-        if row is None:
-            raise TrialNotFound(f"study {self.name!r} has no trial number {number}")
-        state = row.state if isinstance(row.state, TrialState) else TrialState[str(row.state)]
-        return int(row.trial_id), state
-
     def trial_id(self, number: int) -> int:
         """The storage id of trial ``number``; TrialNotFound if there is none."""
         return self._trial_id(number)
 
     def _trial_id(self, number: int) -> int:
+        if number in self._ids:
+            return self._ids[number]
         try:
             return retrying(self.storage.optuna.get_trial_id_from_study_id_trial_number, self._study_id, number)
         except KeyError as exc:
@@ -401,21 +416,17 @@ class Study:
         ``reason`` lands in the ``error`` user_attr and ``failure`` names the kind
         ("stale", "lease"). Safe to race: only the process that changes the state retries.
         """
-        # Attributes first: Optuna's cache never re-reads a finished trial.
-        write_trial_telemetry(
+        changed = write_trial_telemetry(
             self.storage,
             study_id=self._study_id,
             trial_id=frozen._trial_id,
             trial_number=frozen.number,
             user_attrs={"error": reason, "failure": failure},
+            finish=TrialState.FAIL,
         )
-        try:
-            changed = retrying(self.storage.optuna.set_trial_state_values, frozen._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return False  # another process failed it first, and retries it
-        if changed:
+        if changed:  # the loser of a race (another process failed it first) leaves the retry to the winner
             self.retry(frozen, self.retries if retries is None else retries)
-        return bool(changed)
+        return changed
 
     def retry(self, frozen: FrozenTrial, retries: int) -> bool:
         """Re-enqueue a failed trial's parameters if it has retries left; True if it did."""

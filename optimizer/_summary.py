@@ -72,45 +72,46 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
         0.75
     """
     arr = as_array(samples)
-    if arr.size == 0:
+    n = arr.size
+    if n == 0:
         raise InvalidRequest("cannot summarise an empty list of samples; pass at least one")
-    # One sort serves the quantiles, the distinct count and the histogram (tell() runs this
-    # once per metric, so it is on the hot path).
+    # tell() runs this once per metric with the CPU caches full of SQL work, where each
+    # numpy call costs microseconds: one sort serves the quantiles, the distinct count and
+    # the histogram, and scalar arithmetic stays in Python.
     srt = np.sort(arr)
-    n = srt.size
-    p50, p90, p99 = _quantiles(srt, (0.50, 0.90, 0.99))
     lo, hi = float(srt[0]), float(srt[-1])
+    p50, p90, p99 = (_quantile(srt, q) for q in (0.50, 0.90, 0.99))
     # Squares of samples beyond ~1e154 overflow float64: take the moments of scaled values.
     scale = max(abs(lo), abs(hi))
     scale = scale if scale > 1e150 else 1.0
     scaled = arr / scale if scale != 1.0 else arr
-    distinct = 1 + int(np.count_nonzero(srt[1:] != srt[:-1]))
-    nbins = max(1, min(bins, distinct))
-    edges = np.linspace(lo, hi, nbins + 1) if hi > lo else np.array([lo - 0.5, hi + 0.5])
+    mean = float(scaled.sum()) / n  # the same pairwise sums as numpy's mean and std
+    dev = scaled - mean
+    std = math.sqrt(float((dev * dev).sum()) / n)
+    nbins = max(1, min(bins, 1 + int(np.count_nonzero(srt[1:] != srt[:-1]))))
+    if hi > lo:  # np.linspace(lo, hi, nbins + 1), without its per-call checks
+        steps = _STEPS[nbins] if nbins <= MAX_BINS else np.arange(nbins + 1, dtype=np.float64)
+        edges = steps * ((hi - lo) / nbins) + lo
+        edges[-1] = hi
+    else:
+        edges = np.array([lo - 0.5, hi + 0.5])
     # Bins are [a, b) except the last, [a, b], as in numpy.histogram.
-    cuts = np.searchsorted(srt, edges[1:-1], side="left")
-    counts = np.diff(np.concatenate(([0], cuts, [n])))
-    hist = [(float(edges[i]), float(edges[i + 1]), int(c)) for i, c in enumerate(counts)]
-    return Summary(
-        n=int(arr.size),
-        mean=float(scaled.mean()) * scale,
-        std=float(scaled.std()) * scale,
-        min=lo,
-        p50=float(p50),
-        p90=float(p90),
-        p99=float(p99),
-        max=hi,
-        histogram=hist,
-    )
+    cuts = [0, *np.searchsorted(srt, edges[1:-1], side="left").tolist(), n]
+    e = edges.tolist()
+    hist = [(e[i], e[i + 1], cuts[i + 1] - cuts[i]) for i in range(len(e) - 1)]
+    return Summary(n=n, mean=mean * scale, std=std * scale, min=lo, p50=p50, p90=p90, p99=p99, max=hi, histogram=hist)
 
 
-def _quantiles(srt: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+_STEPS = [np.arange(k + 1, dtype=np.float64) for k in range(MAX_BINS + 1)]
+
+
+def _quantile(srt: np.ndarray, q: float) -> float:
     # numpy's default ("linear") percentile, read off an already sorted array.
-    pos = np.asarray(qs) * (srt.size - 1)
-    below = np.floor(pos).astype(np.intp)
-    above = np.minimum(below + 1, srt.size - 1)
-    frac = pos - below
-    return [float(v) for v in srt[below] + (srt[above] - srt[below]) * frac]
+    pos = q * (srt.size - 1)
+    below = int(pos)
+    above = min(below + 1, srt.size - 1)
+    a, b = float(srt[below]), float(srt[above])
+    return a + (b - a) * (pos - below)
 
 
 def summary_attrs(name: str, s: Summary) -> dict[str, float | int]:

@@ -18,6 +18,7 @@ one numpy call: a tell with 1,000 scores costs one ``searchsorted``, not 1,000
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
@@ -243,12 +244,10 @@ def _write_note(conn: sa.Connection, study_id: int, trial_id: int, body: str) ->
     ``dashboard:{trial_id}:note_str:{i}`` (2,045-character parts). A note someone
     saved while the trial ran is kept, with the table appended below it.
     """
-    from optuna.storages._rdb import models
-
-    t = models.StudySystemAttributeModel.__table__
+    t, read_version, insert = _note_statements()
     ver_key = f"dashboard:{trial_id}:note_ver"
     prefix = f"dashboard:{trial_id}:note_str:"
-    ver = conn.execute(sa.select(t.c.value_json).where(t.c.study_id == study_id, t.c.key == ver_key)).scalar_one_or_none()
+    ver = conn.execute(read_version, {"study_id": study_id, "key": ver_key}).scalar_one_or_none()
     version = 1
     if ver is not None:  # rare: keep the existing note's text
         part_rows = sa.select(t.c.key, t.c.value_json).where(t.c.study_id == study_id, t.c.key.startswith(prefix, autoescape=True))
@@ -259,10 +258,20 @@ def _write_note(conn: sa.Connection, study_id: int, trial_id: int, body: str) ->
         conn.execute(sa.delete(t).where(t.c.study_id == study_id, sa.or_(t.c.key == ver_key, t.c.key.in_(list(parts)))))
     chunks = [body[i:i + NOTE_PART] for i in range(0, len(body), NOTE_PART)] or [""]
     conn.execute(
-        sa.insert(t),
+        insert,
         [{"study_id": study_id, "key": ver_key, "value_json": json.dumps(version)}]
         + [{"study_id": study_id, "key": f"{prefix}{i}", "value_json": json.dumps(c)} for i, c in enumerate(chunks)],
     )
+
+
+@functools.cache
+def _note_statements() -> tuple[sa.Table, sa.Select[Any], sa.Insert]:
+    # Built once: every told trial with a distribution writes a note.
+    from optuna.storages._rdb import models
+
+    t: sa.Table = models.StudySystemAttributeModel.__table__
+    read_version = sa.select(t.c.value_json).where(t.c.study_id == sa.bindparam("study_id"), t.c.key == sa.bindparam("key"))
+    return t, read_version, sa.insert(t)
 
 
 # ---- distributions across a study -----------------------------------------------------------

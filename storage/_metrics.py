@@ -1,32 +1,40 @@
-"""Per-trial telemetry rows and user_attrs, written in one transaction.
+"""Per-trial telemetry rows and user_attrs, and the trial's end, written in one transaction.
 
-Optuna writes each user attribute in its own transaction; a summary has eight of
-them per metric, so studyhall writes the ``trial_user_attributes`` rows (Optuna's
-stable table) and its own ``studyhall_trial_metrics`` rows together instead.
-This happens before the trial is told, so a finished trial always has its
-telemetry and Optuna's cache (which re-reads unfinished trials) sees it.
+Optuna writes each user attribute in its own transaction and its tell reads the
+whole trial twice around a third; a summary has eight attributes per metric. So
+studyhall writes the ``trial_user_attributes`` rows (Optuna's stable table), its
+own ``studyhall_trial_metrics`` rows and, when told, the trial's state and values
+together: a finished trial always has its telemetry, and a tell with a thousand
+scores costs one transaction, like a tell with a value.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
+from optuna.trial import TrialState
 
 from storage._schema import trial_metrics
+from storage._sql import upsert
 from storage._storage import Storage
 
 _STAT_COLUMNS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
 
 
-def _user_attrs_table() -> sa.Table:
+def _optuna_table(name: str) -> sa.Table:
     from optuna.storages._rdb import models
 
     # Optuna's declarative models leave __table__ untyped (Any in optuna 5, FromClause before).
-    return cast(sa.Table, models.TrialUserAttributeModel.__table__)
+    return cast(sa.Table, getattr(models, name).__table__)
+
+
+class _NotRunning(Exception):
+    """Rolls the transaction back: the trial was finished by someone else first."""
 
 
 def write_trial_telemetry(
@@ -38,41 +46,70 @@ def write_trial_telemetry(
     user_attrs: Mapping[str, Any],
     metrics: Iterable[tuple[str, Mapping[str, Any], np.ndarray | None]] = (),
     extra: Callable[[sa.Connection], None] | None = None,
-) -> None:
+    finish: TrialState | None = None,
+    values: Sequence[float] | None = None,
+    completed_at: datetime | None = None,
+) -> bool:
     """Upsert ``user_attrs`` on the trial and one metrics row per (name, summary, samples).
 
-    ``extra(conn)`` runs in the same transaction (the optuna-dashboard note).
+    ``extra(conn)`` runs in the same transaction (the optuna-dashboard note). With
+    ``finish``, the trial also gets that state, ``values`` and ``completed_at`` (now),
+    but only if it is still RUNNING: otherwise nothing is written and the result is False.
     """
-    ua = _user_attrs_table()
+    from optuna.storages._rdb.models import TrialValueModel
+
     rows = list(metrics)
-    attrs = {k: json.dumps(v) for k, v in user_attrs.items()}
+    attrs = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in user_attrs.items()]
+    if finish is not None:
+        trials = _optuna_table("TrialModel")
+        # A conditional UPDATE is both the check and the lock: of two processes telling
+        # the same trial, the second matches no row, on every dialect.
+        end = (
+            sa.update(trials)
+            .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
+            .values(state=finish, datetime_complete=completed_at or datetime.now())
+        )
+        stored = [TrialValueModel.value_to_stored_repr(float(v)) for v in values or ()]
 
     def write(conn: sa.Connection) -> None:
-        if attrs:
-            conn.execute(sa.delete(ua).where(ua.c.trial_id == trial_id, ua.c.key.in_(list(attrs))))
-            conn.execute(sa.insert(ua), [{"trial_id": trial_id, "key": k, "value_json": v} for k, v in attrs.items()])
-        if rows:
-            names = [name for name, _, _ in rows]
-            conn.execute(sa.delete(trial_metrics).where(trial_metrics.c.trial_id == trial_id, trial_metrics.c.name.in_(names)))
-            conn.execute(
-                sa.insert(trial_metrics),
+        if finish is not None:
+            if conn.execute(end).rowcount != 1:
+                raise _NotRunning
+            upsert(
+                conn,
+                _optuna_table("TrialValueModel"),
                 [
-                    {
-                        "study_id": study_id,
-                        "trial_id": trial_id,
-                        "trial_number": trial_number,
-                        "name": name,
-                        **{c: summary[c] for c in _STAT_COLUMNS},
-                        "histogram": [list(b) for b in summary["histogram"]],
-                        "samples": None if samples is None else np.ascontiguousarray(samples, dtype="<f8").tobytes(),
-                    }
-                    for name, summary, samples in rows
+                    {"trial_id": trial_id, "objective": i, "value": v, "value_type": kind}
+                    for i, (v, kind) in enumerate(stored)
                 ],
+                keys=("trial_id", "objective"),
             )
+        upsert(conn, _optuna_table("TrialUserAttributeModel"), attrs, keys=("trial_id", "key"))
+        upsert(
+            conn,
+            trial_metrics,
+            [
+                {
+                    "study_id": study_id,
+                    "trial_id": trial_id,
+                    "trial_number": trial_number,
+                    "name": name,
+                    **{c: summary[c] for c in _STAT_COLUMNS},
+                    "histogram": [list(b) for b in summary["histogram"]],
+                    "samples": None if samples is None else np.ascontiguousarray(samples, dtype="<f8").tobytes(),
+                }
+                for name, summary, samples in rows
+            ],
+            keys=("trial_id", "name"),
+        )
         if extra is not None:
             extra(conn)
 
-    st.run(write)
+    try:
+        st.run(write)
+    except _NotRunning:
+        return False
+    return True
 
 
 def read_trial_metrics(st: Storage, trial_id: int) -> dict[str, dict[str, Any]]:

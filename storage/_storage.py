@@ -262,13 +262,11 @@ class Storage:
     def now(self) -> float:
         """The database server's clock in epoch seconds (one clock for every host)."""
 
+        from storage._sql import db_clock_sql
+
+        q = db_clock_sql(self.dialect)
+
         def read(conn: sa.Connection) -> float:
-            if self.dialect == "sqlite":
-                q = "SELECT (julianday('now') - 2440587.5) * 86400.0"
-            elif self.dialect == "postgresql":
-                q = "SELECT EXTRACT(EPOCH FROM clock_timestamp())"
-            else:
-                q = "SELECT UNIX_TIMESTAMP(NOW(6))"
             return float(conn.exec_driver_sql(q).scalar_one())
 
         return self.run(read)

@@ -162,3 +162,58 @@ def test_huge_scores_summarise_without_overflow(orch, study_name):
     s = study.trial_metrics(t.number)["score"]
     assert math.isfinite(s.std) and s.std == pytest.approx(8.4983658e299, rel=1e-6)
     assert frozen.value == pytest.approx(1.6666667e299, rel=1e-6)
+
+
+class _HookSampler(optuna.samplers.RandomSampler):
+    """Records what tell hands the sampler's after_trial hook, and can act inside it."""
+
+    def __init__(self, during=None):
+        super().__init__(seed=0)
+        self.calls = []
+        self.during = during
+
+    def after_trial(self, study, trial, state, values):
+        self.calls.append((trial.number, trial.state, state, values))
+        if self.during is not None:
+            self.during(trial)
+
+
+def test_tell_runs_the_samplers_after_trial_hook_as_optuna_does(orch, study_name, store):
+    sampler = _HookSampler()
+    study = orch.create_study(study_name, sampler=sampler)
+    t1, t2, t3 = study.ask_batch(SPACE, k=3)
+    study.tell(t1, 0.3)
+    study.tell(t2, state="fail")
+    store.optuna.set_trial_intermediate_value(t3.trial_id, 4, 0.125)
+    pruned = study.tell(t3, state="pruned")
+    running = optuna.trial.TrialState.RUNNING
+    assert sampler.calls == [
+        (t1.number, running, optuna.trial.TrialState.COMPLETE, [0.3]),
+        (t2.number, running, optuna.trial.TrialState.FAIL, None),
+        (t3.number, running, optuna.trial.TrialState.PRUNED, [0.125]),  # the last reported value
+    ]
+    assert pruned.value == 0.125 and study.trial(t3.number).value == 0.125
+
+
+def test_of_two_tells_racing_only_the_first_writes(orch, study_name, store):
+    # Another teller finishes the trial while this one is between its read and its write.
+    other = Orchestrator(store)  # another Study object: what a second thread or host would hold
+    sampler = _HookSampler(during=lambda trial: other.load_study(study_name).tell(trial.number, 0.9))
+    study = orch.create_study(study_name, sampler=sampler)
+    t = study.ask(SPACE)
+    with pytest.raises(InvalidRequest, match="finished meanwhile"):
+        study.tell(t, scores=[0.0, 0.0], user_attrs={"who": "loser"})
+    final = study.trial(t.number)
+    assert final.value == 0.9 and final.state.name == "COMPLETE"
+    assert "who" not in final.user_attrs and "score.n" not in final.user_attrs
+    assert study.trial_metrics(t.number) == {}
+
+
+def test_tell_overwrites_user_attrs_set_while_running(orch, study_name, store):
+    study = orch.create_study(study_name)
+    t = study.ask(SPACE)
+    store.optuna.set_trial_user_attr(t.trial_id, "stage", "running")
+    store.optuna.set_trial_user_attr(t.trial_id, "kept", 1)
+    frozen = study.tell(t, 0.5, user_attrs={"stage": "done"})
+    assert frozen.user_attrs["stage"] == "done" and frozen.user_attrs["kept"] == 1
+    assert study.trial(t.number).user_attrs == {"stage": "done", "kept": 1}
