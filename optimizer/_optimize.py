@@ -4,13 +4,18 @@
 
     optimize()                                                    pool worker
     ├─ study.retries = retries; fail_stale_trials()  (again every heartbeat)
-    ├─ while the budget allows (n_trials, timeout, max_total_trials) and < workers in flight:
+    ├─ while the budget allows (n_trials, timeout, max_total_trials) and < workers + 1 in flight:
     │    study._ask_trial ─> optuna.Trial ─> TrialProxy, job dict (_remote_trial)
     │    pool.submit(BOOT, job, on_call=proxy.handle) ────────────────> run_trial (_trial_runner)
+    │         (one trial waits in the pool's queue, so a free worker never waits for an ask)
+    │         on_send: its real start time                       <─send── "started"
     │         proxy.handle: suggest_* / report / should_prune  <─call── RemoteTrial(objective)
+    │         (a worker's call goes before the parent's own ask and tell: CallsFirst)
     ├─ wait(first completed) <──── outcome dict | TaskTimeout | WorkerCrashed
     │    study.tell(value | scores, metrics, user_attrs)  or  FAIL / PRUNED  (+ study.retry)
-    └─ Ctrl-C: 2 s grace, FAIL "interrupted" for the rest, pool shut down, KeyboardInterrupt again
+    ├─ timeout or a stop: the queued trial goes back to the study's queue (WAITING), never run
+    └─ Ctrl-C: queued trial back to WAITING, 2 s grace, FAIL "interrupted" for the rest,
+       pool shut down, KeyboardInterrupt again
 
 ``workers=0`` runs each trial in this thread with the same RemoteTrial code.
 """
@@ -18,11 +23,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -33,7 +39,15 @@ from bridge import PoolClosed, TaskTimeout, WorkerCrashed
 from optimizer._optimize_backends import Inline, Interrupts, Pooled
 from optimizer._optimize_progress import make_progress
 from optimizer._optimize_report import OptimizeReport, Options
-from optimizer._remote_trial import TrialOutcome, TrialProxy, load_objective, make_job, ship_objective, ship_services
+from optimizer._remote_trial import (
+    CallsFirst,
+    TrialOutcome,
+    TrialProxy,
+    load_objective,
+    make_job,
+    ship_objective,
+    ship_services,
+)
 from optimizer._space import Space
 from storage import InvalidRequest
 
@@ -72,8 +86,10 @@ def optimize(
         objective: a callable taking an Optuna-style trial, or ``"package.module:function"``;
             it returns a float, per-example scores (a sequence), or an ``Evaluation``.
         n_trials: stop after this call finished this many trials (retries included).
-        timeout: seconds after which no new trial starts.
-        workers: trials in flight at once, each in its own worker process; 0 runs
+        timeout: seconds after which no new trial starts (the trial queued for the
+            next free worker goes back to the study's queue, WAITING).
+        workers: trials running at once, each in its own worker process, plus one
+            asked ahead and queued so that a free worker starts at once; 0 runs
             them in this thread (then ``trial_timeout`` is not available).
         trial_timeout: seconds a trial may run before its worker is killed (FAIL).
         retries: re-runs of a timed-out or crashed trial's parameters; also the
@@ -101,7 +117,8 @@ class _Run:
         self.services = None if opts.workers == 0 else ship_services()
         self.dists = {} if space is None else study._remember_space(space)
         self.fixed = space is not None
-        self.lock = threading.RLock()  # one thread at a time on the sampler and the storage
+        self.lock = CallsFirst()  # one thread at a time on the sampler and the storage
+        self.turns: deque[tuple[float, float]] = deque(maxlen=32)  # (waiting, whole) time of recent loop turns
         self.interrupts = Interrupts()
         self.report = OptimizeReport()
         self.inflight: dict[int, _Flight] = {}
@@ -139,6 +156,9 @@ class _Run:
 
     def _loop(self) -> None:
         while True:
+            turn, waited = time.monotonic(), 0.0
+            if self.stop is not None or not self._time_left():
+                self._requeue_queued()
             self._fill()
             if not self.inflight:
                 if not self._others_running():
@@ -146,7 +166,9 @@ class _Run:
                 time.sleep(_TICK_S)  # the study's last trials run elsewhere; they finish or go stale
             else:
                 running = {fl.future: fl for fl in self.inflight.values() if fl.future is not None and not fl.future.done()}
-                wait(running, timeout=_TICK_S, return_when=FIRST_COMPLETED)
+                t0 = time.monotonic()
+                wait(running, timeout=self._tick(), return_when=FIRST_COMPLETED)
+                waited = time.monotonic() - t0
                 done = [fl for fl in self.inflight.values() if fl.future is not None and fl.future.done()]
                 # A crash or timeout is told first, so that its retry is the next trial asked;
                 # a result is told after the free workers got new trials, so they do not idle meanwhile.
@@ -160,15 +182,27 @@ class _Run:
             with self.lock:
                 self.study._maybe_fail_stale()
             self.bar.update(self.report)
+            self._pace(waited, time.monotonic() - turn)
+
+    def _pace(self, waited: float, turn: float) -> None:
+        # Mostly waiting for results: the parent can let workers' calls go first.
+        # Mostly asking and telling: it is the bottleneck and must not wait for them.
+        self.turns.append((waited, turn))
+        self.lock.patient = sum(w for w, _ in self.turns) > 0.5 * sum(t for _, t in self.turns)
 
     def _fill(self) -> None:
-        while self._busy() < self.backend.capacity and self._may_ask():
+        while self._busy() < self.backend.capacity + self.backend.ahead and self._may_ask():
             self._start()
 
     def _busy(self) -> int:
         if isinstance(self.backend, Inline):  # its trials are done when submitted; tell before the next
             return len(self.inflight)
         return sum(fl.future is None or not fl.future.done() for fl in self.inflight.values())
+
+    def _tick(self) -> float:
+        # wake at the timeout itself: the trial queued ahead must not start after it
+        left = None if self.opts.timeout is None else self.start + self.opts.timeout - time.monotonic()
+        return _TICK_S if left is None or left <= 0 else min(_TICK_S, left)
 
     def _time_left(self) -> bool:
         return self.opts.timeout is None or time.monotonic() - self.start < self.opts.timeout
@@ -222,7 +256,21 @@ class _Run:
             services=self.services,
             catch=self.opts.catch,
         )
-        flight.future = self.backend.submit(job, TrialProxy(trial, self.lock))
+        flight.future = self.backend.submit(job, TrialProxy(trial, self.lock), self._on_start(trial.number))
+
+    def _on_start(self, number: int) -> Callable[[float], None]:
+        def started(at: float) -> None:  # on a lane thread: when the worker began the trial
+            self.study._started[number] = datetime.fromtimestamp(at)
+
+        return started
+
+    def _requeue_queued(self) -> None:
+        """Give trials still waiting in the pool's queue back to the study (WAITING): they never ran."""
+        for fl in list(self.inflight.values()):
+            if fl.future is not None and fl.future.cancel():
+                self.inflight.pop(fl.number, None)
+                with self.lock:
+                    self.study._requeue(fl.trial_id)
 
     # ---- outcomes ----------------------------------------------------------------------
 
@@ -314,7 +362,15 @@ class _Run:
                     self.report.retried += 1
 
     def _abort(self, exc: BaseException) -> None:
-        """Leave no trial of this call RUNNING: a short grace after Ctrl-C, then FAIL the rest."""
+        """Leave no trial of this call RUNNING: a short grace after Ctrl-C, then FAIL the rest.
+
+        A trial still queued in the pool never ran: it goes back to the study's queue.
+        """
+        try:
+            with self.interrupts.shield():
+                self._requeue_queued()
+        except BaseException:  # the trial stays RUNNING in inflight and is failed below
+            _log.warning("could not give queued trials back", exc_info=True)
         if isinstance(exc, KeyboardInterrupt):
             deadline = time.monotonic() + GRACE_S
             try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
 from optimizer import events, trace
 from optimizer._remote_trial import BOOT, RUNNER_FILE, TrialProxy
-from optimizer._trial_runner import run_trial
+from optimizer._trial_runner import STARTED, run_trial
 from storage import Storage
 
 
@@ -19,11 +19,12 @@ class Inline:
     """``workers=0``: each trial runs to its end inside ``submit``, in this thread."""
 
     capacity = 1
+    ahead = 0
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
 
-    def submit(self, job: dict[str, Any], proxy: TrialProxy) -> Future[dict[str, Any]]:
+    def submit(self, job: dict[str, Any], proxy: TrialProxy, on_start: Callable[[float], None]) -> Future[dict[str, Any]]:
         fut: Future[dict[str, Any]] = Future()
         with trace.scope(self.storage, trial=proxy.trial):  # trace.step() lands on this trial
             fut.set_result(run_trial(job, proxy.handle))
@@ -34,7 +35,14 @@ class Inline:
 
 
 class Pooled:
-    """``workers=N``: a WorkerPool of N; its workers start while the parent reads the study."""
+    """``workers=N``: a WorkerPool of N; its workers start while the parent reads the study.
+
+    One trial more than there are workers is submitted (``ahead``): it waits in the
+    pool's queue, so a worker that finishes starts its next trial at once instead of
+    idling through the parent's ask.
+    """
+
+    ahead = 1
 
     def __init__(self, workers: int, trial_timeout: float | None, storage: Storage) -> None:
         from bridge import WorkerPool
@@ -45,9 +53,16 @@ class Pooled:
         self.pool.__enter__()
         self._open = True
 
-    def submit(self, job: dict[str, Any], proxy: TrialProxy) -> Future[dict[str, Any]]:
+    def submit(self, job: dict[str, Any], proxy: TrialProxy, on_start: Callable[[float], None]) -> Future[dict[str, Any]]:
         # the objective's events and trace steps are written here, tied to the trial
-        on_send = events.worker_sink(self.storage, proxy.trial)
+        sink = events.worker_sink(self.storage, proxy.trial)
+
+        def on_send(payload: Any) -> None:
+            if isinstance(payload, dict) and payload.get(events.MESSAGE_KEY) == STARTED:
+                on_start(float(payload["at"]))
+            else:
+                sink(payload)
+
         return self.pool.submit(BOOT, RUNNER_FILE, job, on_call=proxy.handle, on_send=on_send)
 
     def close(self, exc: BaseException | None = None) -> None:

@@ -14,9 +14,11 @@ Only the parent touches the storage and the sampler; a worker needs neither.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,10 +99,80 @@ def _make_boot() -> Callable[[str, dict[str, Any]], dict[str, Any]]:
 BOOT = _make_boot()
 
 
+class CallsFirst:
+    """The lock of ``optimize``'s sampler and storage, on which a worker's call goes first.
+
+    A worker waiting for a ``suggest_*`` answer idles. While the parent has time to
+    spare (``patient``), its own work (the ask for the trial queued ahead, a tell)
+    waits until the workers' calls have been quiet for ``QUIET_S``, at most
+    ``MAX_DEFER_S``; when the parent is the bottleneck it takes its turn at once.
+    Parent work enters with ``with lock:``, a worker's call with ``with lock.urgent():``.
+    Re-entrant.
+    """
+
+    QUIET_S = 0.003  # a trial's suggest_* calls come in a burst when it starts
+    MAX_DEFER_S = 0.02
+
+    def __init__(self) -> None:
+        self.patient = False
+        self._lock = threading.RLock()
+        self._state = threading.Condition(threading.Lock())
+        self._calls = 0
+        self._last_call = float("-inf")
+        self._owner: int | None = None
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        """Hold the lock for a worker's call, ahead of any parent work waiting for it."""
+        with self._state:
+            self._calls += 1
+        try:
+            self._acquire(defer=False)
+            try:
+                yield
+            finally:
+                self.__exit__()
+        finally:
+            with self._state:
+                self._calls -= 1
+                self._last_call = time.monotonic()
+                self._state.notify_all()
+
+    def __enter__(self) -> CallsFirst:
+        self._acquire(defer=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self._owner = None
+            self._lock.release()
+
+    def _acquire(self, defer: bool) -> None:
+        me = threading.get_ident()
+        if self._owner != me:  # a holder entering again must not wait for the calls it blocks
+            if defer and self.patient:
+                self._wait_until_quiet()
+            self._lock.acquire()
+            self._owner = me
+        self._depth += 1
+
+    def _wait_until_quiet(self) -> None:
+        deadline = time.monotonic() + self.MAX_DEFER_S
+        with self._state:
+            while True:
+                now = time.monotonic()
+                quiet_at = self._last_call + self.QUIET_S
+                if now >= deadline or (not self._calls and now >= quiet_at):
+                    return
+                self._state.wait(deadline - now if self._calls else min(deadline, quiet_at) - now)
+
+
 class TrialProxy:
     """The parent's side of a RemoteTrial: applies its calls to the live ``optuna.Trial``."""
 
-    def __init__(self, trial: optuna.Trial, lock: threading.RLock) -> None:
+    def __init__(self, trial: optuna.Trial, lock: CallsFirst) -> None:
         self.trial = trial
         self._lock = lock
 
@@ -112,7 +184,7 @@ class TrialProxy:
             raise InvalidRequest(f"malformed remote-trial call {payload!r:.80}") from None
         if method not in FORWARDED:
             raise InvalidRequest(f"remote trials cannot call {method!r}; allowed: {', '.join(FORWARDED)}")
-        with self._lock:  # the sampler and the storage are used by one thread at a time
+        with self._lock.urgent():  # the sampler and the storage are used by one thread at a time
             return getattr(self.trial, method)(*args, **kwargs)
 
 

@@ -23,7 +23,7 @@ from optimizer import telemetry
 from optimizer._space import Space, check_params, space_from_json, space_to_json, to_distributions
 from optimizer._summary import Summary, as_array, summarize, summary_attrs
 from storage import InvalidRequest, Storage, TrialNotFound, retrying
-from storage._metrics import read_trial_metrics, write_trial_telemetry
+from storage._metrics import read_trial_metrics, requeue_trial, write_trial_telemetry
 
 if TYPE_CHECKING:
     from optimizer._optimize_report import OptimizeReport
@@ -91,6 +91,8 @@ class Study:
         self._last_stale_check = 0.0
         self._space_json: dict[str, str] | None = None
         self._ids: dict[int, int] = {}  # number -> trial id of the trials this object asked for
+        # number -> when it really started, if later than its ask (optimize asks one ahead)
+        self._started: dict[int, datetime] = {}
 
     def __repr__(self) -> str:
         return f"Study({self.name!r}, directions={self.directions})"
@@ -278,6 +280,7 @@ class Study:
         # a failed trial's last trace steps; the dashboard note rides in the same transaction
         note = telemetry.before_tell(self._study_id, running._trial_id, int(number), st, attrs, rows)
         done_at = datetime.now()
+        started_at = self._started.get(running.number)
         try:
             self._after_trial(running, st, vals)
         finally:
@@ -293,9 +296,11 @@ class Study:
                 finish=st,
                 values=vals,
                 completed_at=done_at,
+                started_at=started_at,
             )
             self.storage.heartbeat.discard(running._trial_id)
             self._ids.pop(running.number, None)
+            self._started.pop(running.number, None)
         if not told:  # another process told it between our read and our write
             raise InvalidRequest(f"trial {number} of study {self.name!r} was finished meanwhile")
         telemetry.after_tell(self.name, st, vals, rows, attrs)
@@ -304,7 +309,7 @@ class Study:
             state=st,
             value=None,
             values=vals,
-            datetime_start=running.datetime_start,
+            datetime_start=started_at or running.datetime_start,
             datetime_complete=done_at,
             params=running.params,
             distributions=running.distributions,
@@ -427,6 +432,12 @@ class Study:
         if changed:  # the loser of a race (another process failed it first) leaves the retry to the winner
             self.retry(frozen, self.retries if retries is None else retries)
         return changed
+
+    def _requeue(self, trial_id: int) -> bool:
+        # A trial asked but never started goes back to the queue (WAITING): the next
+        # ask anywhere hands it out again, with whatever it was enqueued with.
+        self.storage.heartbeat.discard(trial_id)
+        return requeue_trial(self.storage, trial_id)
 
     def retry(self, frozen: FrozenTrial, retries: int) -> bool:
         """Re-enqueue a failed trial's parameters if it has retries left; True if it did."""

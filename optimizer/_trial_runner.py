@@ -26,11 +26,13 @@ import json
 import math
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 TRACEBACK_LINES = 20
+STARTED = "started"  # the message a pool worker sends when it starts a trial: {"studyhall": STARTED, "at": epoch}
 _HINT = "return a float, a sequence (per-example scores, or one value per objective) or an Evaluation"
 
 
@@ -166,6 +168,8 @@ def run_trial(job: dict[str, Any], call: Callable[[Any], Any] | None = None) -> 
     """Run one trial (in a pool worker unless ``call`` is given); a dict describes what came of it."""
     if call is None:
         channel = sys.modules["bridge._worker"].worker_channel()
+        # The trial may have waited in the pool's queue since it was asked: its true start.
+        channel.send({"studyhall": STARTED, "at": time.time()})
         call = channel.call
     telemetry = _telemetry(job["telemetry"])
     with contextlib.ExitStack() as stack:

@@ -49,12 +49,14 @@ def write_trial_telemetry(
     finish: TrialState | None = None,
     values: Sequence[float] | None = None,
     completed_at: datetime | None = None,
+    started_at: datetime | None = None,
 ) -> bool:
     """Upsert ``user_attrs`` on the trial and one metrics row per (name, summary, samples).
 
     ``extra(conn)`` runs in the same transaction (the optuna-dashboard note). With
-    ``finish``, the trial also gets that state, ``values`` and ``completed_at`` (now),
-    but only if it is still RUNNING: otherwise nothing is written and the result is False.
+    ``finish``, the trial also gets that state, ``values``, ``completed_at`` (now) and, if
+    given, ``started_at``, but only if it is still RUNNING: otherwise nothing is written
+    and the result is False.
     """
     from optuna.storages._rdb.models import TrialValueModel
 
@@ -64,10 +66,13 @@ def write_trial_telemetry(
         trials = _optuna_table("TrialModel")
         # A conditional UPDATE is both the check and the lock: of two processes telling
         # the same trial, the second matches no row, on every dialect.
+        times = {"datetime_complete": completed_at or datetime.now()}
+        if started_at is not None:
+            times["datetime_start"] = started_at
         end = (
             sa.update(trials)
             .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
-            .values(state=finish, datetime_complete=completed_at or datetime.now())
+            .values(state=finish, **times)
         )
         stored = [TrialValueModel.value_to_stored_repr(float(v)) for v in values or ()]
 
@@ -110,6 +115,25 @@ def write_trial_telemetry(
     except _NotRunning:
         return False
     return True
+
+
+def requeue_trial(st: Storage, trial_id: int) -> bool:
+    """Put a RUNNING trial that never ran back in the study's queue (WAITING); False if it is not RUNNING."""
+    trials, beats = _optuna_table("TrialModel"), _optuna_table("TrialHeartbeatModel")
+    back = (
+        sa.update(trials)
+        .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
+        .values(state=TrialState.WAITING, datetime_start=None)
+    )
+
+    def write(conn: sa.Connection) -> bool:
+        if conn.execute(back).rowcount != 1:
+            return False
+        # An old beat would make the trial look stale the moment it is handed out again.
+        conn.execute(sa.delete(beats).where(beats.c.trial_id == trial_id))
+        return True
+
+    return st.run(write)
 
 
 def read_trial_metrics(st: Storage, trial_id: int) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import optuna
 import pytest
@@ -157,11 +158,16 @@ def test_uncaught_exception_stops_the_run_and_is_raised(study):
     assert [t.state.name for t in study.trials()] == ["COMPLETE", "FAIL"]
 
 
+def started(study) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials whose objective began (it suggested a parameter), not those queued ahead."""
+    return [t for t in study.trials(states=["running"]) if t.params]
+
+
 def test_ctrl_c_fails_running_trials_and_reraises(study):
     def interrupt_when_running() -> None:
         from tests._util import wait_until
 
-        wait_until(lambda: len(study.trials(states=["running"])) == 2, timeout=30, what="two running trials")
+        wait_until(lambda: len(started(study)) == 2, timeout=30, what="two running trials")
         import _thread
 
         _thread.interrupt_main()
@@ -170,10 +176,36 @@ def test_ctrl_c_fails_running_trials_and_reraises(study):
     threading.Thread(target=interrupt_when_running, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         study.optimize(f"{OBJ}:by_kind", n_trials=4, workers=2, progress=False)
+    ran, queued = study.trials()[:2], study.trials()[2:]
+    assert [t.state.name for t in ran] == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["error"] == "interrupted" for t in ran)
+    # the trial asked ahead for the next free worker never ran: it is back in the queue
+    assert [(t.state.name, t.params, t.datetime_start) for t in queued] == [("WAITING", {}, None)]
+    assert not study.trials(states=["running"])
+
+
+def test_a_trial_queued_ahead_records_when_it_really_started(study, monkeypatch):
+    monkeypatch.setenv("STUDYHALL_TEST_SLEEP", "0.3")
+    report = study.optimize(f"{OBJ}:sleepy", n_trials=3, workers=1, progress=False)
+    assert report.completed == 3
+    t = study.trials()
+    # one worker runs them one after another; each was asked while the one before ran
+    for before, after in zip(t, t[1:]):
+        assert after.datetime_start - before.datetime_start >= timedelta(seconds=0.3)
+        assert after.datetime_complete - after.datetime_start >= timedelta(seconds=0.3)
+
+
+def test_timeout_gives_the_trial_queued_ahead_back(study, monkeypatch):
+    monkeypatch.setenv("STUDYHALL_TEST_SLEEP", "0.3")
+    report = study.optimize(f"{OBJ}:sleepy", timeout=0.5, workers=1, progress=False)
     trials = study.trials()
-    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
-    assert all(t.user_attrs["error"] == "interrupted" for t in trials)
-    assert_nothing_left(study)
+    ran = [t for t in trials if t.state.name == "COMPLETE"]
+    back = [t for t in trials if t.state.name != "COMPLETE"]
+    assert report.completed == report.n_trials == len(ran)
+    assert back and all(t.state.name == "WAITING" and not t.params and t.datetime_start is None for t in back)
+    # the next ask hands it out again
+    again = study.ask({"x": Float(0, 1)})
+    assert again.number == back[0].number
 
 
 def test_timeout_stops_asking_and_ctrl_c_in_process_leaves_nothing_running(study, monkeypatch):
@@ -211,3 +243,30 @@ def test_bad_arguments_are_invalid_requests(study):
     with pytest.raises(InvalidRequest, match="cannot be pickled"):
         study.optimize(lambda t: lock.locked(), n_trials=1, progress=False)
     assert study.trials() == []
+
+
+def test_a_workers_call_goes_before_the_parents_own_work(monkeypatch):
+    from optimizer._remote_trial import CallsFirst
+    from tests._util import wait_until
+
+    monkeypatch.setattr(CallsFirst, "MAX_DEFER_S", 30.0)  # only quiet, never the deadline, lets the parent in
+    lock, order = CallsFirst(), []
+    lock.patient = True
+
+    def call() -> None:
+        with lock.urgent():
+            order.append("call")
+
+    def parent_work() -> None:
+        with lock:
+            order.append("parent")
+
+    with lock:  # the parent is busy when a worker's call and more parent work arrive
+        caller = threading.Thread(target=call)
+        caller.start()
+        wait_until(lambda: lock._calls == 1, timeout=10, what="the call to wait")
+        other = threading.Thread(target=parent_work)
+        other.start()
+    caller.join(10)
+    other.join(10)
+    assert order == ["call", "parent"]
