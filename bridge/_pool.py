@@ -62,6 +62,7 @@ from bridge._pool_tasks import (
     Task,
     check_target,
     encode_call,
+    fail,
     run_inline,
 )
 from bridge._pool_workers import WorkerProcess, WorkerState
@@ -83,6 +84,12 @@ class WorkerPool(TaskDispatch, Supervisor):
             process it started) exceeds this; None for no limit.
         health_check: a callable (or ``"module:function"``) run in idle workers at
             each ping; falsy or raising means the worker is replaced.
+        prefetch: 1 sends a busy worker its next task ahead of time, so that it never
+            waits for the pool between tasks (for many short tasks, once the pool is
+            at ``max_workers``). Such a task counts as running (``cancel()`` returns
+            False), waits behind that worker's current task even if another worker
+            frees first, and is run elsewhere if its worker dies first. 0 (default) hands
+            a task out only when a worker is free. Not with ``max_memory_mb``.
         timeouts: the phases of stopping and watching workers (``PoolTimeouts``).
 
     Example:
@@ -103,6 +110,7 @@ class WorkerPool(TaskDispatch, Supervisor):
         max_memory_mb: float | None = None,
         health_check: Callable[[], Any] | str | None = None,
         *,
+        prefetch: int = 0,
         timeouts: PoolTimeouts | None = None,
     ) -> None:
         _check_bounds(min_workers, max_workers)
@@ -113,6 +121,14 @@ class WorkerPool(TaskDispatch, Supervisor):
         _check_positive("max_memory_mb", max_memory_mb)
         if health_check is not None:
             check_target(health_check)
+        if prefetch not in (0, 1) or isinstance(prefetch, bool):
+            raise InvalidRequest(f"prefetch must be 0 or 1 (tasks sent ahead to a busy worker); got {prefetch!r}")
+        if prefetch and max_memory_mb is not None:
+            raise InvalidRequest(
+                "prefetch=1 cannot be combined with max_memory_mb: a worker replaced for its memory "
+                "would still run the task sent ahead to it; use one or the other"
+            )
+        self._prefetch = bool(prefetch)
         self._min, self._max = min_workers, max_workers
         self._task_timeout = task_timeout
         self._health_interval = health_check_interval
@@ -215,6 +231,8 @@ class WorkerPool(TaskDispatch, Supervisor):
             if worker is not None and not self._assign(worker, task):
                 self._idle.append(worker)
                 return future  # cancelled already (not possible yet, but cheap to honour)
+            if worker is None and not self._pending:  # with tasks waiting, no worker takes one ahead
+                worker = self._send_ahead(task)
             if worker is None:
                 self._pending.append(task)
                 wake = len(self._workers) < self._max
@@ -254,7 +272,8 @@ class WorkerPool(TaskDispatch, Supervisor):
                 "busy": sum(w.task is not None for w in self._workers),
                 "idle": sum(s is WorkerState.IDLE or s is WorkerState.CHECKING for s in states),
                 "starting": states.count(WorkerState.STARTING),
-                "queued": sum(not t.future.cancelled() for t in self._pending),
+                "queued": sum(not t.future.cancelled() for t in self._pending)
+                + sum(w.ahead is not None for w in self._workers),
                 **self._counts,
             }
 
@@ -286,7 +305,8 @@ class WorkerPool(TaskDispatch, Supervisor):
             if cancel_pending:
                 self._pending.clear()
         for task in cancelled:
-            task.future.cancel()
+            if not task.future.cancel():  # sent ahead to a worker that died: it counts as running
+                fail(task, PoolClosed(f"task {task.id} was stopped: the pool was shut down before it ran"))
         self._wake()
         supervisor = self._supervisor
         if wait and supervisor is not None and supervisor is not threading.current_thread():

@@ -90,6 +90,7 @@ class PoolCore:
     _idle_shrink_after: float
     _max_tasks: int | None
     _max_memory_mb: float | None
+    _prefetch: bool
     _health_blob: bytes | None
     _timeouts: PoolTimeouts
     _lock: threading.Lock
@@ -140,17 +141,24 @@ class PoolCore:
         if worker in self._draining:
             self._draining.remove(worker)
         task, worker.task = worker.task, None
+        ahead, worker.ahead = worker.ahead, None
+        fails: list[Fail] = []
+        if ahead is not None:  # never started: the next free worker runs it
+            if self._state in (PoolState.RUNNING, PoolState.CLOSING) and worker.stop_reason != "shutdown":
+                self._pending.appendleft(ahead)
+            else:
+                fails.append((ahead, PoolClosed(f"task {ahead.id} was stopped: the pool was shut down before it ran"), None))
         if task is None:
-            return []
+            return fails
         if worker.stop_reason == "timeout":
             assert task.timeout is not None
             exc: BaseException = TaskTimeout(
                 f"task {task.id} ran past its timeout of {task.timeout:g}s; its worker (pid {worker.pid}) "
                 "and everything it started were killed and replaced. Raise the timeout or make the task faster"
             )
-            return [(task, exc, "timeouts")]
+            return [*fails, (task, exc, "timeouts")]
         if worker.stop_reason == "shutdown":
-            return [(task, PoolClosed(f"task {task.id} was stopped: the pool was shut down while it ran"), None)]
+            return [*fails, (task, PoolClosed(f"task {task.id} was stopped: the pool was shut down while it ran"), None)]
         code = worker.returncode
         exc = WorkerCrashed(
             f"worker pid {worker.pid} {worker.describe_exit()} while running task {task.id}; the pool "
@@ -160,7 +168,7 @@ class PoolCore:
             signal=-code if code is not None and code < 0 else None,
             pid=worker.pid,
         )
-        return [(task, exc, None)]
+        return [*fails, (task, exc, None)]
 
     def _fail_all(self, fails: list[Fail]) -> None:
         counted = [(kind, fail(task, exc)) for task, exc, kind in fails]

@@ -25,13 +25,55 @@ class TaskDispatch(PoolCore):
 
     def _assign(self, worker: WorkerProcess, task: Task) -> bool:
         """Under the lock: make ``task`` the worker's current task, unless it was cancelled."""
-        if not task.future.set_running_or_notify_cancel():
+        if not self._set_running(task):
             return False
-        start = time.monotonic()
+        self._begin(worker, task, time.monotonic())
+        return True
+
+    def _begin(self, worker: WorkerProcess, task: Task, start: float) -> None:
         task.started = start
         task.deadline = None if task.timeout is None else start + task.timeout
         worker.state = WorkerState.BUSY
         worker.task = task
+
+    def _may_send_ahead(self, worker: WorkerProcess) -> bool:
+        """Under the lock: whether ``worker`` may be sent a task to run after its current one."""
+        return (
+            self._prefetch
+            and self._state is PoolState.RUNNING
+            and len(self._workers) >= self._max  # below max_workers a new worker takes it sooner
+            and worker.state is WorkerState.BUSY
+            and worker.task is not None
+            and worker.ahead is None
+            and (self._max_tasks is None or worker.tasks_done + 2 <= self._max_tasks)
+        )
+
+    def _send_ahead(self, task: Task) -> WorkerProcess | None:
+        """Under the lock, with prefetch: the busy worker ``task`` is sent ahead to, if one may take it."""
+        busy = [w for w in self._workers if self._may_send_ahead(w)]
+        if not busy or not self._set_running(task):
+            return None
+        # the worker whose task started first is likely to finish first
+        worker = min(busy, key=lambda w: w.task.started or 0.0)  # type: ignore[union-attr]
+        worker.ahead = task
+        return worker
+
+    def _take_ahead(self, worker: WorkerProcess) -> Task | None:
+        """Under the lock, with prefetch: the oldest waiting task, sent ahead to ``worker``."""
+        while self._pending and self._may_send_ahead(worker):
+            task = self._pending.popleft()
+            if self._set_running(task):
+                worker.ahead = task
+                return task
+        return None
+
+    @staticmethod
+    def _set_running(task: Task) -> bool:
+        """Mark the future running, unless it was cancelled; a task sent ahead to a worker that died is already."""
+        if not task.running:
+            if not task.future.set_running_or_notify_cancel():
+                return False
+            task.running = True
         return True
 
     def _next_task(self, worker: WorkerProcess) -> Task | None:
@@ -89,8 +131,8 @@ class TaskDispatch(PoolCore):
         # cheap to read after every task; the health checks also count its children.
         rss = worker.own_memory_mb() if self._max_memory_mb is not None else 0.0
         now = time.monotonic()
-        stop = False
-        following = None
+        stop = wake = False
+        following: list[Task] = []
         with self._lock:
             task = worker.task
             if task is None or task.id != message[1]:
@@ -98,7 +140,12 @@ class TaskDispatch(PoolCore):
             worker.task = None
             worker.tasks_done += 1
             self._counts["completed" if message[2] == _worker.OK else "failed"] += 1
-            if worker.state is WorkerState.BUSY:
+            if worker.ahead is not None:
+                # The worker went straight on to the task sent ahead: it starts now.
+                started, worker.ahead = worker.ahead, None
+                self._begin(worker, started, now)
+                wake = started.deadline is not None and started.deadline < self._planned
+            elif worker.state is WorkerState.BUSY:
                 if self._max_memory_mb is not None and rss > self._max_memory_mb:
                     reason = f"uses {rss:.0f} MiB, over max_memory_mb={self._max_memory_mb:g}"
                     stop = self._retire(worker, reason, now, replace=True)
@@ -107,14 +154,21 @@ class TaskDispatch(PoolCore):
                 elif len(self._workers) > self._max:
                     stop = self._retire(worker, "above max_workers after resize()", now, scale_down=True)
                 else:
-                    following = self._free(worker, now)
+                    nxt = self._free(worker, now)
+                    following = [] if nxt is None else [nxt]
+            if not stop and worker.task is not None:
+                ahead = self._take_ahead(worker)
+                following += [] if ahead is None else [ahead]
         if stop:
             worker.send((_worker.STOP,))
             self._wake()
-        elif following is not None:
-            self._send_task(worker, following)
+        elif following:
+            for nxt in following:
+                self._send_task(worker, nxt)
         elif self._state is not PoolState.RUNNING:
             self._wake()  # closing: the supervisor stops idle workers
+        if wake:
+            self._wake()  # the supervisor watches the deadline of the task that just started
         if not settle(task, message) and message[2] == _worker.OK:
             with self._lock:  # an OK result that could not be unpickled here
                 self._counts["completed"] -= 1

@@ -57,6 +57,7 @@ class Task:
     on_call: OnCall | None = None
     on_send: OnSend | None = None
     started: float | None = None  # time.monotonic() when it was sent to a worker
+    running: bool = False  # its future was set running (it may have been sent ahead to a worker that died)
     deadline: float | None = None
 
 
@@ -75,8 +76,18 @@ def check_target(fn: object) -> None:
 
 def encode_call(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickle ``fn(*args, **kwargs)`` for a worker (cloudpickle: lambdas and closures too)."""
+    call = (fn, args, kwargs)
     try:
-        return cloudpickle.dumps((fn, args, kwargs), protocol=_worker.PROTOCOL)  # type: ignore[no-any-return]
+        # Plain pickle is several times faster; it refers to module-level objects by name
+        # as cloudpickle does, but a name in the submitter's __main__ would not resolve in
+        # a worker, and lambdas and closures do not pickle: cloudpickle takes those by value.
+        blob = pickle.dumps(call, protocol=_worker.PROTOCOL)
+        if b"__main__" not in blob:
+            return blob
+    except Exception:  # noqa: BLE001, S110 - pickle raises many kinds; cloudpickle gets its turn
+        pass
+    try:
+        return cloudpickle.dumps(call, protocol=_worker.PROTOCOL)  # type: ignore[no-any-return]
     except Exception as exc:
         raise SerializationError(
             f"could not pickle the task {fn!r} or its arguments for a worker process "

@@ -80,6 +80,7 @@ class WorkerProcess:
         # The pool's notes, changed only under the pool's lock.
         self.state = WorkerState.STARTING
         self.task: Task | None = None
+        self.ahead: Task | None = None  # sent with prefetch, to run when ``task`` is done
         self.tasks_done = 0
         self.started_at = now
         self.ready_at: float | None = None

@@ -87,7 +87,20 @@ class Wire:
 
     def recv(self) -> tuple[Any, ...]:
         """The next message; EOFError when the other side is gone."""
-        (size,) = _HEADER.unpack(self._take(_HEADER.size))
+        buf, pos, head = self._buf, self._pos, _HEADER.size
+        if len(buf) - pos >= head:  # a whole buffered message: no copies, no second call
+            (size,) = _HEADER.unpack_from(buf, pos)
+            end = pos + head + size
+            if end <= len(buf):
+                with memoryview(buf) as view:
+                    message = pickle.loads(view[pos + head : end])
+                if end == len(buf):
+                    buf.clear()
+                    self._pos = 0
+                else:
+                    self._pos = end
+                return message  # type: ignore[no-any-return]
+        (size,) = _HEADER.unpack(self._take(head))
         return pickle.loads(self._take(size))  # type: ignore[no-any-return]
 
     def close(self) -> None:

@@ -84,6 +84,12 @@ def gate() -> int:
     return os.getpid()
 
 
+def gate_then_exit(code: int) -> None:
+    """Block until the submitter's on_call answers, then end the worker process."""
+    worker_channel().call("gate")  # type: ignore[union-attr]
+    os._exit(code)
+
+
 def start_sleeper_then_hang() -> None:
     """Start a grandchild (``sleep 1000``), tell the submitter its pid, hang."""
     child = subprocess.Popen(["sleep", "1000"])

@@ -1,0 +1,79 @@
+"""WorkerPool(prefetch=1): a busy worker is sent its next task ahead, and nothing is lost or run twice."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pool_helpers as h
+import pytest
+
+from bridge import InvalidRequest, TaskTimeout, WorkerCrashed, WorkerPool
+
+
+def test_many_tasks_come_back_in_order_with_nothing_left_queued() -> None:
+    with WorkerPool(min_workers=2, max_workers=2, prefetch=1) as pool:
+        assert list(pool.map(h.double, range(2000))) == [2 * i for i in range(2000)]
+        futures = [pool.submit(h.double, i) for i in range(500)]
+        assert [f.result(timeout=60) for f in futures] == [2 * i for i in range(500)]
+        stats = pool.stats()
+    assert stats["completed"] == 2500 and stats["failed"] == 0 and stats["queued"] == 0
+
+
+def _sent_ahead(pool: WorkerPool, release: threading.Event, first_task: object, *args: object, **kw: object):
+    """Submit a gated first task, then a second that the busy (only) worker is sent ahead."""
+    first = pool.submit(first_task, *args, on_call=lambda p: release.wait(30), **kw)  # type: ignore[arg-type]
+    h.wait_until(lambda: pool.stats()["busy"] == 1, what="the first task to start")
+    second = pool.submit(h.pid)
+    assert pool.stats()["queued"] == 1
+    assert not second.cancel()  # it is on its way to the worker: it counts as running
+    return first, second
+
+
+def test_a_task_sent_ahead_to_a_worker_that_dies_runs_on_its_replacement() -> None:
+    with WorkerPool(min_workers=1, max_workers=1, prefetch=1) as pool:
+        release = threading.Event()
+        first, second = _sent_ahead(pool, release, h.gate_then_exit, 3)
+        release.set()
+        with pytest.raises(WorkerCrashed) as crash:
+            first.result(timeout=30)
+        assert second.result(timeout=30) != crash.value.pid  # run once, by the replacement
+        assert pool.stats()["completed"] == 1 and pool.stats()["crashes"] == 1
+
+
+def test_a_task_sent_ahead_gets_its_own_timeout_from_when_it_starts() -> None:
+    with WorkerPool(min_workers=1, max_workers=1, prefetch=1) as pool:
+        hung = pool.submit(h.sleep_forever, timeout=1.0)
+        h.wait_until(lambda: pool.stats()["busy"] == 1, what="the hanging task to start")
+        # waits ~1 s behind the hung task and a worker restart, then runs 0.2 s of its 0.8
+        ahead = pool.submit(h.nap, 0.2, timeout=0.8)
+        assert pool.stats()["queued"] == 1
+        with pytest.raises(TaskTimeout):
+            hung.result(timeout=30)
+        assert ahead.result(timeout=30) != os.getpid()
+        assert pool.stats()["timeouts"] == 1
+
+
+def test_shutdown_runs_what_was_sent_ahead_and_cancels_the_rest() -> None:
+    pool = WorkerPool(min_workers=1, max_workers=1, prefetch=1)
+    pool.__enter__()
+    release = threading.Event()
+    first, second = _sent_ahead(pool, release, h.gate)
+    third = pool.submit(h.pid)
+    assert pool.stats()["queued"] == 2
+    release.set()
+    pool.shutdown(wait=True, cancel_pending=True)
+    assert first.result(timeout=30) == second.result(timeout=30)  # the same worker ran both
+    assert third.cancelled()
+
+
+def test_recycling_counts_the_task_sent_ahead() -> None:
+    with WorkerPool(min_workers=1, max_workers=1, prefetch=1, max_tasks_per_worker=3) as pool:
+        pids = [f.result(timeout=60) for f in [pool.submit(h.pid) for _ in range(9)]]
+    assert all(pids.count(p) <= 3 for p in pids) and len(set(pids)) >= 3
+
+
+@pytest.mark.parametrize("kwargs", [{"prefetch": 2}, {"prefetch": True}, {"prefetch": 1, "max_memory_mb": 512}])
+def test_bad_prefetch_settings_are_rejected(kwargs: dict[str, object]) -> None:
+    with pytest.raises(InvalidRequest, match="prefetch"):
+        WorkerPool(**kwargs)  # type: ignore[arg-type]
