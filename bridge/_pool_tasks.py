@@ -9,10 +9,11 @@ task code in this process with a channel, for callers that want no subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +106,7 @@ def settle(task: Task, message: tuple[Any, ...]) -> bool:
         except Exception as exc:  # noqa: BLE001
             _fail(task, SerializationError(f"the task's result could not be unpickled here: {type(exc).__name__}: {exc}"), exc)
             return False
-        if not task.future.done():
+        with contextlib.suppress(InvalidStateError):  # failed meanwhile (its worker was killed)
             task.future.set_result(value)
     elif status == _worker.RAISED:
         _fail(task, _rebuild_exception(*message[3:]), None)

@@ -87,21 +87,31 @@ class Wire:
 
     def recv(self) -> tuple[Any, ...]:
         """The next message; EOFError when the other side is gone."""
-        buf, pos, head = self._buf, self._pos, _HEADER.size
-        if len(buf) - pos >= head:  # a whole buffered message: no copies, no second call
-            (size,) = _HEADER.unpack_from(buf, pos)
-            end = pos + head + size
-            if end <= len(buf):
-                with memoryview(buf) as view:
-                    message = pickle.loads(view[pos + head : end])
-                if end == len(buf):
-                    buf.clear()
-                    self._pos = 0
-                else:
-                    self._pos = end
-                return message  # type: ignore[no-any-return]
-        (size,) = _HEADER.unpack(self._take(head))
-        return pickle.loads(self._take(size))  # type: ignore[no-any-return]
+        buf, head = self._buf, _HEADER.size
+        while True:
+            pos = self._pos
+            if len(buf) - pos >= head:
+                (size,) = _HEADER.unpack_from(buf, pos)
+                end = pos + head + size
+                if end <= len(buf):  # a whole buffered message: unpickled in place
+                    with memoryview(buf) as view:
+                        message = pickle.loads(view[pos + head : end])
+                    if end == len(buf):
+                        buf.clear()
+                        self._pos = 0
+                    else:
+                        self._pos = end
+                    return message  # type: ignore[no-any-return]
+                if head + size >= self._CHUNK:  # a large one: read into a buffer of its own
+                    self._pos = pos + head
+                    return pickle.loads(self._take(size))  # type: ignore[no-any-return]
+            if pos:
+                del buf[:pos]
+                self._pos = 0
+            chunk = self.sock.recv(self._CHUNK)
+            if not chunk:
+                raise EOFError("the other end of the socket is closed")
+            buf += chunk
 
     def close(self) -> None:
         with self._lock:  # not while another thread is writing
