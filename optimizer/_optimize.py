@@ -170,6 +170,8 @@ class _Run:
                 wait(running, timeout=self._tick(), return_when=FIRST_COMPLETED)
                 waited = time.monotonic() - t0
                 done = [fl for fl in self.inflight.values() if fl.future is not None and fl.future.done()]
+                if done:  # the worker that finished starts the trial queued ahead: its suggest_* calls come now
+                    self.lock.expect_calls()
                 # A crash or timeout is told first, so that its retry is the next trial asked;
                 # a result is told after the free workers got new trials, so they do not idle meanwhile.
                 for fl in done:

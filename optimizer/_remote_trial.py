@@ -139,6 +139,11 @@ class CallsFirst:
                 self._last_call = time.monotonic()
                 self._state.notify_all()
 
+    def expect_calls(self) -> None:
+        """A worker is about to call (its trial just started): the parent's work waits for quiet from now."""
+        with self._state:
+            self._last_call = max(self._last_call, time.monotonic())
+
     def __enter__(self) -> CallsFirst:
         self._acquire(defer=True)
         return self
