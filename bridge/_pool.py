@@ -84,6 +84,10 @@ class WorkerPool(TaskDispatch, Supervisor):
             process it started) exceeds this; None for no limit.
         health_check: a callable (or ``"module:function"``) run in idle workers at
             each ping; falsy or raising means the worker is replaced.
+        initializer: a callable (or ``"module:function"``) run once in every worker
+            before it takes work: imports and caches paid there do not count toward
+            a task's timeout. One that raises makes a failed start (repeated, a
+            ``RestartStorm`` naming its error).
         prefetch: 1 sends a busy worker its next task ahead of time, so that it never
             waits for the pool between tasks (for many short tasks, once the pool is
             at ``max_workers``). Such a task counts as running (``cancel()`` returns
@@ -110,6 +114,7 @@ class WorkerPool(TaskDispatch, Supervisor):
         max_memory_mb: float | None = None,
         health_check: Callable[[], Any] | str | None = None,
         *,
+        initializer: Callable[[], Any] | str | None = None,
         prefetch: int = 0,
         timeouts: PoolTimeouts | None = None,
     ) -> None:
@@ -119,8 +124,6 @@ class WorkerPool(TaskDispatch, Supervisor):
         _check_positive("idle_shrink_after", idle_shrink_after)
         _check_positive("max_tasks_per_worker", max_tasks_per_worker)
         _check_positive("max_memory_mb", max_memory_mb)
-        if health_check is not None:
-            check_target(health_check)
         if prefetch not in (0, 1) or isinstance(prefetch, bool):
             raise InvalidRequest(f"prefetch must be 0 or 1 (tasks sent ahead to a busy worker); got {prefetch!r}")
         if prefetch and max_memory_mb is not None:
@@ -135,13 +138,8 @@ class WorkerPool(TaskDispatch, Supervisor):
         self._idle_shrink_after = idle_shrink_after
         self._max_tasks = max_tasks_per_worker
         self._max_memory_mb = max_memory_mb
-        try:
-            self._health_blob = None if health_check is None else cloudpickle.dumps(health_check)
-        except Exception as exc:
-            raise InvalidRequest(
-                f"health_check {health_check!r} cannot be pickled for the workers ({type(exc).__name__}: {exc}); "
-                "pass a module-level function or a 'module:function' string"
-            ) from exc
+        self._health_blob = _ship("health_check", health_check)
+        self._init_blob = _ship("initializer", initializer)
         self._timeouts = timeouts or PoolTimeouts()
 
         self._lock = threading.Lock()
@@ -389,3 +387,20 @@ __all__ = [
     "run_inline",
     "worker_channel",
 ]
+
+
+def _ship(what: str, fn: Callable[[], Any] | str | None) -> bytes | None:
+    """``fn`` pickled for the workers (checked first), or None."""
+    if fn is None:
+        return None
+    try:
+        check_target(fn)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{what}: {exc}") from None
+    try:
+        return cloudpickle.dumps(fn)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise InvalidRequest(
+            f"{what} {fn!r} cannot be pickled for the workers ({type(exc).__name__}: {exc}); "
+            "pass a module-level function or a 'module:function' string"
+        ) from exc

@@ -92,6 +92,7 @@ class PoolCore:
     _max_memory_mb: float | None
     _prefetch: bool
     _health_blob: bytes | None
+    _init_blob: bytes | None
     _timeouts: PoolTimeouts
     _lock: threading.Lock
     _state: PoolState
@@ -121,6 +122,10 @@ class PoolCore:
             os.write(self._wake_w, b"!")
         except (BlockingIOError, OSError):
             pass  # full (a wake-up is pending anyway) or closed (the pool is closed)
+
+    def _start_failure(self, worker: WorkerProcess | None, now: float, what: str = "") -> list[Fail]:
+        """Under the lock: count a fresh worker that failed to start (implemented by ``Supervisor``)."""
+        raise NotImplementedError
 
     def _retire(
         self, worker: WorkerProcess, reason: str, now: float, *, replace: bool = False, scale_down: bool = False

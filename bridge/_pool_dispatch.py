@@ -125,6 +125,8 @@ class TaskDispatch(PoolCore):
             self._on_ready(worker)
         elif kind == _worker.PONG:
             self._on_pong(worker, message)
+        elif kind == _worker.INIT_FAILED:
+            self._on_init_failed(worker, str(message[1]))
 
     def _on_done(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         # A worker that grew past max_memory_mb gets no more work. Its own RSS is
@@ -186,6 +188,18 @@ class TaskDispatch(PoolCore):
         if task is not None:
             self._send_task(worker, task)
         self._wake()
+
+    def _on_init_failed(self, worker: WorkerProcess, error: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if worker.state is not WorkerState.STARTING:
+                return
+            worker.start_error = error
+            fails = self._start_failure(worker, now)  # counted here, with its reason, not when reaped
+            self._retire(worker, f"its initializer raised {error}", now, replace=True)
+        worker.send((_worker.STOP,))
+        self._wake()
+        self._fail_all(fails)
 
     def _on_pong(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         _, seq, ok, reason = message

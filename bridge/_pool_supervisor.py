@@ -83,7 +83,7 @@ class Supervisor(PoolCore):
             self._idle.remove(worker)
         running = self._state is PoolState.RUNNING and self._broken is None
         fails: list[Fail] = []
-        if worker.ready_at is None:
+        if worker.ready_at is None and not worker.start_error:  # (an initializer's failure counted already)
             fails = self._start_failure(worker, now)
         elif previous in (WorkerState.IDLE, WorkerState.CHECKING, WorkerState.BUSY):
             self._counts["crashes"] += 1
@@ -105,7 +105,11 @@ class Supervisor(PoolCore):
         """Under the lock: a fresh worker died before READY; too many in a row is a restart storm."""
         if worker is not None:
             worker.replace = True
-            what = f"the last one (pid {worker.pid}) {worker.describe_exit()}"
+            what = (
+                f"the last one (pid {worker.pid}) had its initializer raise {worker.start_error}"
+                if worker.start_error
+                else f"the last one (pid {worker.pid}) {worker.describe_exit()}"
+            )
         self._last_start_failure = what
         failures = self._start_failures
         failures.append(now)
@@ -121,7 +125,7 @@ class Supervisor(PoolCore):
             f"{count} fresh workers in a row died before they could take a task "
             f"(within {self.storm_window:g}s; {self._last_start_failure}). Something ends the worker "
             "interpreter at start-up: read the workers' stderr above and check PYTHONHOME, PYTHONPATH, "
-            "sitecustomize and the health_check callable (unpickled at start). The pool stopped "
+            "sitecustomize, the initializer and the health_check callable (unpickled at start). The pool stopped "
             "respawning; fix the cause and create a new WorkerPool"
         )
         logger.error("pool: %s", self._broken)
@@ -274,7 +278,9 @@ class Supervisor(PoolCore):
     def _spawn(self) -> None:
         now = time.monotonic()
         try:
-            worker = WorkerProcess(list(sys.path), self._health_blob, self._on_message, self._on_lane_closed, now)
+            worker = WorkerProcess(
+                list(sys.path), self._health_blob, self._init_blob, self._on_message, self._on_lane_closed, now
+            )
         except OSError as exc:
             logger.error("pool: could not start a worker process: %s", exc)
             with self._lock:

@@ -51,6 +51,7 @@ class WorkerProcess:
         self,
         sys_path: list[str],
         health_blob: bytes | None,
+        init_blob: bytes | None,
         on_message: Callable[[WorkerProcess, tuple[Any, ...]], None],
         on_lane_closed: Callable[[WorkerProcess], None],
         now: float,
@@ -94,7 +95,8 @@ class WorkerProcess:
         self.eof = False
         self.handling = False  # the lane is inside on_call/on_send (not waiting on the socket)
         self.drain_deadline: float | None = None
-        self.send((_worker.CONFIG, sys_path, health_blob))
+        self.start_error = ""  # what its initializer raised, if it did
+        self.send((_worker.CONFIG, sys_path, health_blob, init_blob))
         self.lane = threading.Thread(target=self._read, name=f"studyhall-pool-lane-{self.pid}", daemon=True)
 
     def start_lane(self) -> None:

@@ -4,10 +4,10 @@ A worker is started by the pool as ``python -c WORKER_BOOT <this file> <fd> <par
 in a session (and so a process group) of its own. It talks to the pool over one
 Unix socket, with length-prefixed pickled tuples::
 
-    pool -> worker   CONFIG(sys_path, health_check)  TASK(id, blob)  REPLY(call, ok, blob)
-                     PING(seq)  STOP
+    pool -> worker   CONFIG(sys_path, health_check, initializer)  TASK(id, blob)
+                     REPLY(call, ok, blob)  PING(seq)  STOP
     worker -> pool   READY(pid)  DONE(id, status, ...)  CALL(id, call, blob)  SEND(id, blob)
-                     PONG(seq, ok, reason)
+                     PONG(seq, ok, reason)  INIT_FAILED(reason), then it exits
 
 The main thread reads the socket and runs tasks and health checks. Only a task
 that uses ``Channel.call`` needs someone reading while it runs: its first call
@@ -43,7 +43,8 @@ from typing import Any
 
 # Message kinds. Short strings: they are pickled with every message.
 CONFIG, TASK, REPLY, PING, STOP = "config", "task", "reply", "ping", "stop"
-READY, DONE, CALL, SEND, PONG = "ready", "done", "call", "send", "pong"
+READY, DONE, CALL, SEND, PONG, INIT_FAILED = "ready", "done", "call", "send", "pong", "init_failed"
+INIT_FAILED_EXIT = 3  # the exit code of a worker whose initializer raised
 # DONE statuses.
 OK, RAISED, UNPICKLABLE = "ok", "raised", "unpicklable"
 
@@ -390,18 +391,37 @@ def _guard_parent(parent_pid: int) -> None:
         _kill_own_group()
 
 
+def _initialize(wire: Wire, blob: bytes) -> None:
+    """Run the pool's initializer before taking work; if it raises, say why and exit."""
+    try:
+        init = pickle.loads(blob)
+        (resolve(init) if isinstance(init, str) else init)()
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, this worker cannot serve
+        sys.stderr.write("studyhall worker: the pool's initializer raised:\n" + "".join(traceback.format_exception(exc)))
+        _flush_stdio()
+        wire.send((INIT_FAILED, f"{type(exc).__name__}: {exc}"[:500]))
+        try:  # exit once the pool has read why (it answers with STOP)
+            while wire.recv()[0] != STOP:
+                pass
+        except (EOFError, OSError):
+            pass
+        os._exit(INIT_FAILED_EXIT)
+
+
 def main(argv: list[str]) -> None:
     """Entry point of a worker process (see ``WORKER_BOOT``)."""
     fd, parent_pid = int(argv[0]), int(argv[1])
     _guard_parent(parent_pid)
     os.set_inheritable(fd, False)  # what the task starts must not hold our socket open
     wire = Wire(socket.socket(fileno=fd))
-    kind, sys_path, health_blob = wire.recv()
+    kind, sys_path, health_blob, init_blob = wire.recv()
     assert kind == CONFIG, kind
     sys.path[:] = sys_path
     health_check = pickle.loads(health_blob) if health_blob is not None else None
     if isinstance(health_check, str):
         health_check = resolve(health_check)
+    if init_blob is not None:
+        _initialize(wire, init_blob)
     worker = _Worker(wire, health_check)
     try:
         worker.serve()

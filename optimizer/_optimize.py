@@ -132,7 +132,12 @@ class _Run:
 
     def run(self) -> OptimizeReport:
         st, opts = self.study.storage, self.opts
-        self.backend: Inline | Pooled = Inline(st) if opts.workers == 0 else Pooled(opts.workers, opts.trial_timeout, st)
+        self.backend: Inline | Pooled
+        if opts.workers == 0:
+            self.backend = Inline(st)
+        else:
+            assert not callable(self.objective)  # shipped for the workers in __init__
+            self.backend = Pooled(opts.workers, opts.trial_timeout, st, self.objective)
         try:
             self.interrupts.__enter__()
             self.study.retries = opts.retries

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -10,7 +11,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from optimizer import events, trace
-from optimizer._remote_trial import BOOT, RUNNER_FILE, TrialProxy
+from optimizer._remote_trial import BOOT, PRELOAD, RUNNER_FILE, TrialProxy
 from optimizer._trial_runner import STARTED, run_trial
 from storage import Storage
 
@@ -44,12 +45,19 @@ class Pooled:
 
     ahead = 1
 
-    def __init__(self, workers: int, trial_timeout: float | None, storage: Storage) -> None:
+    def __init__(self, workers: int, trial_timeout: float | None, storage: Storage, objective: str | bytes) -> None:
         from bridge import WorkerPool
 
         self.capacity = workers
         self.storage = storage
-        self.pool = WorkerPool(min_workers=workers, max_workers=workers, task_timeout=trial_timeout)
+        # Each worker loads the objective (and what its module imports) before its first
+        # trial, so trial_timeout counts the trial alone.
+        self.pool = WorkerPool(
+            min_workers=workers,
+            max_workers=workers,
+            task_timeout=trial_timeout,
+            initializer=functools.partial(PRELOAD, RUNNER_FILE, objective),
+        )
         self.pool.__enter__()
         self._open = True
 

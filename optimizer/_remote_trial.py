@@ -78,25 +78,31 @@ def make_job(
     }
 
 
-def _make_boot() -> Callable[[str, dict[str, Any]], dict[str, Any]]:
-    # A nested function is pickled by value, so a worker runs it without importing
+def _make_boot() -> tuple[Callable[[str, dict[str, Any]], dict[str, Any]], Callable[[str, str | bytes], None]]:
+    # Nested functions are pickled by value, so a worker runs them without importing
     # the optimizer package (Optuna, SQLAlchemy: half a second per worker start).
-    def boot(path: str, job: dict[str, Any]) -> dict[str, Any]:
+    def runner(path: str) -> Any:
         import importlib.util
         import sys
 
-        runner = sys.modules.get("optimizer._trial_runner")
-        if runner is None:
+        module = sys.modules.get("optimizer._trial_runner")
+        if module is None:
             spec = importlib.util.spec_from_file_location("optimizer._trial_runner", path)
-            runner = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            sys.modules["optimizer._trial_runner"] = runner
-            spec.loader.exec_module(runner)  # type: ignore[union-attr]
-        return runner.run_trial(job)  # type: ignore[no-any-return]
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            sys.modules["optimizer._trial_runner"] = module
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return module
 
-    return boot
+    def boot(path: str, job: dict[str, Any]) -> dict[str, Any]:
+        return runner(path).run_trial(job)  # type: ignore[no-any-return]
+
+    def preload(path: str, objective: str | bytes) -> None:
+        runner(path).resolve(objective)  # imports its modules once, outside any trial's timeout
+
+    return boot, preload
 
 
-BOOT = _make_boot()
+BOOT, PRELOAD = _make_boot()
 
 
 class CallsFirst:

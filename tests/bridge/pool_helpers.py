@@ -84,6 +84,23 @@ def gate() -> int:
     return os.getpid()
 
 
+INITIALIZED: list[int] = []  # pids of the processes where ``initialize`` ran
+
+
+def initialize() -> None:
+    """A pool initializer: takes its time (as heavy imports do) and leaves a mark."""
+    time.sleep(float(os.environ.get("STUDYHALL_TEST_INIT_S", "0")))
+    INITIALIZED.append(os.getpid())
+
+
+def initialized() -> list[int]:
+    return list(INITIALIZED)
+
+
+def broken_initializer() -> None:
+    raise ValueError("OPENAI_API_KEY is not set")
+
+
 def gate_then_exit(code: int) -> None:
     """Block until the submitter's on_call answers, then end the worker process."""
     worker_channel().call("gate")  # type: ignore[union-attr]

@@ -272,3 +272,24 @@ def test_a_module_in_the_working_directory_does_not_shadow_the_workers_stdlib(tm
     monkeypatch.chdir(tmp_path)
     with WorkerPool(min_workers=1, max_workers=1) as pool:
         assert pool.submit(h.where).result(timeout=30)[0] == str(tmp_path)
+
+
+def test_initializer_runs_once_in_every_worker_before_its_tasks_and_outside_their_timeouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STUDYHALL_TEST_INIT_S", "0.6")  # longer than the tasks' timeout
+    with WorkerPool(min_workers=1, max_workers=1, max_tasks_per_worker=2, initializer=h.initialize) as pool:
+        marks = [pool.submit(h.initialized, timeout=0.5).result(timeout=60) for _ in range(4)]
+    # each of the two workers (recycled after 2 tasks) ran it once, in itself, before any task
+    assert marks[0] == marks[1] and marks[2] == marks[3] and marks[0] != marks[2]
+    assert all(len(m) == 1 for m in marks)
+    assert pool.stats()["timeouts"] == 0
+
+
+def test_a_failing_initializer_is_a_restart_storm_that_names_its_error() -> None:
+    with WorkerPool(min_workers=1, max_workers=1, initializer="pool_helpers:broken_initializer") as pool:
+        future = pool.submit(h.double, 1)
+        with pytest.raises(RestartStorm, match="initializer raise ValueError: OPENAI_API_KEY is not set"):
+            future.result(timeout=60)
+    with pytest.raises(InvalidRequest, match="initializer"):
+        WorkerPool(initializer="not a target")

@@ -195,6 +195,13 @@ def test_a_trial_queued_ahead_records_when_it_really_started(study, monkeypatch)
         assert after.datetime_complete - after.datetime_start >= timedelta(seconds=0.3)
 
 
+def test_trial_timeout_does_not_count_the_import_of_the_objectives_module(study, monkeypatch):
+    monkeypatch.setenv("STUDYHALL_TEST_IMPORT_S", "1.0")  # each worker imports it before its first trial
+    report = study.optimize("tests.optimizer.slow_import_objective:objective", n_trials=3, workers=1,
+                            trial_timeout=0.5, progress=False)
+    assert report.completed == 3 and report.timed_out == 0
+
+
 def test_timeout_gives_the_trial_queued_ahead_back(study, monkeypatch):
     monkeypatch.setenv("STUDYHALL_TEST_SLEEP", "0.3")
     report = study.optimize(f"{OBJ}:sleepy", timeout=0.5, workers=1, progress=False)
