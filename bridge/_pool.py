@@ -68,6 +68,8 @@ from bridge._pool_tasks import (
 from bridge._pool_workers import WorkerProcess, WorkerState
 from bridge._worker import Channel, worker_channel
 
+MAX_PREFETCH = 64
+
 
 class WorkerPool(TaskDispatch, Supervisor):
     """A pool of worker subprocesses: elastic, with hard per-task timeouts, replacing crashed workers.
@@ -88,12 +90,13 @@ class WorkerPool(TaskDispatch, Supervisor):
             before it takes work: imports and caches paid there do not count toward
             a task's timeout. One that raises makes a failed start (repeated, a
             ``RestartStorm`` naming its error).
-        prefetch: 1 sends a busy worker its next task ahead of time, so that it never
+        prefetch: how many tasks a busy worker is sent ahead of time, so that it never
             waits for the pool between tasks (for many short tasks, once the pool is
-            at ``max_workers``). Such a task counts as running (``cancel()`` returns
-            False), waits behind that worker's current task even if another worker
-            frees first, and is run elsewhere if its worker dies first. 0 (default) hands
-            a task out only when a worker is free. Not with ``max_memory_mb``.
+            at ``max_workers``; 8 to 32 suit tiny tasks). Such a task counts as running
+            (``cancel()`` returns False), waits behind that worker's earlier ones even
+            if another worker frees first, and is run elsewhere if its worker dies
+            first. 0 (default) hands a task out only when a worker is free. Not with
+            ``max_memory_mb``.
         timeouts: the phases of stopping and watching workers (``PoolTimeouts``).
 
     Example:
@@ -124,14 +127,16 @@ class WorkerPool(TaskDispatch, Supervisor):
         _check_positive("idle_shrink_after", idle_shrink_after)
         _check_positive("max_tasks_per_worker", max_tasks_per_worker)
         _check_positive("max_memory_mb", max_memory_mb)
-        if prefetch not in (0, 1) or isinstance(prefetch, bool):
-            raise InvalidRequest(f"prefetch must be 0 or 1 (tasks sent ahead to a busy worker); got {prefetch!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= MAX_PREFETCH:
+            raise InvalidRequest(
+                f"prefetch must be an int from 0 to {MAX_PREFETCH} (tasks sent ahead to a busy worker); got {prefetch!r}"
+            )
         if prefetch and max_memory_mb is not None:
             raise InvalidRequest(
                 "prefetch=1 cannot be combined with max_memory_mb: a worker replaced for its memory "
                 "would still run the task sent ahead to it; use one or the other"
             )
-        self._prefetch = bool(prefetch)
+        self._prefetch = prefetch
         self._min, self._max = min_workers, max_workers
         self._task_timeout = task_timeout
         self._health_interval = health_check_interval
@@ -271,7 +276,7 @@ class WorkerPool(TaskDispatch, Supervisor):
                 "idle": sum(s is WorkerState.IDLE or s is WorkerState.CHECKING for s in states),
                 "starting": states.count(WorkerState.STARTING),
                 "queued": sum(not t.future.cancelled() for t in self._pending)
-                + sum(w.ahead is not None for w in self._workers),
+                + sum(len(w.ahead) for w in self._workers),
                 **self._counts,
             }
 

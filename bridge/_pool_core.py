@@ -90,7 +90,7 @@ class PoolCore:
     _idle_shrink_after: float
     _max_tasks: int | None
     _max_memory_mb: float | None
-    _prefetch: bool
+    _prefetch: int
     _health_blob: bytes | None
     _init_blob: bytes | None
     _timeouts: PoolTimeouts
@@ -146,13 +146,13 @@ class PoolCore:
         if worker in self._draining:
             self._draining.remove(worker)
         task, worker.task = worker.task, None
-        ahead, worker.ahead = worker.ahead, None
+        ahead = list(worker.ahead)
+        worker.ahead.clear()
         fails: list[Fail] = []
-        if ahead is not None:  # never started: the next free worker runs it
-            if self._state in (PoolState.RUNNING, PoolState.CLOSING) and worker.stop_reason != "shutdown":
-                self._pending.appendleft(ahead)
-            else:
-                fails.append((ahead, PoolClosed(f"task {ahead.id} was stopped: the pool was shut down before it ran"), None))
+        if self._state in (PoolState.RUNNING, PoolState.CLOSING) and worker.stop_reason != "shutdown":
+            self._pending.extendleft(reversed(ahead))  # never started: the next free workers run them, in order
+        else:
+            fails += [(t, PoolClosed(f"task {t.id} was stopped: the pool was shut down before it ran"), None) for t in ahead]
         if task is None:
             return fails
         if worker.stop_reason == "timeout":

@@ -39,13 +39,13 @@ class TaskDispatch(PoolCore):
     def _may_send_ahead(self, worker: WorkerProcess) -> bool:
         """Under the lock: whether ``worker`` may be sent a task to run after its current one."""
         return (
-            self._prefetch
+            self._prefetch > 0
             and self._state is PoolState.RUNNING
             and len(self._workers) >= self._max  # below max_workers a new worker takes it sooner
             and worker.state is WorkerState.BUSY
             and worker.task is not None
-            and worker.ahead is None
-            and (self._max_tasks is None or worker.tasks_done + 2 <= self._max_tasks)
+            and len(worker.ahead) < self._prefetch
+            and (self._max_tasks is None or worker.tasks_done + len(worker.ahead) + 2 <= self._max_tasks)
         )
 
     def _send_ahead(self, task: Task) -> WorkerProcess | None:
@@ -53,19 +53,20 @@ class TaskDispatch(PoolCore):
         busy = [w for w in self._workers if self._may_send_ahead(w)]
         if not busy or not self._set_running(task):
             return None
-        # the worker whose task started first is likely to finish first
-        worker = min(busy, key=lambda w: w.task.started or 0.0)  # type: ignore[union-attr]
-        worker.ahead = task
+        # the worker with the least ahead of it, and of those the one whose task started first
+        worker = min(busy, key=lambda w: (len(w.ahead), w.task.started or 0.0))  # type: ignore[union-attr]
+        worker.ahead.append(task)
         return worker
 
-    def _take_ahead(self, worker: WorkerProcess) -> Task | None:
-        """Under the lock, with prefetch: the oldest waiting task, sent ahead to ``worker``."""
+    def _take_ahead(self, worker: WorkerProcess) -> list[Task]:
+        """Under the lock, with prefetch: the oldest waiting tasks, sent ahead to ``worker``."""
+        taken: list[Task] = []
         while self._pending and self._may_send_ahead(worker):
             task = self._pending.popleft()
             if self._set_running(task):
-                worker.ahead = task
-                return task
-        return None
+                worker.ahead.append(task)
+                taken.append(task)
+        return taken
 
     @staticmethod
     def _set_running(task: Task) -> bool:
@@ -101,10 +102,13 @@ class TaskDispatch(PoolCore):
         return task
 
     def _send_task(self, worker: WorkerProcess, task: Task) -> None:
-        # Wake the supervisor only when this deadline is sooner than it plans to look.
-        if task.deadline is not None and task.deadline < self._planned:
+        self._send_tasks(worker, [task])
+
+    def _send_tasks(self, worker: WorkerProcess, tasks: list[Task]) -> None:
+        # Wake the supervisor only when a deadline is sooner than it plans to look.
+        if any(t.deadline is not None and t.deadline < self._planned for t in tasks):
             self._wake()
-        worker.send((_worker.TASK, task.id, task.blob))
+        worker.send(*[(_worker.TASK, t.id, t.blob) for t in tasks])
 
     def _task_of(self, worker: WorkerProcess, task_id: int) -> Task | None:
         task = worker.task
@@ -142,9 +146,9 @@ class TaskDispatch(PoolCore):
             worker.task = None
             worker.tasks_done += 1
             self._counts["completed" if message[2] == _worker.OK else "failed"] += 1
-            if worker.ahead is not None:
+            if worker.ahead:
                 # The worker went straight on to the task sent ahead: it starts now.
-                started, worker.ahead = worker.ahead, None
+                started = worker.ahead.popleft()
                 self._begin(worker, started, now)
                 wake = started.deadline is not None and started.deadline < self._planned
             elif worker.state is WorkerState.BUSY:
@@ -159,14 +163,12 @@ class TaskDispatch(PoolCore):
                     nxt = self._free(worker, now)
                     following = [] if nxt is None else [nxt]
             if not stop and worker.task is not None:
-                ahead = self._take_ahead(worker)
-                following += [] if ahead is None else [ahead]
+                following += self._take_ahead(worker)
         if stop:
             worker.send((_worker.STOP,))
             self._wake()
         elif following:
-            for nxt in following:
-                self._send_task(worker, nxt)
+            self._send_tasks(worker, following)
         elif self._state is not PoolState.RUNNING:
             self._wake()  # closing: the supervisor stops idle workers
         if wake:

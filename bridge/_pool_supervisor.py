@@ -314,7 +314,7 @@ class Supervisor(PoolCore):
         with self._lock:
             self._state = PoolState.CLOSED
             workers = list(self._workers) + list(self._draining)
-            tasks = list(self._pending) + [t for w in workers for t in (w.task, w.ahead) if t is not None]
+            tasks = list(self._pending) + [t for w in workers for t in (w.task, *w.ahead) if t is not None]
             self._pending.clear()
             live_pools.discard(self)
         for worker in workers:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,7 @@ class WorkerProcess:
         # The pool's notes, changed only under the pool's lock.
         self.state = WorkerState.STARTING
         self.task: Task | None = None
-        self.ahead: Task | None = None  # sent with prefetch, to run when ``task`` is done
+        self.ahead: deque[Task] = deque()  # sent with prefetch, to run in turn when ``task`` is done
         self.tasks_done = 0
         self.started_at = now
         self.ready_at: float | None = None
@@ -106,10 +107,10 @@ class WorkerProcess:
     def __repr__(self) -> str:
         return f"<WorkerProcess pid={self.pid} {self.state.value}>"
 
-    def send(self, message: tuple[Any, ...]) -> bool:
-        """Send one message; False if the worker is already gone (its death is handled elsewhere)."""
+    def send(self, *messages: tuple[Any, ...]) -> bool:
+        """Send messages (several in one write); False if the worker is already gone (handled elsewhere)."""
         try:
-            self.wire.send(message)
+            self.wire.send(*messages)
         except OSError:
             return False
         return True

@@ -76,15 +76,17 @@ class Wire:
         self._pos = 0
         self._lock = threading.Lock()
 
-    def send(self, message: tuple[Any, ...]) -> None:
-        data = pickle.dumps(message, protocol=PROTOCOL)
-        header = _HEADER.pack(len(data))
+    def send(self, *messages: tuple[Any, ...]) -> None:
+        frames: list[bytes] = []
+        for message in messages:
+            data = pickle.dumps(message, protocol=PROTOCOL)
+            frames += (_HEADER.pack(len(data)), data)
         with self._lock:
-            if len(data) < self._CHUNK:
-                self.sock.sendall(header + data)
+            if sum(len(f) for f in frames) < self._CHUNK:
+                self.sock.sendall(b"".join(frames))
             else:
-                self.sock.sendall(header)
-                self.sock.sendall(data)
+                for frame in frames:
+                    self.sock.sendall(frame)
 
     def recv(self) -> tuple[Any, ...]:
         """The next message; EOFError when the other side is gone."""

@@ -1,4 +1,4 @@
-"""WorkerPool(prefetch=1): a busy worker is sent its next task ahead, and nothing is lost or run twice."""
+"""WorkerPool(prefetch=N): a busy worker is sent its next tasks ahead, and nothing is lost or run twice."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from bridge import InvalidRequest, TaskTimeout, WorkerCrashed, WorkerPool
 
 
-def test_many_tasks_come_back_in_order_with_nothing_left_queued() -> None:
-    with WorkerPool(min_workers=2, max_workers=2, prefetch=1) as pool:
+@pytest.mark.parametrize("prefetch", [1, 8])
+def test_many_tasks_come_back_in_order_with_nothing_left_queued(prefetch: int) -> None:
+    with WorkerPool(min_workers=2, max_workers=2, prefetch=prefetch) as pool:
         assert list(pool.map(h.double, range(2000))) == [2 * i for i in range(2000)]
         futures = [pool.submit(h.double, i) for i in range(500)]
         assert [f.result(timeout=60) for f in futures] == [2 * i for i in range(500)]
@@ -39,6 +40,21 @@ def test_a_task_sent_ahead_to_a_worker_that_dies_runs_on_its_replacement() -> No
             first.result(timeout=30)
         assert second.result(timeout=30) != crash.value.pid  # run once, by the replacement
         assert pool.stats()["completed"] == 1 and pool.stats()["crashes"] == 1
+
+
+def test_every_task_sent_ahead_to_a_worker_that_dies_runs_once_in_order() -> None:
+    with WorkerPool(min_workers=1, max_workers=1, prefetch=4) as pool:
+        release = threading.Event()
+        first = pool.submit(h.gate_then_exit, 3, on_call=lambda p: release.wait(30))
+        h.wait_until(lambda: pool.stats()["busy"] == 1, what="the first task to start")
+        order: list[int] = []
+        rest = [pool.submit(h.chatter, 1, on_send=lambda _, i=i: order.append(i)) for i in range(6)]
+        assert pool.stats()["queued"] == 6  # 4 sent ahead, 2 waiting in the pool
+        release.set()
+        with pytest.raises(WorkerCrashed):
+            first.result(timeout=30)
+        assert [f.result(timeout=30) for f in rest] == [1] * 6
+    assert order == list(range(6))
 
 
 def test_a_task_sent_ahead_gets_its_own_timeout_from_when_it_starts() -> None:
@@ -73,7 +89,9 @@ def test_recycling_counts_the_task_sent_ahead() -> None:
     assert all(pids.count(p) <= 3 for p in pids) and len(set(pids)) >= 3
 
 
-@pytest.mark.parametrize("kwargs", [{"prefetch": 2}, {"prefetch": True}, {"prefetch": 1, "max_memory_mb": 512}])
+@pytest.mark.parametrize(
+    "kwargs", [{"prefetch": -1}, {"prefetch": 65}, {"prefetch": 1.5}, {"prefetch": True}, {"prefetch": 1, "max_memory_mb": 512}]
+)
 def test_bad_prefetch_settings_are_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest, match="prefetch"):
         WorkerPool(**kwargs)  # type: ignore[arg-type]

@@ -203,7 +203,8 @@ def test_trial_timeout_does_not_count_the_import_of_the_objectives_module(study,
 
 
 def test_timeout_gives_the_trial_queued_ahead_back(study, monkeypatch):
-    monkeypatch.setenv("STUDYHALL_TEST_SLEEP", "0.3")
+    # a trial outlasts the timeout, so the one queued behind it cannot have started by then
+    monkeypatch.setenv("STUDYHALL_TEST_SLEEP", "1.0")
     report = study.optimize(f"{OBJ}:sleepy", timeout=0.5, workers=1, progress=False)
     trials = study.trials()
     ran = [t for t in trials if t.state.name == "COMPLETE"]
