@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from bridge import _worker
-from bridge._pool_core import PoolCore, PoolState
+from bridge._pool_core import CAPACITY, PoolCore, PoolState
 from bridge._pool_tasks import Task, answer_call, deliver_send, settle
 from bridge._pool_workers import WorkerProcess, WorkerState
 
@@ -36,12 +36,18 @@ class TaskDispatch(PoolCore):
         worker.state = WorkerState.BUSY
         worker.task = task
 
+    def _capacity(self) -> int:
+        """Under the lock: workers that are or will be able to take work (not stopping)."""
+        return sum(w.state in CAPACITY for w in self._workers)
+
     def _may_send_ahead(self, worker: WorkerProcess) -> bool:
         """Under the lock: whether ``worker`` may be sent a task to run after its current one."""
         return (
             self._prefetch > 0
             and self._state is PoolState.RUNNING
-            and len(self._workers) >= self._max  # below max_workers a new worker takes it sooner
+            # below max_workers a new worker takes it sooner; above it (after resize()) this
+            # worker must run dry to be stopped
+            and self._capacity() == self._max
             and worker.state is WorkerState.BUSY
             and worker.task is not None
             and len(worker.ahead) < self._prefetch
@@ -157,7 +163,7 @@ class TaskDispatch(PoolCore):
                     stop = self._retire(worker, reason, now, replace=True)
                 elif self._max_tasks is not None and worker.tasks_done >= self._max_tasks:
                     stop = self._retire(worker, "recycled after max_tasks_per_worker tasks", now, replace=True)
-                elif len(self._workers) > self._max:
+                elif self._capacity() > self._max:  # (workers already stopping do not count)
                     stop = self._retire(worker, "above max_workers after resize()", now, scale_down=True)
                 else:
                     nxt = self._free(worker, now)

@@ -95,3 +95,14 @@ def test_recycling_counts_the_task_sent_ahead() -> None:
 def test_bad_prefetch_settings_are_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest, match="prefetch"):
         WorkerPool(**kwargs)  # type: ignore[arg-type]
+
+
+def test_shrinking_stops_a_worker_even_while_tasks_keep_coming() -> None:
+    with WorkerPool(min_workers=2, max_workers=2, prefetch=8) as pool:
+        futures = [pool.submit(h.nap, 0.002) for _ in range(1500)]
+        h.wait_until(lambda: pool.stats()["completed"] >= 20, what="the backlog to start draining")
+        pool.resize(min_workers=1, max_workers=1)
+        h.wait_until(lambda: pool.stats()["workers"] == 1, what="one worker to be stopped")
+        assert not all(f.done() for f in futures)  # it stopped before the backlog ran out
+        assert len({f.result(timeout=60) for f in futures}) == 2
+    assert pool.stats()["scale_downs"] == 1
