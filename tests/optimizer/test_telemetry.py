@@ -110,8 +110,8 @@ def test_metrics_of_an_empty_or_multi_objective_study(sqlite_url, study_name):
     assert [s.mean for s in m.values] == [2.0, 6.0]
 
 
-def test_each_trial_with_telemetry_gets_a_dashboard_note(sqlite_url, study_name):
-    study = Orchestrator(sqlite_url).create_study(study_name, direction="maximize")
+def test_each_trial_with_telemetry_gets_a_dashboard_note(storage_url, study_name):
+    study = Orchestrator(storage_url).create_study(study_name, direction="maximize")
     t = study.ask(SPACE)
     study.tell(t, scores=[1, 0, 1, 1], metrics={"llm.latency_s": [0.5, 1.5]}, user_attrs={"llm.tokens": 321})
     note = optuna_dashboard.get_note(optuna.Trial(study.optuna, t.trial_id))
