@@ -196,9 +196,9 @@ def test_a_trial_queued_ahead_records_when_it_really_started(study, monkeypatch)
 
 
 def test_trial_timeout_does_not_count_the_import_of_the_objectives_module(study, monkeypatch):
-    monkeypatch.setenv("STUDYHALL_TEST_IMPORT_S", "1.0")  # each worker imports it before its first trial
+    monkeypatch.setenv("STUDYHALL_TEST_IMPORT_S", "2.5")  # each worker imports it before its first trial
     report = study.optimize("tests.optimizer.slow_import_objective:objective", n_trials=3, workers=1,
-                            trial_timeout=0.5, progress=False)
+                            trial_timeout=1.5, progress=False)
     assert report.completed == 3 and report.timed_out == 0
 
 
