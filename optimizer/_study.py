@@ -34,6 +34,7 @@ RETRIES_ATTR = "studyhall:retries"
 SAMPLER_ATTR = "studyhall:sampler"
 _STATES = {"complete": TrialState.COMPLETE, "fail": TrialState.FAIL, "pruned": TrialState.PRUNED}
 _MAX_ERROR_LEN = 2000
+_MAX_CACHED_IDS = 100_000  # number -> trial id of asked trials, a cache (tell reads the database without it)
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,8 @@ class Study:
         # The live optuna.Trial: optimize() answers a worker's suggest_* calls with it.
         with _quiet_ask(self.optuna):
             trial = retrying(self.optuna.ask, fixed_distributions=dists)
+        if len(self._ids) >= _MAX_CACHED_IDS:  # trials asked and never told (abandoned leases) must not pile up
+            self._ids.clear()
         self._ids[trial.number] = trial._trial_id
         if keepalive:
             self.storage.heartbeat.add(trial._trial_id)
