@@ -399,7 +399,9 @@ class Study:
     def fail_stale_trials(self) -> list[int]:
         """FAIL every trial whose process stopped heartbeating; re-enqueue it per ``retries``.
 
-        Returns the numbers of the trials failed by this call.
+        A stale trial that never began (no parameter, no report: e.g. the one a killed
+        ``optimize`` had queued for its next free worker) goes back to the queue
+        (WAITING) instead. Returns the numbers of the trials failed by this call.
         """
         mine = self.storage.heartbeat.tracked()
         failed: list[int] = []
@@ -408,6 +410,9 @@ class Study:
             if trial_id in mine:
                 continue
             frozen = retrying(self.storage.optuna.get_trial, trial_id)
+            if not frozen.params and not frozen.intermediate_values:
+                requeue_trial(self.storage, trial_id)  # (False: another process got there first)
+                continue
             reason = (
                 f"stale: no heartbeat for over {self.storage.grace_period}s; the process "
                 "running this trial died or hung"
