@@ -17,10 +17,13 @@ connections) are retried with a bounded exponential backoff (tenacity).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
+import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,6 +35,8 @@ from sqlalchemy.engine import make_url
 
 from storage._errors import InvalidRequest, StorageError, TransientStorageError
 from storage._heartbeat import Heartbeat
+
+_log = logging.getLogger("studyhall.storage")
 
 if TYPE_CHECKING:
     import optuna
@@ -164,6 +169,74 @@ def _prepare_sqlite_file(path: str) -> None:
         con.close()
 
 
+_AUTOCHECKPOINT_PAGES = 10_000  # SQLite's default is 1,000
+
+
+class _Checkpointer:
+    """Copies SQLite write-ahead logs back into their files from one thread, every half second.
+
+    With SQLite's automatic checkpoints, whichever commit crosses 1,000 log pages
+    copies them all and syncs the file, so writes that dirty more pages (a tell
+    with a distribution) pay for it more often. A PASSIVE checkpoint never waits
+    for readers or writers. One thread serves every SQLite storage of the process,
+    and only logs written since its last look.
+    """
+
+    INTERVAL_S = 0.5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engines: dict[int, tuple[weakref.ref[sa.Engine], Path, int]] = {}
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, engine: sa.Engine, database: str) -> None:
+        """Keep the log of ``engine``'s file short until the engine is closed or collected."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child starts its own thread
+                self._engines.clear()
+                self._thread, self._pid = None, os.getpid()
+            self._engines[id(engine)] = (weakref.ref(engine), Path(database + "-wal"), 0)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="studyhall-wal-checkpoint", daemon=True)
+                self._thread.start()
+
+    def discard(self, engine: sa.Engine) -> None:
+        with self._lock:
+            self._engines.pop(id(engine), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.INTERVAL_S)  # a daemon's pace, not a synchronisation
+            with self._lock:
+                entries = list(self._engines.items())
+            for key, (ref, wal, seen) in entries:
+                engine = ref()
+                if engine is None:
+                    self.discard_key(key)
+                    continue
+                try:
+                    written = wal.stat().st_mtime_ns
+                    if written != seen:
+                        raw = engine.raw_connection()
+                        try:
+                            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        finally:
+                            raw.close()
+                        with self._lock:
+                            if key in self._engines:
+                                self._engines[key] = (ref, wal, written)
+                except Exception:  # no log yet, or a busy file: the next round looks again
+                    _log.debug("WAL checkpoint of %s skipped", wal, exc_info=True)
+
+    def discard_key(self, key: int) -> None:
+        with self._lock:
+            self._engines.pop(key, None)
+
+
+_checkpointer = _Checkpointer()
+
+
 def _sqlite_hooks(engine: sa.Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -172,6 +245,9 @@ def _sqlite_hooks(engine: sa.Engine) -> None:
         cur = dbapi_connection.cursor()
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA synchronous=NORMAL")
+        # The WAL is copied back into the file by a thread of its own (_Checkpointer), so
+        # that no write pays for it; this is only the backstop should that thread stall.
+        cur.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -220,6 +296,9 @@ class Storage:
             self.engine.dispose()  # connections opened before the hooks must not be reused
         retrying(self._migrate, retry_on=_setup_retry)
         self.heartbeat = Heartbeat(self)
+        if self.dialect == "sqlite":
+            assert parsed.database is not None
+            _checkpointer.add(self.engine, parsed.database)
 
     def _migrate(self) -> None:
         from storage._migrate import upgrade
@@ -317,6 +396,7 @@ class Storage:
     def close(self) -> None:
         """Stop the heartbeat thread and close every pooled connection."""
         self.heartbeat.stop()
+        _checkpointer.discard(self.engine)
         _uncache(self)
         self.engine.dispose()
 

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from storage import InvalidRequest, StudyhallError, connect, tables
 from storage._migrate import VERSION_TABLE, head
+from tests._util import wait_until
 
 
 def test_connect_creates_studyhall_tables_beside_optunas(store):
@@ -33,6 +34,23 @@ def test_sqlite_is_in_wal_mode(sqlite_url):
     st = connect(sqlite_url)
     with st.engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar_one().lower() == "wal"
+
+
+def test_sqlite_log_is_copied_back_in_the_background_not_by_a_write(tmp_path):
+    # Nothing reaches the database file but through a checkpoint; no write here makes
+    # SQLite's own (10,000 pages) happen, so a bigger file means the background one ran.
+    path = tmp_path / "wal.db"
+    st = connect(f"sqlite:///{path}")
+    try:
+        with st.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 10_000
+        before = path.stat().st_size
+        for i in range(50):
+            st.run(lambda conn, i=i: conn.execute(sa.insert(tables.llm_cache).values(
+                key=f"k{i}", model="m", response={"text": "x" * 4000}, created_at=0.0)))
+        wait_until(lambda: path.stat().st_size > before + 50 * 4000, timeout=20, what="a background checkpoint")
+    finally:
+        st.close()
 
 
 def test_default_url_comes_from_environment(monkeypatch, tmp_path):
