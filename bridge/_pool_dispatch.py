@@ -40,15 +40,20 @@ class TaskDispatch(PoolCore):
         """Under the lock: workers that are or will be able to take work (not stopping)."""
         return sum(w.state in CAPACITY for w in self._workers)
 
-    def _may_send_ahead(self, worker: WorkerProcess) -> bool:
-        """Under the lock: whether ``worker`` may be sent a task to run after its current one."""
+    def _sending_ahead(self) -> bool:
+        """Under the lock: whether the pool sends tasks ahead at all right now (once per decision)."""
         return (
             self._prefetch > 0
             and self._state is PoolState.RUNNING
-            # below max_workers a new worker takes it sooner; above it (after resize()) this
-            # worker must run dry to be stopped
+            # below max_workers a new worker takes it sooner; above it (after resize()) the
+            # workers must run dry to be stopped
             and self._capacity() == self._max
-            and worker.state is WorkerState.BUSY
+        )
+
+    def _may_send_ahead(self, worker: WorkerProcess) -> bool:
+        """Under the lock, when sending ahead: whether ``worker`` may take one more task after its current one."""
+        return (
+            worker.state is WorkerState.BUSY
             and worker.task is not None
             and len(worker.ahead) < self._prefetch
             and (self._max_tasks is None or worker.tasks_done + len(worker.ahead) + 2 <= self._max_tasks)
@@ -56,6 +61,8 @@ class TaskDispatch(PoolCore):
 
     def _send_ahead(self, task: Task) -> WorkerProcess | None:
         """Under the lock, with prefetch: the busy worker ``task`` is sent ahead to, if one may take it."""
+        if not self._sending_ahead():
+            return None
         busy = [w for w in self._workers if self._may_send_ahead(w)]
         if not busy or not self._set_running(task):
             return None
@@ -67,6 +74,8 @@ class TaskDispatch(PoolCore):
     def _take_ahead(self, worker: WorkerProcess) -> list[Task]:
         """Under the lock, with prefetch: the oldest waiting tasks, sent ahead to ``worker``."""
         taken: list[Task] = []
+        if not self._pending or not self._sending_ahead():
+            return taken
         while self._pending and self._may_send_ahead(worker):
             task = self._pending.popleft()
             if self._set_running(task):

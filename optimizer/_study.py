@@ -411,7 +411,7 @@ class Study:
                 continue
             frozen = retrying(self.storage.optuna.get_trial, trial_id)
             if not frozen.params and not frozen.intermediate_values:
-                requeue_trial(self.storage, trial_id)  # (False: another process got there first)
+                self._requeue(trial_id)  # (False: another process got there first)
                 continue
             reason = (
                 f"stale: no heartbeat for over {self.storage.grace_period}s; the process "
