@@ -202,8 +202,12 @@ class _Checkpointer:
                 self._thread.start()
 
     def discard(self, engine: sa.Engine) -> None:
+        """Stop looking after ``engine``'s log (the storage was closed)."""
+        self._forget(id(engine))
+
+    def _forget(self, key: int) -> None:
         with self._lock:
-            self._engines.pop(id(engine), None)
+            self._engines.pop(key, None)
 
     def _run(self) -> None:
         while True:
@@ -213,7 +217,7 @@ class _Checkpointer:
             for key, (ref, wal, seen) in entries:
                 engine = ref()
                 if engine is None:
-                    self.discard_key(key)
+                    self._forget(key)
                     continue
                 try:
                     written = wal.stat().st_mtime_ns
@@ -228,10 +232,6 @@ class _Checkpointer:
                                 self._engines[key] = (ref, wal, written)
                 except Exception:  # no log yet, or a busy file: the next round looks again
                     _log.debug("WAL checkpoint of %s skipped", wal, exc_info=True)
-
-    def discard_key(self, key: int) -> None:
-        with self._lock:
-            self._engines.pop(key, None)
 
 
 _checkpointer = _Checkpointer()
