@@ -22,7 +22,7 @@ test: $(STAMP)
 # The packages pass mypy --strict and everything passes ruff (settings in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check storage bridge optimizer tests benchmarks examples
-	$(BIN)/mypy storage bridge optimizer
+	$(BIN)/mypy
 
 # The browser end-to-end test (the demo's telemetry as optuna-dashboard renders it in
 # headless chromium); installs Debian's chromium when it is missing.

@@ -25,7 +25,7 @@ def scratch_schema_url() -> str | None:
 
 def drop_scratch_schema(url: str) -> None:
     """Close studyhall's connections to ``url`` and drop its schema."""
-    from storage import connect
+    from studyhall.storage import connect
 
     schema = url.rsplit("%3D", 1)[1]
     connect(url).close()

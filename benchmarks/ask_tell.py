@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 
 from _pg import drop_scratch_schema, scratch_schema_url
-from optimizer import Float, Int, Orchestrator
+from studyhall.optimizer import Float, Int, Orchestrator
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna  # noqa: E402
 
-from bridge import FakeProvider, Limit, LLMClient, RateLimiter  # noqa: E402
-from optimizer import MiproLoop, MiproResult, arith_task  # noqa: E402
+from studyhall.bridge import FakeProvider, Limit, LLMClient, RateLimiter  # noqa: E402
+from studyhall.optimizer import MiproLoop, MiproResult, arith_task  # noqa: E402
 
 
 def _loop(url: str, name: str, base_url: str, task, *, limiter=None, **kw) -> MiproLoop:  # type: ignore[no-untyped-def]
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a tiny run")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("bridge.llm").setLevel(logging.ERROR)  # retried 429s are counted, not logged
+    logging.getLogger("studyhall.bridge.llm").setLevel(logging.ERROR)  # retried 429s are counted, not logged
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
         if args.quick:

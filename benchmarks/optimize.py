@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 
-from optimizer import Orchestrator
+from studyhall.optimizer import Orchestrator
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -58,7 +58,7 @@ class Studyhall(Contender):
     name = "studyhall WorkerPool"
 
     def start(self, workers: int) -> None:
-        from bridge import WorkerPool
+        from studyhall.bridge import WorkerPool
 
         self.pool = WorkerPool(min_workers=workers, max_workers=workers)
         self.pool.__enter__()
@@ -74,7 +74,7 @@ class StudyhallPrefetch(Studyhall):
     name = "studyhall WorkerPool(prefetch=16)"
 
     def start(self, workers: int) -> None:
-        from bridge import WorkerPool
+        from studyhall.bridge import WorkerPool
 
         self.pool = WorkerPool(min_workers=workers, max_workers=workers, prefetch=16)
         self.pool.__enter__()

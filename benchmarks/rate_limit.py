@@ -37,8 +37,8 @@ import httpx
 import tenacity
 from pyrate_limiter import Duration, Limiter, Rate
 
-from bridge import FakeProvider, Limit, LLMClient, RateLimiter
-from bridge._fake import prompt_tokens
+from studyhall.bridge import FakeProvider, Limit, LLMClient, RateLimiter
+from studyhall.bridge._fake import prompt_tokens
 
 CONCURRENCY = 16
 

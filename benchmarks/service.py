@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import optuna
 
-from optimizer import Client, Float, Int, Orchestrator
+from studyhall.optimizer import Client, Float, Int, Orchestrator
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def serve(url: str) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if k != "STUDYHALL_TOKEN"}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from optimizer.cli import main; main()", "serve", "--storage", url,
+        [sys.executable, "-c", "from studyhall.optimizer.cli import main; main()", "serve", "--storage", url,
          "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )

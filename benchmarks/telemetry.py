@@ -34,9 +34,9 @@ import optuna
 import sqlalchemy as sa
 
 from _pg import drop_scratch_schema, scratch_schema_url
-from optimizer import Float, Orchestrator, events
-from storage import connect
-from storage._schema import events as events_table
+from studyhall.optimizer import Float, Orchestrator, events
+from studyhall.storage import connect
+from studyhall.storage._schema import events as events_table
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

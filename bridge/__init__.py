@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from bridge._errors import (
+from studyhall.bridge._errors import (
     InvalidRequest,
     LLMTimeout,
     PoolClosed,
@@ -23,34 +23,34 @@ from bridge._errors import (
     TaskTimeout,
     WorkerCrashed,
 )
-from bridge._telemetry import TaskRecorder, current_recorder, recording
+from studyhall.bridge._telemetry import TaskRecorder, current_recorder, recording
 
 # Public name -> the private module that defines it (imported on first access).
 _LAZY = {
-    "WorkerPool": "bridge._pool",
-    "worker_channel": "bridge._pool",
-    "RateLimiter": "bridge._ratelimit",
-    "Limit": "bridge._ratelimit",
-    "Decision": "bridge._ratelimit",
-    "LLMClient": "bridge._llm",
-    "Completion": "bridge._llm",
-    "FakeProvider": "bridge._fake",
-    "with_fallbacks": "bridge._fallbacks",
-    "FallbackError": "bridge._fallbacks",
+    "WorkerPool": "studyhall.bridge._pool",
+    "worker_channel": "studyhall.bridge._pool",
+    "RateLimiter": "studyhall.bridge._ratelimit",
+    "Limit": "studyhall.bridge._ratelimit",
+    "Decision": "studyhall.bridge._ratelimit",
+    "LLMClient": "studyhall.bridge._llm",
+    "Completion": "studyhall.bridge._llm",
+    "FakeProvider": "studyhall.bridge._fake",
+    "with_fallbacks": "studyhall.bridge._fallbacks",
+    "FallbackError": "studyhall.bridge._fallbacks",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bridge._fake import FakeProvider
-    from bridge._fallbacks import FallbackError, with_fallbacks
-    from bridge._llm import Completion, LLMClient
-    from bridge._pool import WorkerPool, worker_channel
-    from bridge._ratelimit import Decision, Limit, RateLimiter
+    from studyhall.bridge._fake import FakeProvider
+    from studyhall.bridge._fallbacks import FallbackError, with_fallbacks
+    from studyhall.bridge._llm import Completion, LLMClient
+    from studyhall.bridge._pool import WorkerPool, worker_channel
+    from studyhall.bridge._ratelimit import Decision, Limit, RateLimiter
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'bridge' has no attribute {name!r}")
+        raise AttributeError(f"module 'studyhall.bridge' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

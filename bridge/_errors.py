@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage import InvalidRequest, StudyhallError
+from studyhall.storage import InvalidRequest, StudyhallError
 
 
 class TaskTimeout(StudyhallError, TimeoutError):

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bridge._errors import InvalidRequest
+from studyhall.bridge._errors import InvalidRequest
 
 Messages = Sequence[dict[str, Any]]
 DEFAULT_MAX_TOKENS = 256

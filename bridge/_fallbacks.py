@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from bridge._errors import InvalidRequest, StudyhallError
+from studyhall.bridge._errors import InvalidRequest, StudyhallError
 
 T = TypeVar("T")
 

@@ -57,17 +57,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 import tenacity
 
-from bridge._errors import InvalidRequest, LLMTimeout, ProviderError, RateLimited, RateLimitTimeout
-from bridge._fallbacks import Fallbacks, with_fallbacks
-from bridge._telemetry import current_recorder
+from studyhall.bridge._errors import InvalidRequest, LLMTimeout, ProviderError, RateLimited, RateLimitTimeout
+from studyhall.bridge._fallbacks import Fallbacks, with_fallbacks
+from studyhall.bridge._telemetry import current_recorder
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from bridge._ratelimit import RateLimiter
-    from storage import Storage
+    from studyhall.bridge._ratelimit import RateLimiter
+    from studyhall.storage import Storage
 
-_log = logging.getLogger("bridge.llm")
+_log = logging.getLogger("studyhall.bridge.llm")
 
 Messages = Sequence[Mapping[str, Any]]
 DEFAULT_MAX_TOKENS = 256  # reserved when a call gives no max_tokens
@@ -264,7 +264,7 @@ def _cache_get(store: Storage | None, key: str) -> dict[str, Any] | None:
             return _memory_cache.get(key)
     import sqlalchemy as sa
 
-    from storage import tables
+    from studyhall.storage import tables
 
     t = tables.llm_cache
 
@@ -280,8 +280,8 @@ def _cache_put(store: Storage | None, key: str, model: str, response: dict[str, 
         with _memory_cache_lock:
             _memory_cache[key] = response
         return
-    from storage import tables
-    from storage._sql import insert_ignore
+    from studyhall.storage import tables
+    from studyhall.storage._sql import insert_ignore
 
     store.run(
         lambda conn: insert_ignore(
@@ -364,7 +364,7 @@ class LLMClient:
         self.api_key_env = api_key_env
         self._cache_storage: Storage | None = None
         if storage is not None:
-            from storage import connect
+            from studyhall.storage import connect
 
             self._cache_storage = connect(storage)
         elif limiter is not None and limiter.storage is not None:

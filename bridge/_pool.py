@@ -49,11 +49,11 @@ from typing import Any
 
 import cloudpickle
 
-from bridge._errors import InvalidRequest, PoolClosed, RestartStorm
-from bridge._pool_core import INF, PoolState, PoolTimeouts, close_fds, live_pools
-from bridge._pool_dispatch import TaskDispatch
-from bridge._pool_supervisor import Supervisor
-from bridge._pool_tasks import (
+from studyhall.bridge._errors import InvalidRequest, PoolClosed, RestartStorm
+from studyhall.bridge._pool_core import INF, PoolState, PoolTimeouts, close_fds, live_pools
+from studyhall.bridge._pool_dispatch import TaskDispatch
+from studyhall.bridge._pool_supervisor import Supervisor
+from studyhall.bridge._pool_tasks import (
     ChannelError,
     OnCall,
     OnSend,
@@ -65,8 +65,8 @@ from bridge._pool_tasks import (
     fail,
     run_inline,
 )
-from bridge._pool_workers import WorkerProcess, WorkerState
-from bridge._worker import Channel, worker_channel
+from studyhall.bridge._pool_workers import WorkerProcess, WorkerState
+from studyhall.bridge._worker import Channel, worker_channel
 
 MAX_PREFETCH = 64
 
@@ -100,7 +100,7 @@ class WorkerPool(TaskDispatch, Supervisor):
         timeouts: the phases of stopping and watching workers (``PoolTimeouts``).
 
     Example:
-        >>> from bridge import WorkerPool
+        >>> from studyhall.bridge import WorkerPool
         >>> with WorkerPool(min_workers=1, max_workers=2) as pool:  # doctest: +SKIP
         ...     pool.submit(pow, 2, 10, timeout=5.0).result()
         1024

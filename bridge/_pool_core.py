@@ -16,9 +16,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bridge._errors import InvalidRequest, PoolClosed, RestartStorm, TaskTimeout, WorkerCrashed
-from bridge._pool_tasks import Task, fail
-from bridge._pool_workers import WorkerProcess, WorkerState
+from studyhall.bridge._errors import InvalidRequest, PoolClosed, RestartStorm, TaskTimeout, WorkerCrashed
+from studyhall.bridge._pool_tasks import Task, fail
+from studyhall.bridge._pool_workers import WorkerProcess, WorkerState
 
 if TYPE_CHECKING:
     import itertools

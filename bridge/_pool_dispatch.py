@@ -12,12 +12,12 @@ import logging
 import time
 from typing import Any
 
-from bridge import _worker
-from bridge._pool_core import CAPACITY, PoolCore, PoolState
-from bridge._pool_tasks import Task, answer_call, deliver_send, settle
-from bridge._pool_workers import WorkerProcess, WorkerState
+from studyhall.bridge import _worker
+from studyhall.bridge._pool_core import CAPACITY, PoolCore, PoolState
+from studyhall.bridge._pool_tasks import Task, answer_call, deliver_send, settle
+from studyhall.bridge._pool_workers import WorkerProcess, WorkerState
 
-logger = logging.getLogger("bridge.pool")
+logger = logging.getLogger("studyhall.bridge.pool")
 
 
 class TaskDispatch(PoolCore):

@@ -16,13 +16,13 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
-from bridge import _worker
-from bridge._errors import PoolClosed, RestartStorm
-from bridge._pool_core import CAPACITY, INF, Actions, Fail, PoolCore, PoolState, live_pools
-from bridge._pool_tasks import fail
-from bridge._pool_workers import WorkerProcess, WorkerState
+from studyhall.bridge import _worker
+from studyhall.bridge._errors import PoolClosed, RestartStorm
+from studyhall.bridge._pool_core import CAPACITY, INF, Actions, Fail, PoolCore, PoolState, live_pools
+from studyhall.bridge._pool_tasks import fail
+from studyhall.bridge._pool_workers import WorkerProcess, WorkerState
 
-logger = logging.getLogger("bridge.pool")
+logger = logging.getLogger("studyhall.bridge.pool")
 
 
 class Supervisor(PoolCore):

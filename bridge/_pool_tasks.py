@@ -19,10 +19,10 @@ from typing import Any
 
 import cloudpickle
 
-from bridge import _worker
-from bridge._errors import InvalidRequest, StudyhallError
+from studyhall.bridge import _worker
+from studyhall.bridge._errors import InvalidRequest, StudyhallError
 
-logger = logging.getLogger("bridge.pool")
+logger = logging.getLogger("studyhall.bridge.pool")
 
 OnCall = Callable[[Any], Any]
 OnSend = Callable[[Any], None]

@@ -22,12 +22,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bridge import _worker
+from studyhall.bridge import _worker
 
 if TYPE_CHECKING:
-    from bridge._pool_tasks import Task
+    from studyhall.bridge._pool_tasks import Task
 
-logger = logging.getLogger("bridge.pool")
+logger = logging.getLogger("studyhall.bridge.pool")
 
 WORKER_FILE = _worker.__file__
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -62,12 +62,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bridge._errors import InvalidRequest, RateLimitTimeout
+from studyhall.bridge._errors import InvalidRequest, RateLimitTimeout
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from storage import Storage
+    from studyhall.storage import Storage
 
 KINDS = ("requests", "tokens", "input_tokens", "output_tokens")
 PAUSE_BUCKET = "pause"
@@ -262,7 +262,7 @@ class _StorageBackend:
     def __init__(self, name: str, store: Storage) -> None:
         self.name = name
         self.storage = store
-        from storage._sql import db_clock_sql
+        from studyhall.storage._sql import db_clock_sql
 
         self.clock_sql = db_clock_sql(store.dialect)
 
@@ -271,8 +271,8 @@ class _StorageBackend:
     ) -> tuple[float, dict[str, float], float, float]:
         import sqlalchemy as sa
 
-        from storage import tables
-        from storage._sql import insert_ignore
+        from studyhall.storage import tables
+        from studyhall.storage._sql import insert_ignore
 
         t = tables.rate_limits
         wanted = {lim.bucket for lim in limits} | {PAUSE_BUCKET}
@@ -316,7 +316,7 @@ class _StorageBackend:
     ) -> None:
         import sqlalchemy as sa
 
-        from storage import tables
+        from studyhall.storage import tables
 
         t = tables.rate_limits
         stmt = (
@@ -377,7 +377,7 @@ class _StorageBackend:
     def pause_state(self) -> tuple[float, float, float]:
         import sqlalchemy as sa
 
-        from storage import tables
+        from studyhall.storage import tables
 
         t = tables.rate_limits
 
@@ -456,7 +456,7 @@ class RateLimiter:
             self.storage = None
             self._backend = _MemoryBackend(name)
         else:
-            from storage import connect
+            from studyhall.storage import connect
 
             self.storage = connect(storage)
             self._backend = _StorageBackend(name, self.storage)

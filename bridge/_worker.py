@@ -54,7 +54,7 @@ _HEADER = struct.Struct("!Q")
 # What the pool runs: ``python -c WORKER_BOOT /path/to/_worker.py FD PARENT_PID``.
 WORKER_BOOT = (
     "import importlib.util as u,sys\n"
-    "s=u.spec_from_file_location('bridge._worker',sys.argv[1])\n"
+    "s=u.spec_from_file_location('studyhall.bridge._worker',sys.argv[1])\n"
     "m=u.module_from_spec(s);sys.modules[s.name]=m;s.loader.exec_module(m)\n"
     "m.main(sys.argv[2:])\n"
 )

@@ -17,8 +17,8 @@ import random
 
 import optuna
 
-from bridge import FakeProvider, LLMClient, RateLimiter
-from optimizer import Categorical, Orchestrator, arith_task
+from studyhall.bridge import FakeProvider, LLMClient, RateLimiter
+from studyhall.optimizer import Categorical, Orchestrator, arith_task
 
 
 def main() -> None:

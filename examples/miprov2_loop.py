@@ -17,8 +17,8 @@ import os
 
 import optuna
 
-from bridge import FakeProvider, LLMClient, RateLimiter
-from optimizer import MiproLoop, arith_task
+from studyhall.bridge import FakeProvider, LLMClient, RateLimiter
+from studyhall.optimizer import MiproLoop, arith_task
 
 
 def solve(example: dict, instruction: str, demos: list[dict], lm: LLMClient) -> str:

@@ -20,8 +20,8 @@ import signal
 import sys
 import threading
 
-from bridge import FakeProvider, Limit, LLMClient, RateLimiter
-from optimizer import arith_task
+from studyhall.bridge import FakeProvider, Limit, LLMClient, RateLimiter
+from studyhall.optimizer import arith_task
 
 # The provider's limits per 10 s window; the shared limiter is told the same.
 WINDOW_S, REQUESTS, TOKENS = 10.0, 100, 40_000

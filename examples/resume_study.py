@@ -24,9 +24,9 @@ import time
 
 import optuna
 
-from bridge import FakeProvider, LLMClient
-from optimizer import MiproLoop, Orchestrator, arith_task
-from storage import connect
+from studyhall.bridge import FakeProvider, LLMClient
+from studyhall.optimizer import MiproLoop, Orchestrator, arith_task
+from studyhall.storage import connect
 
 GRACE_S = 3  # seconds without a heartbeat before a RUNNING trial counts as dead
 

@@ -1,7 +1,7 @@
 """studyhall's front door: studies, ask/tell, search spaces and score distributions.
 
 Example:
-    >>> from optimizer import Orchestrator, Float, Categorical
+    >>> from studyhall.optimizer import Orchestrator, Float, Categorical
     >>> study = Orchestrator().create_study("qa", direction="maximize")  # doctest: +SKIP
     >>> t = study.ask({"temperature": Float(0, 1), "instruction": Categorical(range(8))})  # doctest: +SKIP
     >>> study.tell(t, scores=[1, 0, 1, 1])  # doctest: +SKIP
@@ -9,33 +9,33 @@ Example:
 
 import typing
 
-from bridge import FallbackError, with_fallbacks
-from optimizer import events, telemetry, trace  # modules: events.record, trace.step, ...
-from optimizer._optimize_report import OptimizeReport
-from optimizer._orchestrator import Orchestrator, StudyInfo, make_sampler
-from optimizer._space import Categorical, Float, Int
-from optimizer._study import Evaluation, Study, TrialHandle
-from optimizer._summary import Summary, summarize
-from optimizer._workflow import Workflow, WorkflowError, WorkflowResult
-from storage import InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
+from studyhall.bridge import FallbackError, with_fallbacks
+from studyhall.optimizer import events, telemetry, trace  # modules: events.record, trace.step, ...
+from studyhall.optimizer._optimize_report import OptimizeReport
+from studyhall.optimizer._orchestrator import Orchestrator, StudyInfo, make_sampler
+from studyhall.optimizer._space import Categorical, Float, Int
+from studyhall.optimizer._study import Evaluation, Study, TrialHandle
+from studyhall.optimizer._summary import Summary, summarize
+from studyhall.optimizer._workflow import Workflow, WorkflowError, WorkflowResult
+from studyhall.storage import InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
 
 # The HTTP service and its client load on first use: fastapi and httpx would add
 # a third of a second to every `import optimizer`, pool workers included.
 _LAZY = {
-    "Client": "optimizer._client",
-    "RemoteStudy": "optimizer._client",
-    "ServiceError": "optimizer._client",
-    "create_app": "optimizer._service",
-    "MiproLoop": "optimizer._mipro",
-    "MiproResult": "optimizer._mipro",
-    "arith_task": "optimizer._simtask",
+    "Client": "studyhall.optimizer._client",
+    "RemoteStudy": "studyhall.optimizer._client",
+    "ServiceError": "studyhall.optimizer._client",
+    "create_app": "studyhall.optimizer._service",
+    "MiproLoop": "studyhall.optimizer._mipro",
+    "MiproResult": "studyhall.optimizer._mipro",
+    "arith_task": "studyhall.optimizer._simtask",
 }
 
 if typing.TYPE_CHECKING:  # pragma: no cover
-    from optimizer._client import Client, RemoteStudy, ServiceError
-    from optimizer._mipro import MiproLoop, MiproResult
-    from optimizer._service import create_app
-    from optimizer._simtask import arith_task
+    from studyhall.optimizer._client import Client, RemoteStudy, ServiceError
+    from studyhall.optimizer._mipro import MiproLoop, MiproResult
+    from studyhall.optimizer._service import create_app
+    from studyhall.optimizer._simtask import arith_task
 
 
 def __getattr__(name: str) -> object:
@@ -43,7 +43,7 @@ def __getattr__(name: str) -> object:
 
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'optimizer' has no attribute {name!r}")
+        raise AttributeError(f"module 'studyhall.optimizer' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

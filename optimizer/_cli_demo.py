@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from optimizer.cli import StorageOpt, app, console, fmt, quiet_optuna, user_errors
+from studyhall.optimizer.cli import StorageOpt, app, console, fmt, quiet_optuna, user_errors
 
 if TYPE_CHECKING:
-    from optimizer._mipro import MiproResult
-    from optimizer._simtask import SimTask
-    from optimizer._study import Study
+    from studyhall.optimizer._mipro import MiproResult
+    from studyhall.optimizer._simtask import SimTask
+    from studyhall.optimizer._study import Study
 
 # The simulated provider's limits, per 10-second window (a real provider counts per
 # minute; a shorter window makes the limits bind within a one-minute demo). The
@@ -62,9 +62,9 @@ def demo(
     Every run starts a fresh study named --study (the old one is deleted) unless
     --resume is given, which continues it up to --trials trials.
     """
-    from bridge import FakeProvider, Limit, LLMClient, RateLimiter
-    from optimizer import MiproLoop, Orchestrator
-    from optimizer._simtask import arith_task
+    from studyhall.bridge import FakeProvider, Limit, LLMClient, RateLimiter
+    from studyhall.optimizer import MiproLoop, Orchestrator
+    from studyhall.optimizer._simtask import arith_task
 
     quiet_optuna()
     with user_errors():
@@ -115,7 +115,7 @@ def demo(
 
 
 def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] | None, elapsed: float, url: str) -> None:
-    from optimizer import summarize
+    from studyhall.optimizer import summarize
 
     console.print()
     if result.best_full_score is None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from optimizer.cli import JsonOpt, StorageOpt, app, console, fmt, print_json, quiet_optuna, user_errors
+from studyhall.optimizer.cli import JsonOpt, StorageOpt, app, console, fmt, print_json, quiet_optuna, user_errors
 
 
 @app.command()
@@ -20,8 +20,8 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """Plot per-trial score distributions (best trials highlighted) and LLM latency."""
-    from optimizer import Orchestrator
-    from optimizer._report import render_report
+    from studyhall.optimizer import Orchestrator
+    from studyhall.optimizer._report import render_report
 
     quiet_optuna()
     with user_errors():

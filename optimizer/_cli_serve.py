@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from optimizer.cli import StorageOpt, app, console, err_console, fail, quiet_optuna, user_errors
+from studyhall.optimizer.cli import StorageOpt, app, console, err_console, fail, quiet_optuna, user_errors
 
 HostOpt = Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")]
 
@@ -36,7 +36,7 @@ def serve(
     """Serve the create-study / ask / tell API over HTTP (docs at /docs, schema at /openapi.json)."""
     import uvicorn
 
-    from optimizer._service import create_app
+    from studyhall.optimizer._service import create_app
 
     if not token and not is_loopback(host):
         raise fail(
@@ -64,7 +64,7 @@ def dashboard(
     """Run optuna-dashboard on the same storage (trials show their score and latency summaries)."""
     from optuna_dashboard import run_server
 
-    from storage import connect
+    from studyhall.storage import connect
 
     quiet_optuna()
     with user_errors():

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from optimizer.cli import (
+from studyhall.optimizer.cli import (
     JsonOpt,
     StorageOpt,
     app,
@@ -43,7 +43,7 @@ def worker(
     as_json: JsonOpt = False,
 ) -> None:
     """Run trials of study NAME with OBJECTIVE in a worker pool; print what happened."""
-    from optimizer import Orchestrator
+    from studyhall.optimizer import Orchestrator
 
     quiet_optuna()
     if trials is None and total is None and timeout is None:

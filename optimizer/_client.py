@@ -28,11 +28,11 @@ import httpx
 import optuna.distributions as od
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer._orchestrator import StudyInfo
-from optimizer._space import Categorical, Float, Int, Space, distribution_spec
-from optimizer._study import TrialHandle
-from optimizer._summary import Summary
-from storage import DuplicateStudy, InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
+from studyhall.optimizer._orchestrator import StudyInfo
+from studyhall.optimizer._space import Categorical, Float, Int, Space, distribution_spec
+from studyhall.optimizer._study import TrialHandle
+from studyhall.optimizer._summary import Summary
+from studyhall.storage import DuplicateStudy, InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
 
 DEFAULT_LEASE_S = 300.0
 _NOT_FOUND = {"StudyNotFound": StudyNotFound, "TrialNotFound": TrialNotFound}

@@ -47,13 +47,13 @@ import sqlalchemy as sa
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-from optimizer._study import TrialHandle
-from storage import Storage, retrying
-from storage._schema import leases
+from studyhall.optimizer._study import TrialHandle
+from studyhall.storage import Storage, retrying
+from studyhall.storage._schema import leases
 
 if TYPE_CHECKING:
-    from optimizer._space import Space
-    from optimizer._study import Study
+    from studyhall.optimizer._space import Space
+    from studyhall.optimizer._study import Study
 
 _log = logging.getLogger("studyhall.service")
 

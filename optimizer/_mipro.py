@@ -47,12 +47,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from bridge import current_recorder, recording
-from optimizer import services
-from optimizer._space import Categorical
-from optimizer._study import Evaluation, Study
-from optimizer._summary import Summary, summarize
-from storage import InvalidRequest, Storage, StudyhallError, retrying
+from studyhall.bridge import current_recorder, recording
+from studyhall.optimizer import services
+from studyhall.optimizer._space import Categorical
+from studyhall.optimizer._study import Evaluation, Study
+from studyhall.optimizer._summary import Summary, summarize
+from studyhall.storage import InvalidRequest, Storage, StudyhallError, retrying
 
 _log = logging.getLogger("studyhall.mipro")
 FULL_EVAL_ATTR = "mipro:full_eval:"
@@ -533,7 +533,7 @@ class MiproLoop:
 
     def open_study(self) -> Study:
         """Create the study, or load it to resume (it must have been run with the same candidates)."""
-        from optimizer._orchestrator import Orchestrator
+        from studyhall.optimizer._orchestrator import Orchestrator
 
         orch = Orchestrator(self.storage)
         fresh = self.study_name not in orch.study_names()
@@ -704,7 +704,7 @@ class MiproLoop:
             params = dict(max(means.items(), key=lambda kv: kv[1][0])[0]) if means else self.candidates.defaults()
             score = None
         ins, dem = self.candidates.chosen(params)
-        from storage._metrics import read_study_samples
+        from studyhall.storage._metrics import read_study_samples
 
         samples = [float(x) for arr in read_study_samples(study.storage, study._study_id, "llm.latency_s").values() for x in arr]
         samples += self._latencies

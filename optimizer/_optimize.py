@@ -35,11 +35,11 @@ import cloudpickle
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from bridge import PoolClosed, TaskTimeout, WorkerCrashed
-from optimizer._optimize_backends import Inline, Interrupts, Pooled
-from optimizer._optimize_progress import make_progress
-from optimizer._optimize_report import OptimizeReport, Options
-from optimizer._remote_trial import (
+from studyhall.bridge import PoolClosed, TaskTimeout, WorkerCrashed
+from studyhall.optimizer._optimize_backends import Inline, Interrupts, Pooled
+from studyhall.optimizer._optimize_progress import make_progress
+from studyhall.optimizer._optimize_report import OptimizeReport, Options
+from studyhall.optimizer._remote_trial import (
     CallsFirst,
     TrialOutcome,
     TrialProxy,
@@ -48,11 +48,11 @@ from optimizer._remote_trial import (
     ship_objective,
     ship_services,
 )
-from optimizer._space import Space
-from storage import InvalidRequest
+from studyhall.optimizer._space import Space
+from studyhall.storage import InvalidRequest
 
 if TYPE_CHECKING:
-    from optimizer._study import Study
+    from studyhall.optimizer._study import Study
 
 _log = logging.getLogger("studyhall.optimize")
 GRACE_S = 2.0  # how long running trials may finish after Ctrl-C

@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from optimizer import events, trace
-from optimizer._remote_trial import BOOT, PRELOAD, RUNNER_FILE, TrialProxy
-from optimizer._trial_runner import STARTED, run_trial
-from storage import Storage
+from studyhall.optimizer import events, trace
+from studyhall.optimizer._remote_trial import BOOT, PRELOAD, RUNNER_FILE, TrialProxy
+from studyhall.optimizer._trial_runner import STARTED, run_trial
+from studyhall.storage import Storage
 
 
 class Inline:
@@ -46,7 +46,7 @@ class Pooled:
     ahead = 1
 
     def __init__(self, workers: int, trial_timeout: float | None, storage: Storage, objective: str | bytes) -> None:
-        from bridge import WorkerPool
+        from studyhall.bridge import WorkerPool
 
         self.capacity = workers
         self.storage = storage

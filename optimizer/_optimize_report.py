@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from storage import InvalidRequest
+from studyhall.storage import InvalidRequest
 
 
 @dataclass

@@ -10,9 +10,9 @@ import optuna
 import sqlalchemy as sa
 from optuna.storages._rdb import models
 
-from optimizer._study import SAMPLER_ATTR, Study
-from storage import DuplicateStudy, InvalidRequest, Storage, StudyNotFound, connect, retrying
-from storage._metrics import delete_study_rows
+from studyhall.optimizer._study import SAMPLER_ATTR, Study
+from studyhall.storage import DuplicateStudy, InvalidRequest, Storage, StudyNotFound, connect, retrying
+from studyhall.storage._metrics import delete_study_rows
 
 MAX_NAME_LEN = 512  # Optuna's study_name column
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2")

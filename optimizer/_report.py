@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from optimizer._summary import FIELDS, Summary
-from optimizer.telemetry import LATENCY, StudyMetrics
-from storage import InvalidRequest
-from storage._metrics import read_study_samples
+from studyhall.optimizer._summary import FIELDS, Summary
+from studyhall.optimizer.telemetry import LATENCY, StudyMetrics
+from studyhall.storage import InvalidRequest
+from studyhall.storage._metrics import read_study_samples
 
 if TYPE_CHECKING:
-    from optimizer._study import Study
+    from studyhall.optimizer._study import Study
 
 MAX_TRIALS = 60  # box strips on one axis before they become unreadable
 N_BEST = 3

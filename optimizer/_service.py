@@ -34,10 +34,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRouter
 
-from optimizer import _service_models as m
-from optimizer._leases import EXPIRED, Lease, Leases
-from optimizer._orchestrator import Orchestrator
-from optimizer._service_http import (
+from studyhall.optimizer import _service_models as m
+from studyhall.optimizer._leases import EXPIRED, Lease, Leases
+from studyhall.optimizer._orchestrator import Orchestrator
+from studyhall.optimizer._service_http import (
     Conflict,
     Gate,
     Metrics,
@@ -46,9 +46,9 @@ from optimizer._service_http import (
     errors,
     install_error_handlers,
 )
-from optimizer._study import Study
-from optimizer._summary import Summary
-from storage import InvalidRequest, Storage, StudyNotFound, connect, retrying
+from studyhall.optimizer._study import Study
+from studyhall.optimizer._summary import Summary
+from studyhall.storage import InvalidRequest, Storage, StudyNotFound, connect, retrying
 
 _log = logging.getLogger("studyhall.service")
 

@@ -22,8 +22,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from optimizer import _service_models as m
-from storage import DuplicateStudy, InvalidRequest, StudyNotFound, TransientStorageError, TrialNotFound
+from studyhall.optimizer import _service_models as m
+from studyhall.storage import DuplicateStudy, InvalidRequest, StudyNotFound, TransientStorageError, TrialNotFound
 
 _log = logging.getLogger("studyhall.service")
 
@@ -307,7 +307,7 @@ def _shared_registry() -> Any:
     # optimizer.telemetry.registry holds studyhall's process-wide series when that
     # module exists; until then prometheus_client's default registry stands in.
     try:
-        from optimizer import telemetry
+        from studyhall.optimizer import telemetry
     except ImportError:
         return None
     reg = getattr(telemetry, "registry", None)

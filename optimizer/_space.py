@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 
 import optuna.distributions as od
 
-from storage import InvalidRequest
+from studyhall.storage import InvalidRequest
 
 CategoricalChoice: TypeAlias = None | bool | int | float | str
 

@@ -19,15 +19,15 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from optimizer import telemetry
-from optimizer._space import Space, check_params, space_from_json, space_to_json, to_distributions
-from optimizer._summary import Summary, as_array, summarize, summary_attrs
-from storage import InvalidRequest, Storage, TrialNotFound, retrying
-from storage._metrics import read_trial_metrics, requeue_trial, write_trial_telemetry
+from studyhall.optimizer import telemetry
+from studyhall.optimizer._space import Space, check_params, space_from_json, space_to_json, to_distributions
+from studyhall.optimizer._summary import Summary, as_array, summarize, summary_attrs
+from studyhall.storage import InvalidRequest, Storage, TrialNotFound, retrying
+from studyhall.storage._metrics import read_trial_metrics, requeue_trial, write_trial_telemetry
 
 if TYPE_CHECKING:
-    from optimizer._optimize_report import OptimizeReport
-    from optimizer.telemetry import StudyMetrics
+    from studyhall.optimizer._optimize_report import OptimizeReport
+    from studyhall.optimizer.telemetry import StudyMetrics
 
 SPACE_ATTR = "studyhall:space"
 RETRIES_ATTR = "studyhall:retries"
@@ -463,7 +463,7 @@ class Study:
 
     def optimize(self, objective: Any, **kwargs: Any) -> OptimizeReport:
         """Run ``objective`` over many trials in a worker pool; see :mod:`optimizer._optimize`."""
-        from optimizer._optimize import optimize
+        from studyhall.optimizer._optimize import optimize
 
         return optimize(self, objective, **kwargs)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from storage import InvalidRequest
+from studyhall.storage import InvalidRequest
 
 MAX_BINS = 20
 FIELDS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")

@@ -154,9 +154,9 @@ def resolve(ref: str | bytes | Callable[..., Any]) -> Callable[..., Any]:
 
 def _telemetry(path: str) -> Any:
     """``bridge._telemetry``, loaded by path if ``bridge`` is not imported (a later import shares it)."""
-    mod = sys.modules.get("bridge._telemetry")
+    mod = sys.modules.get("studyhall.bridge._telemetry")
     if mod is None:
-        spec = importlib.util.spec_from_file_location("bridge._telemetry", path)
+        spec = importlib.util.spec_from_file_location("studyhall.bridge._telemetry", path)
         assert spec is not None and spec.loader is not None
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
@@ -167,7 +167,7 @@ def _telemetry(path: str) -> Any:
 def run_trial(job: dict[str, Any], call: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Run one trial (in a pool worker unless ``call`` is given); a dict describes what came of it."""
     if call is None:
-        channel = sys.modules["bridge._worker"].worker_channel()
+        channel = sys.modules["studyhall.bridge._worker"].worker_channel()
         # The trial may have waited in the pool's queue since it was asked: its true start.
         channel.send({"studyhall": STARTED, "at": time.time()})
         call = channel.call
@@ -175,7 +175,7 @@ def run_trial(job: dict[str, Any], call: Callable[[Any], Any] | None = None) -> 
     with contextlib.ExitStack() as stack:
         rec = stack.enter_context(telemetry.recording())
         if job["services"] is not None:
-            from optimizer import services  # only when there are services to restore
+            from studyhall.optimizer import services  # only when there are services to restore
 
             stack.enter_context(services.restore(_unpickle(job["services"])))
         out = _run(job, call, rec)
@@ -244,7 +244,7 @@ def _is_number(x: Any) -> bool:
 
 def _outcome(result: Any, n_objectives: int) -> dict[str, Any]:
     out = _new("complete")
-    evaluation = getattr(sys.modules.get("optimizer._study"), "Evaluation", None)
+    evaluation = getattr(sys.modules.get("studyhall.optimizer._study"), "Evaluation", None)
     if evaluation is not None and isinstance(result, evaluation):
         out["metrics"] = {str(k): _floats(v, f"sample of {k!r}") for k, v in result.metrics.items()}
         out["user_attrs"] = dict(result.user_attrs)

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from optimizer import trace
-from storage import InvalidRequest, Storage, StudyhallError
+from studyhall.optimizer import trace
+from studyhall.storage import InvalidRequest, Storage, StudyhallError
 
 RUN = "workflow.run"
 STEP = "workflow.step"

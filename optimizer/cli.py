@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storage import InvalidRequest, StudyhallError
+from studyhall.storage import InvalidRequest, StudyhallError
 
 app = typer.Typer(
     name="studyhall",
@@ -91,7 +91,7 @@ def _clean(v: Any) -> Any:
 @app.command()
 def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """List the studies in the storage with their trial counts and best values."""
-    from optimizer import Orchestrator
+    from studyhall.optimizer import Orchestrator
 
     quiet_optuna()
     with user_errors():
@@ -129,7 +129,7 @@ def trials(
     limit: Annotated[int, typer.Option(min=1, help="At most this many trials (the newest).")] = 200,
 ) -> None:
     """List a study's trials with their values, parameters and telemetry."""
-    from optimizer import Orchestrator
+    from studyhall.optimizer import Orchestrator
 
     quiet_optuna()
     with user_errors():
@@ -162,7 +162,7 @@ def trials(
         err = str(t.user_attrs.get("error", ""))[:40]
         table.add_row(str(t.number), t.state.name.lower(), value, params, *(fmt(t.user_attrs.get(c)) for c in present), err)
     console.print(table)
-    from optimizer._report import summary_rows
+    from studyhall.optimizer._report import summary_rows
 
     stats = ("n", "mean", "std", "p50", "p90", "p99")
     block = Table("study summary", *stats, title=f"{summary.n_complete} of {summary.n_trials} trials complete")
@@ -181,12 +181,12 @@ def _register_commands() -> None:
     # Each feature's commands register on `app` when their module is imported.
     import importlib
 
-    for module in ("optimizer._cli_demo", "optimizer._cli_worker", "optimizer._cli_serve", "optimizer._cli_report"):
+    for module in ("studyhall.optimizer._cli_demo", "studyhall.optimizer._cli_worker", "studyhall.optimizer._cli_serve", "studyhall.optimizer._cli_report"):
         importlib.import_module(module)
 
 
 if __name__ == "__main__":  # pragma: no cover
     # Run the imported module's app: commands register on `optimizer.cli.app`, not `__main__.app`.
-    from optimizer.cli import main as _main
+    from studyhall.optimizer.cli import main as _main
 
     _main()

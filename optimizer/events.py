@@ -41,8 +41,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from storage import InvalidRequest, Storage, StudyhallError
-from storage._schema import events as _events
+from studyhall.storage import InvalidRequest, Storage, StudyhallError
+from studyhall.storage._schema import events as _events
 
 __all__ = [
     "Event",
@@ -416,7 +416,7 @@ def _record_row(
     parent_row: tuple[int, str, int, str] | None = None,
 ) -> tuple[int, str, int, str]:
     """:func:`record` to a storage, returning (id, path, depth, correlation_id)."""
-    from storage import connect
+    from studyhall.storage import connect
 
     payload = validate(event_type, data)
     correlation_id = _check_correlation(correlation_id)
@@ -439,7 +439,7 @@ def finish(storage: Storage | str | None, event_id: int | str, data: Mapping[str
             raise InvalidRequest("finish() needs a storage (a Storage or URL) outside a pool worker")
         channel.send({MESSAGE_KEY: "event", "op": "finish", "local_id": event_id, "data": update})
         return
-    from storage import connect
+    from studyhall.storage import connect
 
     target = _resolve_local(event_id) if isinstance(event_id, str) else event_id
     _merge(connect(storage), target, update)
@@ -480,7 +480,7 @@ def worker_channel() -> Any:
     global _worker_fn
     if _worker_fn is None:
         try:
-            from bridge import worker_channel as fn
+            from studyhall.bridge import worker_channel as fn
         except (ImportError, AttributeError):  # the pool is not built in this checkout
             return None
         _worker_fn = fn
@@ -736,7 +736,7 @@ def query(
     Example:
         >>> events.query(st, event_type="llm.call", where={"status": 429}, limit=10)  # doctest: +SKIP
     """
-    from storage import connect
+    from studyhall.storage import connect
 
     st = connect(storage)
     if limit is not None and (not isinstance(limit, int) or limit < 0):
@@ -778,7 +778,7 @@ def query(
 
 def get(storage: Storage | str, event_id: int | str) -> Event:
     """One event by id; InvalidRequest if there is none."""
-    from storage import connect
+    from studyhall.storage import connect
 
     st = connect(storage)
     target = _resolve_local(event_id) if isinstance(event_id, str) else event_id
@@ -797,7 +797,7 @@ def trace_tree(storage: Storage | str, correlation_id: str) -> list[TraceNode]:
 
     One query ordered by path; an event whose parent is not in the trace is a root.
     """
-    from storage import connect
+    from studyhall.storage import connect
 
     st = connect(storage)
     def read(conn: sa.Connection) -> Sequence[sa.Row[Any]]:

@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
-from storage import InvalidRequest
+from studyhall.storage import InvalidRequest
 
 _registry: dict[str, Any] = {}
 _lock = threading.Lock()

@@ -32,14 +32,14 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from optimizer import events
-from optimizer._summary import FIELDS, Summary, summarize
-from storage import Storage
+from studyhall.optimizer import events
+from studyhall.optimizer._summary import FIELDS, Summary, summarize
+from studyhall.storage import Storage
 
 if TYPE_CHECKING:
     from optuna.trial import TrialState
 
-    from optimizer._study import Study
+    from studyhall.optimizer._study import Study
 
 __all__ = [
     "StudyMetrics",
@@ -313,7 +313,7 @@ class StudyMetrics:
 
 def study_metrics(study: Study, name: str = SCORE) -> StudyMetrics:
     """The distributions of ``study`` (``Study.metrics`` calls this)."""
-    from storage._metrics import read_study_samples
+    from studyhall.storage._metrics import read_study_samples
 
     st: Storage = study.storage
     n_obj = len(study.directions)

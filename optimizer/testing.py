@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from bridge import FakeProvider, LLMClient
-    from storage import Storage
+    from studyhall.bridge import FakeProvider, LLMClient
+    from studyhall.storage import Storage
 
 MARKER = "studyhall_fake_provider"
 
@@ -55,7 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def fake_provider(request: pytest.FixtureRequest) -> Iterator[FakeProvider]:
     """A running FakeProvider on 127.0.0.1 (configure it with the studyhall_fake_provider marker)."""
-    from bridge import FakeProvider
+    from studyhall.bridge import FakeProvider
 
     marker = request.node.get_closest_marker(MARKER)
     kwargs = dict(marker.kwargs) if marker is not None else {}
@@ -66,7 +66,7 @@ def fake_provider(request: pytest.FixtureRequest) -> Iterator[FakeProvider]:
 @pytest.fixture
 def fake_llm(fake_provider: FakeProvider) -> Iterator[LLMClient]:
     """An LLMClient (no limiter, short timeout) talking to the fake_provider fixture."""
-    from bridge import LLMClient
+    from studyhall.bridge import LLMClient
 
     lm = LLMClient(fake_provider.model, base_url=fake_provider.base_url, api_key="studyhall-test-key", timeout=30.0)
     try:
@@ -78,7 +78,7 @@ def fake_llm(fake_provider: FakeProvider) -> Iterator[LLMClient]:
 @pytest.fixture
 def studyhall_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     """A fresh studyhall Storage: a temporary SQLite file, or a PostgreSQL schema with --studyhall-pg."""
-    from storage import connect
+    from studyhall.storage import connect
 
     pg_url = request.config.getoption("--studyhall-pg")
     if not pg_url:

@@ -37,8 +37,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from optimizer import events
-from storage import InvalidRequest, Storage, StudyhallError
+from studyhall.optimizer import events
+from studyhall.storage import InvalidRequest, Storage, StudyhallError
 
 __all__ = ["Scope", "attach", "current", "last_steps", "scope", "span", "step", "summarize_value"]
 
@@ -116,7 +116,7 @@ def scope(
     In a pool worker without a storage the steps go to the parent. An exception
     leaving the block gets ``.trace``, the last steps, unless it has one already.
     """
-    from storage import connect
+    from studyhall.storage import connect
 
     st = connect(storage) if storage is not None else None
     channel = None if st is not None else events.worker_channel()

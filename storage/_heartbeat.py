@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from storage._storage import Storage
+    from studyhall.storage._storage import Storage
 
 _log = logging.getLogger("studyhall.heartbeat")
 
@@ -63,7 +63,7 @@ class Heartbeat:
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        from storage._storage import retrying
+        from studyhall.storage._storage import retrying
 
         interval = self._storage.heartbeat_interval
         last_full = float("-inf")

@@ -19,9 +19,9 @@ import numpy as np
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from storage._schema import trial_metrics
-from storage._sql import upsert
-from storage._storage import Storage
+from studyhall.storage._schema import trial_metrics
+from studyhall.storage._sql import upsert
+from studyhall.storage._storage import Storage
 
 _STAT_COLUMNS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
 
@@ -166,7 +166,7 @@ def read_study_samples(st: Storage, study_id: int, name: str) -> dict[int, np.nd
 
 def delete_study_rows(st: Storage, study_id: int) -> None:
     """Remove studyhall's rows that belong to a study (called when the study is deleted)."""
-    from storage._schema import events, leases
+    from studyhall.storage._schema import events, leases
 
     def delete(conn: sa.Connection) -> None:
         for table in (trial_metrics, events, leases):

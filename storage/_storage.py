@@ -33,8 +33,8 @@ import tenacity
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from storage._errors import InvalidRequest, StorageError, TransientStorageError
-from storage._heartbeat import Heartbeat
+from studyhall.storage._errors import InvalidRequest, StorageError, TransientStorageError
+from studyhall.storage._heartbeat import Heartbeat
 
 _log = logging.getLogger("studyhall.storage")
 
@@ -301,7 +301,7 @@ class Storage:
             _checkpointer.add(self.engine, parsed.database)
 
     def _migrate(self) -> None:
-        from storage._migrate import upgrade
+        from studyhall.storage._migrate import upgrade
 
         upgrade(self.engine)
 
@@ -341,7 +341,7 @@ class Storage:
     def now(self) -> float:
         """The database server's clock in epoch seconds (one clock for every host)."""
 
-        from storage._sql import db_clock_sql
+        from studyhall.storage._sql import db_clock_sql
 
         q = db_clock_sql(self.dialect)
 

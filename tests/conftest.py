@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-import storage
-from storage import Storage, connect
+from studyhall import storage
+from studyhall.storage import Storage, connect
 
 PG_ADMIN = os.environ.get("STUDYHALL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_ADMIN = os.environ.get("STUDYHALL_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")

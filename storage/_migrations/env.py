@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from storage._schema import metadata
+from studyhall.storage._schema import metadata
 
 VERSION_TABLE = "studyhall_alembic_version"
 

@@ -33,13 +33,13 @@ def wait_until(pred: Callable[[], T], timeout: float = 20.0, what: str = "condit
 
 
 def worker_channel() -> Any:
-    from bridge._worker import worker_channel as current
+    from studyhall.bridge._worker import worker_channel as current
 
     return current()
 
 
 def public_channel_call(payload: Any) -> Any:
-    from bridge import worker_channel as public
+    from studyhall.bridge import worker_channel as public
 
     return public().call(payload)  # type: ignore[union-attr]
 

@@ -9,9 +9,9 @@ import httpx
 import openai
 import pytest
 
-from bridge import FakeProvider, InvalidRequest
-from bridge._fake import format_reset, prompt_tokens
-from bridge._llm import retry_delay
+from studyhall.bridge import FakeProvider, InvalidRequest
+from studyhall.bridge._fake import format_reset, prompt_tokens
+from studyhall.bridge._llm import retry_delay
 
 Q = [{"role": "user", "content": "2+2?"}]
 

@@ -9,8 +9,8 @@ import textwrap
 import pytest
 import sqlalchemy as sa
 
-from bridge import FakeProvider, LLMClient
-from storage import Storage, tables
+from studyhall.bridge import FakeProvider, LLMClient
+from studyhall.storage import Storage, tables
 
 
 def test_fake_provider_fixture_is_running(fake_provider):

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-import optimizer
-from bridge import FallbackError, InvalidRequest, StudyhallError, with_fallbacks
+from studyhall import optimizer
+from studyhall.bridge import FallbackError, InvalidRequest, StudyhallError, with_fallbacks
 
 
 def fail(msg: str):

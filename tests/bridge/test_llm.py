@@ -11,7 +11,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from bridge import (
+from studyhall.bridge import (
     Completion,
     FakeProvider,
     FallbackError,
@@ -25,8 +25,8 @@ from bridge import (
     StudyhallError,
     recording,
 )
-from bridge._llm import estimate_prompt_tokens, parse_duration, retry_delay
-from storage import tables
+from studyhall.bridge._llm import estimate_prompt_tokens, parse_duration, retry_delay
+from studyhall.storage import tables
 
 Q = [{"role": "user", "content": "2+2?"}]
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from bridge import Completion, FakeProvider, Limit, LLMClient, RateLimiter
+from studyhall.bridge import Completion, FakeProvider, Limit, LLMClient, RateLimiter
 
 
 def steady_rate(admitted: list[tuple[float, int]], use_tokens: bool) -> float:

@@ -11,9 +11,9 @@ from concurrent.futures import CancelledError
 import pool_helpers as h
 import pytest
 
-import bridge
-from bridge import InvalidRequest, PoolClosed, StudyhallError, WorkerPool, worker_channel
-from bridge._pool import ChannelError, PoolState, RemoteTraceback, SerializationError, run_inline
+from studyhall import bridge
+from studyhall.bridge import InvalidRequest, PoolClosed, StudyhallError, WorkerPool, worker_channel
+from studyhall.bridge._pool import ChannelError, PoolState, RemoteTraceback, SerializationError, run_inline
 
 STATS_KEYS = {
     "workers", "busy", "idle", "queued", "completed", "failed", "timeouts",

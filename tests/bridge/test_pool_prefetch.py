@@ -8,7 +8,7 @@ import threading
 import pool_helpers as h
 import pytest
 
-from bridge import InvalidRequest, TaskTimeout, WorkerCrashed, WorkerPool
+from studyhall.bridge import InvalidRequest, TaskTimeout, WorkerCrashed, WorkerPool
 
 
 @pytest.mark.parametrize("prefetch", [1, 8])

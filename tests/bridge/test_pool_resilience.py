@@ -14,8 +14,8 @@ import pool_helpers as h
 import psutil
 import pytest
 
-from bridge import InvalidRequest, PoolClosed, RestartStorm, TaskTimeout, WorkerCrashed, WorkerPool
-from bridge._pool import PoolTimeouts
+from studyhall.bridge import InvalidRequest, PoolClosed, RestartStorm, TaskTimeout, WorkerCrashed, WorkerPool
+from studyhall.bridge._pool import PoolTimeouts
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -193,7 +193,7 @@ def test_restart_storm_stops_respawning_and_fails_pending_work(monkeypatch: pyte
 ORPHAN_PARENT = """
 import json, sys, threading
 sys.path.insert(0, sys.argv[1])
-from bridge import WorkerPool
+from studyhall.bridge import WorkerPool
 import pool_helpers as h
 pool = WorkerPool(min_workers=2, max_workers=2)
 sleepers = []

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge import Decision, InvalidRequest, Limit, RateLimiter, RateLimitTimeout, StudyhallError
+from studyhall.bridge import Decision, InvalidRequest, Limit, RateLimiter, RateLimitTimeout, StudyhallError
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 
-from bridge import FakeProvider, Limit, LLMClient, RateLimiter
-from storage import connect, tables
+from studyhall.bridge import FakeProvider, Limit, LLMClient, RateLimiter
+from studyhall.storage import connect, tables
 
 # A child process: unpickle its payload, run it, print one JSON line.
 CHILD = r"""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer import Orchestrator
+from studyhall.optimizer import Orchestrator
 from tests._util import ROOT, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -62,7 +62,7 @@ def test_demo_telemetry_is_visible_in_optuna_dashboard(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'studyhall.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "160"}
     demo = subprocess.run(
-        [sys.executable, "-m", "optimizer.cli", "demo", "--storage", url, "--trials", "6", "--workers", "2",
+        [sys.executable, "-m", "studyhall", "demo", "--storage", url, "--trials", "6", "--workers", "2",
          "--val", "20", "--minibatch", "10", "--seed", "0"],
         capture_output=True, text=True, timeout=110, env=env, cwd=tmp_path, check=False,
     )
@@ -75,7 +75,7 @@ def test_demo_telemetry_is_visible_in_optuna_dashboard(tmp_path: Path) -> None:
 
     port = _free_port()
     dash = subprocess.Popen(
-        [sys.executable, "-m", "optimizer.cli", "dashboard", "--storage", url, "--port", str(port)],
+        [sys.executable, "-m", "studyhall", "dashboard", "--storage", url, "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
     )
     try:

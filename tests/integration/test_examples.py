@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from optimizer import Orchestrator
+from studyhall.optimizer import Orchestrator
 from tests._util import ROOT
 
 EXAMPLES = ROOT / "examples"
@@ -66,7 +66,7 @@ def test_ask_tell_manual(tmp_path: Path) -> None:
 def test_dashboard_guide_points_at_real_things() -> None:
     from typer.testing import CliRunner
 
-    from optimizer.cli import _register_commands, app
+    from studyhall.optimizer.cli import _register_commands, app
 
     text = (EXAMPLES / "dashboard.md").read_text()
     assert "../docs/dashboard.png" in text and (ROOT / "docs" / "dashboard.png").stat().st_size > 20_000

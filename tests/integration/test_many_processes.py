@@ -6,12 +6,12 @@ import subprocess
 
 import pytest
 
-from optimizer import Orchestrator
+from studyhall.optimizer import Orchestrator
 from tests._util import python
 
 WORKER = """
 import sys
-from optimizer import Orchestrator, Float, Int
+from studyhall.optimizer import Orchestrator, Float, Int
 url, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 study = Orchestrator(url).load_study(name)
 space = {"x": Float(-5, 5), "k": Int(1, 8)}

@@ -6,14 +6,14 @@ import subprocess
 
 import pytest
 
-from optimizer import Orchestrator
-from storage import connect
+from studyhall.optimizer import Orchestrator
+from studyhall.storage import connect
 from tests._util import python, wait_until
 
 CRASHER = """
 import os, sys
-from optimizer import Orchestrator, Float, Categorical
-from storage import connect
+from studyhall.optimizer import Orchestrator, Float, Categorical
+from studyhall.storage import connect
 url, name = sys.argv[1], sys.argv[2]
 orch = Orchestrator(connect(url, heartbeat_interval=1, grace_period=2))
 study = orch.create_study(name, direction="maximize", retries=1)

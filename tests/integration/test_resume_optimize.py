@@ -10,15 +10,15 @@ import psutil
 import sqlalchemy as sa
 from optuna.storages._rdb import models
 
-from optimizer import Orchestrator
-from storage import connect
+from studyhall.optimizer import Orchestrator
+from studyhall.storage import connect
 from tests._util import python, wait_until
 
 OBJ = "tests.optimizer.optimize_objectives"
 RUNNER = f"""
 import sys
-from optimizer import Orchestrator
-from storage import connect
+from studyhall.optimizer import Orchestrator
+from studyhall.storage import connect
 url, name = sys.argv[1], sys.argv[2]
 study = Orchestrator(connect(url, heartbeat_interval=1, grace_period=2)).load_study(name)
 study.optimize("{OBJ}:sleepy", max_total_trials=10, workers=2, retries=1, progress=False)

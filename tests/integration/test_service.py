@@ -7,7 +7,7 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 
-from optimizer import (
+from studyhall.optimizer import (
     Categorical,
     Client,
     Float,
@@ -18,7 +18,7 @@ from optimizer import (
     TrialNotFound,
     create_app,
 )
-from storage import DuplicateStudy, connect
+from studyhall.storage import DuplicateStudy, connect
 from tests._util import wait_until
 
 SPACE_JSON = {
@@ -235,7 +235,7 @@ def test_metrics_expose_request_counters_and_studyhall_telemetry(http, study_nam
     assert 'studyhall_http_requests_total{method="GET",route="/v1/studies/{name}",status="404"} 1.0' in text
     assert "studyhall_service_trials_asked_total 1.0" in text
     told = [line for line in text.splitlines() if line.startswith("studyhall_trials_total{") and study_name in line]
-    assert told and 'state="complete"' in told[0]  # from optimizer.telemetry.registry
+    assert told and 'state="complete"' in told[0]  # from studyhall.optimizer.telemetry.registry
 
 
 def test_client_has_the_study_surface(http, study_name):
@@ -348,7 +348,7 @@ def test_trials_asked_in_process_are_not_leased(http, sqlite_url, study_name):
 def test_an_expired_lease_refuses_tells_until_swept_and_abandoned_claims_are_taken_over(sqlite_url, study_name):
     import sqlalchemy as sa
 
-    from storage import tables
+    from studyhall.storage import tables
 
     leases = tables.leases
     app = create_app(sqlite_url, sweep_interval=3600)  # no sweep unless this test runs one

@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from optimizer import create_app
+from studyhall.optimizer import create_app
 
 STUDY = "fuzz"
 EXAMPLES = 25  # per operation and mode: ~13 operations x 2 modes x 25 stays within ~20 s

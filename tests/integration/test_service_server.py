@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from optimizer import Client, Float, Int, InvalidRequest, Orchestrator
+from studyhall.optimizer import Client, Float, Int, InvalidRequest, Orchestrator
 from tests._util import ROOT, wait_until
 
-CLI = "from optimizer.cli import main; main()"
+CLI = "from studyhall.optimizer.cli import main; main()"
 TOKEN = "t0ken-for-tests"
 
 

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from optimizer import Orchestrator
+from studyhall.optimizer import Orchestrator
 from tests._util import ROOT, wait_until
 
 OBJ = "tests.optimizer.optimize_objectives"
-CLI = "from optimizer.cli import main; main()"
+CLI = "from studyhall.optimizer.cli import main; main()"
 
 
 def start(*args: str, sleep: float = 0.02) -> subprocess.Popen[str]:

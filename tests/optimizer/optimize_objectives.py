@@ -39,8 +39,8 @@ def by_kind(trial) -> float:  # type: ignore[no-untyped-def]
     if kind == "scores":
         return [1.0, 0.0, 1.0, 1.0]
     if kind == "evaluation":
-        from bridge import current_recorder
-        from optimizer import Evaluation
+        from studyhall.bridge import current_recorder
+        from studyhall.optimizer import Evaluation
 
         rec = current_recorder()
         assert rec is not None
@@ -78,7 +78,7 @@ def pruned_by_parent(trial) -> float:  # type: ignore[no-untyped-def]
 
 def uses_service(trial) -> float:  # type: ignore[no-untyped-def]
     """Reads the ``scale`` service (overridden in the test) in whatever process it runs."""
-    from optimizer import services
+    from studyhall.optimizer import services
 
     trial.suggest_float("x", 0, 1)
     return float(services.get("scale"))

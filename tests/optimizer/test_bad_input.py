@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from optimizer import Categorical, Float, Int, Orchestrator
-from storage import InvalidRequest, StudyhallError, TrialNotFound
+from studyhall.optimizer import Categorical, Float, Int, Orchestrator
+from studyhall.storage import InvalidRequest, StudyhallError, TrialNotFound
 
 SPACE = {"x": Float(0.0, 1.0), "c": Categorical(["a", "b"])}
 

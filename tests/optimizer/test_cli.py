@@ -6,13 +6,13 @@ import json
 import subprocess
 import sys
 
-from optimizer import Float, Orchestrator
+from studyhall.optimizer import Float, Orchestrator
 from tests._util import ROOT
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "optimizer.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "studyhall", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
 
 

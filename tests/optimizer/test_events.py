@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from optimizer import Float, Orchestrator, events
-from storage import InvalidRequest, connect
+from studyhall.optimizer import Float, Orchestrator, events
+from studyhall.storage import InvalidRequest, connect
 
 
 @dataclasses.dataclass
@@ -159,14 +159,14 @@ def test_record_without_storage_outside_a_worker_is_refused():
 def test_a_worker_finish_without_an_event_id_is_logged_and_dropped(caplog):
     # It used to escape as a TypeError from int(None) and fail the trial that sent it.
     message = {events.MESSAGE_KEY: "event", "op": "finish", "local_id": None, "data": {}}
-    with caplog.at_level("WARNING", logger="optimizer.events"):
+    with caplog.at_level("WARNING", logger="studyhall.optimizer.events"):
         assert events.handle_worker_message(None, message) is True  # type: ignore[arg-type]
     assert "names no event id" in caplog.text
 
 
 def send_events_then_die(n: int) -> None:
     """Pool task: a root, n nested children, a closed span, then SIGKILL before returning."""
-    from optimizer import events as ev
+    from studyhall.optimizer import events as ev
 
     root = ev.record(None, "task", {"n": n})
     parent = root
@@ -177,7 +177,7 @@ def send_events_then_die(n: int) -> None:
 
 
 def test_worker_events_reach_the_parent_and_survive_sigkill(sqlite_url):
-    from bridge import WorkerCrashed, WorkerPool
+    from studyhall.bridge import WorkerCrashed, WorkerPool
 
     st = connect(sqlite_url)
     with WorkerPool(min_workers=1, max_workers=1) as pool:

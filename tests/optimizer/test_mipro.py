@@ -8,10 +8,10 @@ import time
 import optuna
 import pytest
 
-from bridge import Completion, ProviderError
-from optimizer import InvalidRequest, MiproLoop, MiproResult, Orchestrator
-from optimizer._mipro import FULL_EVAL_ATTR, _Candidates, evaluate_batch, labeled_demo_sets, minibatch_indices
-from optimizer._simtask import (
+from studyhall.bridge import Completion, ProviderError
+from studyhall.optimizer import InvalidRequest, MiproLoop, MiproResult, Orchestrator
+from studyhall.optimizer._mipro import FULL_EVAL_ATTR, _Candidates, evaluate_batch, labeled_demo_sets, minibatch_indices
+from studyhall.optimizer._simtask import (
     INSTRUCTIONS,
     SimResponder,
     answer_probability,
@@ -260,14 +260,14 @@ def test_bad_arguments() -> None:
 
 
 def test_wilcoxon_pruner_construction_is_quiet() -> None:
-    from optimizer._mipro import _QuietWilcoxon
+    from studyhall.optimizer._mipro import _QuietWilcoxon
 
     assert isinstance(_QuietWilcoxon(0.1)._inner, optuna.pruners.WilcoxonPruner)
 
 
 def test_parallel_trials_in_pool_workers_share_one_limiter(sqlite_url: str, study_name: str) -> None:
-    from bridge import FakeProvider, LLMClient, RateLimiter
-    from optimizer import services
+    from studyhall.bridge import FakeProvider, LLMClient, RateLimiter
+    from studyhall.optimizer import services
 
     task = arith_task(n_train=40, n_val=30)
     with FakeProvider(rpm=3000, tpm=2_000_000, latency_s=(0.01, 0.03), responder=task.responder(), seed=0) as fp:
@@ -294,7 +294,7 @@ def test_parallel_trials_in_pool_workers_share_one_limiter(sqlite_url: str, stud
 def test_demo_command_fresh_then_resumed(sqlite_url: str) -> None:
     from typer.testing import CliRunner
 
-    from optimizer.cli import _register_commands, app
+    from studyhall.optimizer.cli import _register_commands, app
 
     _register_commands()
     small = ["--storage", sqlite_url, "--val", "10", "--minibatch", "5", "--workers", "0", "--seed", "1"]

@@ -8,8 +8,8 @@ from datetime import timedelta
 import optuna
 import pytest
 
-from optimizer import Float, OptimizeReport, Orchestrator, services
-from storage import InvalidRequest
+from studyhall.optimizer import Float, OptimizeReport, Orchestrator, services
+from studyhall.storage import InvalidRequest
 from tests.optimizer import optimize_objectives as objectives
 
 OBJ = "tests.optimizer.optimize_objectives"
@@ -254,7 +254,7 @@ def test_bad_arguments_are_invalid_requests(study):
 
 
 def test_a_workers_call_goes_before_the_parents_own_work(monkeypatch):
-    from optimizer._remote_trial import CallsFirst
+    from studyhall.optimizer._remote_trial import CallsFirst
     from tests._util import wait_until
 
     monkeypatch.setattr(CallsFirst, "MAX_DEFER_S", 30.0)  # only quiet, never the deadline, lets the parent in

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from optimizer import Float, Orchestrator
-from optimizer._report import render_report
-from optimizer.cli import _register_commands, app
-from storage import InvalidRequest
+from studyhall.optimizer import Float, Orchestrator
+from studyhall.optimizer._report import render_report
+from studyhall.optimizer.cli import _register_commands, app
+from studyhall.storage import InvalidRequest
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""optimizer.services: process-wide registrations, context-scoped overrides, snapshots for workers."""
+"""studyhall.optimizer.services: process-wide registrations, context-scoped overrides, snapshots for workers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge import FakeProvider, LLMClient, current_recorder, recording
-from optimizer import services
-from storage import InvalidRequest
+from studyhall.bridge import FakeProvider, LLMClient, current_recorder, recording
+from studyhall.optimizer import services
+from studyhall.storage import InvalidRequest
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import math
 import optuna
 import pytest
 
-from optimizer import Categorical, Float, Int, Orchestrator, StudyInfo, Summary, TrialHandle
-from storage import DuplicateStudy, InvalidRequest, StudyNotFound
+from studyhall.optimizer import Categorical, Float, Int, Orchestrator, StudyInfo, Summary, TrialHandle
+from studyhall.storage import DuplicateStudy, InvalidRequest, StudyNotFound
 
 SPACE = {"instruction": Categorical(range(8)), "temperature": Float(0.0, 1.0), "k": Int(1, 8)}
 

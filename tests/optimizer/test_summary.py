@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizer import Summary, summarize
-from storage import InvalidRequest
+from studyhall.optimizer import Summary, summarize
+from studyhall.storage import InvalidRequest
 
 
 @pytest.mark.parametrize(

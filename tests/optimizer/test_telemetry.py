@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from optimizer import Float, Orchestrator, Summary, events, summarize, telemetry, trace
-from storage import connect
+from studyhall.optimizer import Float, Orchestrator, Summary, events, summarize, telemetry, trace
+from studyhall.storage import connect
 
 SPACE = {"x": Float(0, 1)}
 

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from optimizer import Orchestrator, events, trace
-from storage import InvalidRequest, connect
+from studyhall.optimizer import Orchestrator, events, trace
+from studyhall.storage import InvalidRequest, connect
 
 
 def react_objective(trial) -> float:  # type: ignore[no-untyped-def]

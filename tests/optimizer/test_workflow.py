@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
-from optimizer import Orchestrator, StudyhallError, Workflow, WorkflowError, WorkflowResult, events, trace
-from storage import InvalidRequest, connect
+from studyhall.optimizer import Orchestrator, StudyhallError, Workflow, WorkflowError, WorkflowResult, events, trace
+from studyhall.storage import InvalidRequest, connect
 
 
 def retrieve(q: str) -> list[str]:

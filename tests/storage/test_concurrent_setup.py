@@ -8,7 +8,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from storage import connect
+from studyhall.storage import connect
 from tests._util import python
 
 CONNECTOR = """
@@ -16,7 +16,7 @@ import os, sys, time
 go = sys.argv[2]
 while not os.path.exists(go):  # start every process's connect() at the same moment
     time.sleep(0.005)
-from storage import connect
+from studyhall.storage import connect
 st = connect(sys.argv[1])
 print(st.now() > 0)
 """

@@ -5,8 +5,8 @@ import pickle
 import pytest
 import sqlalchemy as sa
 
-from storage import InvalidRequest, StudyhallError, connect, tables
-from storage._migrate import VERSION_TABLE, head
+from studyhall.storage import InvalidRequest, StudyhallError, connect, tables
+from studyhall.storage._migrate import VERSION_TABLE, head
 from tests._util import wait_until
 
 

@@ -8,7 +8,7 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
-from optimizer import Float, Orchestrator
+from studyhall.optimizer import Float, Orchestrator
 
 
 def _get(app, path: str):  # a WSGI request without a network

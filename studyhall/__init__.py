@@ -1,0 +1,236 @@
+"""studyhall: Optuna studies in SQL, a self-healing worker pool, rate-limited LLM trials.
+
+The front door: every public name of ``studyhall.optimizer``, ``studyhall.bridge``
+and ``studyhall.storage``, loaded on first use (so ``import studyhall`` costs nothing
+until a name is touched, and a pool worker that needs only ``studyhall.bridge`` never
+imports Optuna).
+
+Example:
+    >>> from studyhall import Orchestrator, Float, Categorical
+    >>> study = Orchestrator().create_study("qa", direction="maximize")  # doctest: +SKIP
+    >>> t = study.ask({"temperature": Float(0, 1), "instruction": Categorical(range(8))})  # doctest: +SKIP
+    >>> study.tell(t, scores=[1, 0, 1, 1])  # doctest: +SKIP
+
+The exceptions form one tree rooted at ``StudyhallError``; it is drawn in
+``studyhall.storage._errors``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("studyhall")
+except PackageNotFoundError:  # pragma: no cover - a checkout on sys.path without an install
+    __version__ = "0+unknown"
+
+# Public name -> the sub-package that exports it.
+_HOME = {
+    # studyhall.storage
+    "DEFAULT_URL": "storage",
+    "DuplicateStudy": "storage",
+    "InvalidRequest": "storage",
+    "Storage": "storage",
+    "StorageError": "storage",
+    "StudyNotFound": "storage",
+    "StudyhallError": "storage",
+    "TransientStorageError": "storage",
+    "TrialNotFound": "storage",
+    "connect": "storage",
+    "is_transient": "storage",
+    "retrying": "storage",
+    "tables": "storage",
+    # studyhall.bridge
+    "Completion": "bridge",
+    "Decision": "bridge",
+    "FakeProvider": "bridge",
+    "FallbackError": "bridge",
+    "LLMClient": "bridge",
+    "LLMTimeout": "bridge",
+    "Limit": "bridge",
+    "PoolClosed": "bridge",
+    "ProviderError": "bridge",
+    "RateLimitTimeout": "bridge",
+    "RateLimited": "bridge",
+    "RateLimiter": "bridge",
+    "RestartStorm": "bridge",
+    "TaskRecorder": "bridge",
+    "TaskTimeout": "bridge",
+    "WorkerCrashed": "bridge",
+    "WorkerPool": "bridge",
+    "current_recorder": "bridge",
+    "recording": "bridge",
+    "with_fallbacks": "bridge",
+    "worker_channel": "bridge",
+    # studyhall.optimizer
+    "Categorical": "optimizer",
+    "Client": "optimizer",
+    "Evaluation": "optimizer",
+    "Float": "optimizer",
+    "Int": "optimizer",
+    "MiproLoop": "optimizer",
+    "MiproResult": "optimizer",
+    "OptimizeReport": "optimizer",
+    "Orchestrator": "optimizer",
+    "RemoteStudy": "optimizer",
+    "ServiceError": "optimizer",
+    "Study": "optimizer",
+    "StudyInfo": "optimizer",
+    "Summary": "optimizer",
+    "TrialHandle": "optimizer",
+    "Workflow": "optimizer",
+    "WorkflowError": "optimizer",
+    "WorkflowResult": "optimizer",
+    "arith_task": "optimizer",
+    "create_app": "optimizer",
+    "events": "optimizer",
+    "make_sampler": "optimizer",
+    "summarize": "optimizer",
+    "telemetry": "optimizer",
+    "trace": "optimizer",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from studyhall.bridge import (
+        Completion,
+        Decision,
+        FakeProvider,
+        FallbackError,
+        Limit,
+        LLMClient,
+        LLMTimeout,
+        PoolClosed,
+        ProviderError,
+        RateLimited,
+        RateLimiter,
+        RateLimitTimeout,
+        RestartStorm,
+        TaskRecorder,
+        TaskTimeout,
+        WorkerCrashed,
+        WorkerPool,
+        current_recorder,
+        recording,
+        with_fallbacks,
+        worker_channel,
+    )
+    from studyhall.optimizer import (
+        Categorical,
+        Client,
+        Evaluation,
+        Float,
+        Int,
+        MiproLoop,
+        MiproResult,
+        OptimizeReport,
+        Orchestrator,
+        RemoteStudy,
+        ServiceError,
+        Study,
+        StudyInfo,
+        Summary,
+        TrialHandle,
+        Workflow,
+        WorkflowError,
+        WorkflowResult,
+        arith_task,
+        create_app,
+        events,
+        make_sampler,
+        summarize,
+        telemetry,
+        trace,
+    )
+    from studyhall.storage import (
+        DEFAULT_URL,
+        DuplicateStudy,
+        InvalidRequest,
+        Storage,
+        StorageError,
+        StudyhallError,
+        StudyNotFound,
+        TransientStorageError,
+        TrialNotFound,
+        connect,
+        is_transient,
+        retrying,
+        tables,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'studyhall' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"studyhall.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "bridge", "optimizer", "storage"])
+
+
+__all__ = [
+    "Categorical",
+    "Client",
+    "Completion",
+    "DEFAULT_URL",
+    "Decision",
+    "DuplicateStudy",
+    "Evaluation",
+    "FakeProvider",
+    "FallbackError",
+    "Float",
+    "Int",
+    "InvalidRequest",
+    "LLMClient",
+    "LLMTimeout",
+    "Limit",
+    "MiproLoop",
+    "MiproResult",
+    "OptimizeReport",
+    "Orchestrator",
+    "PoolClosed",
+    "ProviderError",
+    "RateLimitTimeout",
+    "RateLimited",
+    "RateLimiter",
+    "RemoteStudy",
+    "RestartStorm",
+    "ServiceError",
+    "Storage",
+    "StorageError",
+    "Study",
+    "StudyInfo",
+    "StudyNotFound",
+    "StudyhallError",
+    "Summary",
+    "TaskRecorder",
+    "TaskTimeout",
+    "TransientStorageError",
+    "TrialHandle",
+    "TrialNotFound",
+    "WorkerCrashed",
+    "WorkerPool",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowResult",
+    "arith_task",
+    "connect",
+    "create_app",
+    "current_recorder",
+    "events",
+    "is_transient",
+    "make_sampler",
+    "recording",
+    "retrying",
+    "summarize",
+    "tables",
+    "telemetry",
+    "trace",
+    "with_fallbacks",
+    "worker_channel",
+]
