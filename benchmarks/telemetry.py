@@ -119,7 +119,7 @@ def bench_record(st: Any, n: int) -> None:
 
     t0 = time.perf_counter()
     for i in range(n):
-        st.run(lambda conn, i=i: insert(conn, i))
+        st.transaction(lambda conn, i=i: insert(conn, i))
     bare = time.perf_counter() - t0
     print(f"  record: {n / ours:.0f} events/s ({ours / n * 1e3:.2f} ms) vs bare INSERT {n / bare:.0f}/s: "
           f"{ours / bare:.2f}x (a parent's path lookup and the path update ride in the same transaction)")

@@ -1,18 +1,6 @@
 """bridge's exceptions: what can go wrong across a process or network boundary.
 
-::
-
-    StudyhallError (storage)
-    ├── InvalidRequest
-    │   └── ...                    bad arguments to a pool, limiter or client
-    ├── TaskTimeout (TimeoutError)        a pool task ran past its deadline
-    ├── WorkerCrashed                     a worker process died under a task
-    ├── PoolClosed                        submit() after shutdown(), or the pool gave up
-    │   └── RestartStorm                  fresh workers kept dying at start-up
-    ├── RateLimitTimeout (TimeoutError)   acquire() could not get capacity in time
-    └── ProviderError                     an LLM provider answered with an error
-        ├── RateLimited                   429s outlasted the retries
-        └── LLMTimeout (TimeoutError)     the call ran out of time
+The whole tree, with every package's branch, is drawn in ``studyhall.storage._errors``.
 """
 
 from __future__ import annotations

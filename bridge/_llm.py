@@ -272,7 +272,7 @@ def _cache_get(store: Storage | None, key: str) -> dict[str, Any] | None:
         row = conn.execute(sa.select(t.c.response).where(t.c.key == key)).first()
         return None if row is None else dict(row.response)
 
-    return store.run(read)
+    return store.transaction(read)
 
 
 def _cache_put(store: Storage | None, key: str, model: str, response: dict[str, Any]) -> None:
@@ -283,7 +283,7 @@ def _cache_put(store: Storage | None, key: str, model: str, response: dict[str, 
     from studyhall.storage import tables
     from studyhall.storage._sql import insert_ignore
 
-    store.run(
+    store.transaction(
         lambda conn: insert_ignore(
             conn, tables.llm_cache, [{"key": key, "model": model[:255], "response": response, "created_at": time.time()}]
         )

@@ -351,7 +351,7 @@ class _StorageBackend:
             self._write(conn, limits, tats, now)
             return _Grant(True, wait, shift)
 
-        return self.storage.run(txn)
+        return self.storage.transaction(txn)
 
     def adjust(self, limits: tuple[Limit, ...], deltas: dict[str, float]) -> None:
         def txn(conn: sa.Connection) -> None:
@@ -359,7 +359,7 @@ class _StorageBackend:
             _shift(limits, deltas, tats, now)
             self._write(conn, limits, tats, now)
 
-        self.storage.run(txn)
+        self.storage.transaction(txn)
 
     def pause(self, limits: tuple[Limit, ...], seconds: float) -> None:
         def txn(conn: sa.Connection) -> None:
@@ -372,7 +372,7 @@ class _StorageBackend:
                 tats[lim.bucket] = max(tats.get(lim.bucket, now), now) + delta
             self._write(conn, limits, tats, now, pause=(until, shift + delta))
 
-        self.storage.run(txn)
+        self.storage.transaction(txn)
 
     def pause_state(self) -> tuple[float, float, float]:
         import sqlalchemy as sa
@@ -390,14 +390,14 @@ class _StorageBackend:
                 return now, 0.0, 0.0
             return now, float(row.paused_until), float(row.tat)
 
-        return self.storage.run(read)
+        return self.storage.transaction(read)
 
     def available(self, limits: tuple[Limit, ...]) -> dict[str, float]:
         def read(conn: sa.Connection) -> dict[str, float]:
             now, tats, _, _ = self._lock_rows(conn, limits)
             return _available(limits, tats, now)
 
-        return self.storage.run(read)
+        return self.storage.transaction(read)
 
 
 # ---------------------------------------------------------------- the limiter

@@ -159,7 +159,7 @@ class Leases:
             )
             _beat(conn, trial_ids, lease_s)
 
-        self.storage.run(write)
+        self.storage.transaction(write)
         return expires
 
     def renew(self, trial_id: int, lease_s: float | None = None) -> float | LeaseExpired | None:
@@ -181,7 +181,7 @@ class Leases:
             _beat(conn, [trial_id], length)
             return now + length
 
-        return self.storage.run(write)
+        return self.storage.transaction(write)
 
     def claim(self, trial_id: int) -> Lease | LeaseExpired | None:
         """Take a trial's valid lease for a tell; EXPIRED if it ran out, None if it has none."""
@@ -198,7 +198,7 @@ class Leases:
                 return EXPIRED
             return Lease(row.trial_id, row.study_id, row.lease_s, row.expires_at)
 
-        return self.storage.run(write)
+        return self.storage.transaction(write)
 
     def restore(self, lease: Lease) -> None:
         """Put back a lease claimed by a tell that was rejected (the trial is still RUNNING)."""
@@ -211,7 +211,7 @@ class Leases:
                 )
             )
 
-        self.storage.run(write)
+        self.storage.transaction(write)
 
     # ---- expiry ------------------------------------------------------------------------
 
@@ -235,7 +235,7 @@ class Leases:
         Returns (study name, trial number) of each trial this call expired.
         """
         now = self.now()
-        rows = self.storage.run(
+        rows = self.storage.transaction(
             lambda c: c.execute(
                 sa.select(leases).where(leases.c.expires_at < now).order_by(leases.c.expires_at).limit(SWEEP_BATCH)
             ).all()
@@ -259,7 +259,7 @@ class Leases:
     def _take(self, trial_id: int, seen: float, now: float) -> bool:
         # Compare-and-set: of several sweepers, only the one that changes the value it saw proceeds.
         return (
-            self.storage.run(
+            self.storage.transaction(
                 lambda c: c.execute(
                     sa.update(leases)
                     .where(leases.c.trial_id == trial_id, leases.c.expires_at == seen)
@@ -289,4 +289,4 @@ class Leases:
         return result
 
     def _drop(self, trial_id: int) -> None:
-        self.storage.run(lambda c: c.execute(sa.delete(leases).where(leases.c.trial_id == trial_id)))
+        self.storage.transaction(lambda c: c.execute(sa.delete(leases).where(leases.c.trial_id == trial_id)))

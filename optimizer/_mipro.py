@@ -704,7 +704,7 @@ class MiproLoop:
             params = dict(max(means.items(), key=lambda kv: kv[1][0])[0]) if means else self.candidates.defaults()
             score = None
         ins, dem = self.candidates.chosen(params)
-        from studyhall.storage._metrics import read_study_samples
+        from studyhall.storage._trials import read_study_samples
 
         samples = [float(x) for arr in read_study_samples(study.storage, study._study_id, "llm.latency_s").values() for x in arr]
         samples += self._latencies
@@ -798,7 +798,7 @@ def _state_counts(study: Study) -> tuple[dict[str, int], float | None]:
         ).scalar()
         return counts, None if best is None else float(best)
 
-    return study.storage.run(read)
+    return study.storage.transaction(read)
 
 
 class _LoopProgress:

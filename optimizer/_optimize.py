@@ -247,7 +247,7 @@ class _Run:
             running = conn.execute(sa.select(t.c.trial_id).where(t.c.study_id == sid, t.c.state == TrialState.RUNNING))
             return int(finished), [r[0] for r in running]
 
-        return self.study.storage.run(read)
+        return self.study.storage.transaction(read)
 
     def _start(self) -> None:
         with self.interrupts.shield(), self.lock:  # a trial Optuna created is always in inflight

@@ -7,12 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
-from optuna.storages._rdb import models
 
 from studyhall.optimizer._study import SAMPLER_ATTR, Study
 from studyhall.storage import DuplicateStudy, InvalidRequest, Storage, StudyNotFound, connect, retrying
-from studyhall.storage._metrics import delete_study_rows
+from studyhall.storage._studies import delete_study_rows, study_names, study_rows
 
 MAX_NAME_LEN = 512  # Optuna's study_name column
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
@@ -177,43 +175,11 @@ class Orchestrator:
 
     def study_names(self) -> list[str]:
         """Every study name in the storage, sorted."""
-        st = models.StudyModel.__table__
-        return self.storage.run(lambda c: sorted(r[0] for r in c.execute(sa.select(st.c.study_name))))
+        return study_names(self.storage)
 
     def list_studies(self) -> list[StudyInfo]:
         """Every study with its directions, number of trials and best value (one query each)."""
-        s, d, t, v = (
-            models.StudyModel.__table__,
-            models.StudyDirectionModel.__table__,
-            models.TrialModel.__table__,
-            models.TrialValueModel.__table__,
-        )
-
-        def read(conn: sa.Connection) -> list[StudyInfo]:
-            names: dict[int, str] = dict(conn.execute(sa.select(s.c.study_id, s.c.study_name)).all())
-            dirs: dict[int, list[str]] = {}
-            for sid, _objective, direction in conn.execute(
-                sa.select(d.c.study_id, d.c.objective, d.c.direction).order_by(d.c.study_id, d.c.objective)
-            ):
-                dirs.setdefault(sid, []).append(direction.name.lower())
-            counts: dict[int, int] = dict(conn.execute(sa.select(t.c.study_id, sa.func.count()).group_by(t.c.study_id)).all())
-            best_q = (
-                sa.select(t.c.study_id, sa.func.min(v.c.value), sa.func.max(v.c.value))
-                .select_from(t.join(v, v.c.trial_id == t.c.trial_id))
-                .where(t.c.state == "COMPLETE", v.c.objective == 0)
-                .group_by(t.c.study_id)
-            )
-            best = {sid: (lo, hi) for sid, lo, hi in conn.execute(best_q)}
-            out = []
-            for sid, name in sorted(names.items(), key=lambda kv: kv[1]):
-                dd = dirs.get(sid, ["minimize"])
-                bv = None
-                if len(dd) == 1 and sid in best:
-                    bv = best[sid][1] if dd[0] == "maximize" else best[sid][0]
-                out.append(StudyInfo(name, dd, int(counts.get(sid, 0)), None if bv is None else float(bv)))
-            return out
-
-        return self.storage.run(read)
+        return [StudyInfo(*row) for row in study_rows(self.storage)]
 
     def delete_study(self, name: str) -> None:
         """Delete a study, its trials and studyhall's rows for it."""

@@ -25,7 +25,7 @@ import numpy as np
 from studyhall.optimizer._summary import FIELDS, Summary
 from studyhall.optimizer.telemetry import LATENCY, StudyMetrics
 from studyhall.storage import InvalidRequest
-from studyhall.storage._metrics import read_study_samples
+from studyhall.storage._trials import read_study_samples
 
 if TYPE_CHECKING:
     from studyhall.optimizer._study import Study

@@ -23,7 +23,7 @@ from studyhall.optimizer import telemetry
 from studyhall.optimizer._space import Space, check_params, space_from_json, space_to_json, to_distributions
 from studyhall.optimizer._summary import Summary, as_array, summarize, summary_attrs
 from studyhall.storage import InvalidRequest, Storage, TrialNotFound, retrying
-from studyhall.storage._metrics import read_trial_metrics, requeue_trial, write_trial_telemetry
+from studyhall.storage._trials import finish_trial, read_trial_metrics, requeue_trial
 
 if TYPE_CHECKING:
     from studyhall.optimizer._optimize_report import OptimizeReport
@@ -288,16 +288,16 @@ class Study:
             self._after_trial(running, st, vals)
         finally:
             # The state, values, user_attrs, metrics rows and note: one transaction.
-            told = write_trial_telemetry(
+            told = finish_trial(
                 self.storage,
                 study_id=self._study_id,
                 trial_id=running._trial_id,
                 trial_number=int(number),
+                state=st,
+                values=vals,
                 user_attrs=attrs,
                 metrics=rows,
                 extra=note,
-                finish=st,
-                values=vals,
                 completed_at=done_at,
                 started_at=started_at,
             )
@@ -429,13 +429,13 @@ class Study:
         ``reason`` lands in the ``error`` user_attr and ``failure`` names the kind
         ("stale", "lease"). Safe to race: only the process that changes the state retries.
         """
-        changed = write_trial_telemetry(
+        changed = finish_trial(
             self.storage,
             study_id=self._study_id,
             trial_id=frozen._trial_id,
             trial_number=frozen.number,
+            state=TrialState.FAIL,
             user_attrs={"error": reason, "failure": failure},
-            finish=TrialState.FAIL,
         )
         if changed:  # the loser of a race (another process failed it first) leaves the retry to the winner
             self.retry(frozen, self.retries if retries is None else retries)

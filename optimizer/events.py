@@ -302,7 +302,7 @@ def _trial_ids(st: Storage, trial: Any) -> tuple[int | None, int | None]:
         def read(conn: sa.Connection) -> int | None:
             return conn.execute(sa.select(t.c.study_id).where(t.c.trial_id == trial_id)).scalar_one_or_none()
 
-        study_id = st.run(read)
+        study_id = st.transaction(read)
         if study_id is None:
             raise InvalidRequest(f"there is no trial with id {trial_id} in {st!r}")
     _study_of_trial[trial_id] = study_id
@@ -427,7 +427,7 @@ def _record_row(
         raise InvalidRequest(f"parent_id must be an event id; got {parent_id!r:.60}")
     study_id, trial_id = _trial_ids(st, trial)
     ev = _Pending(event_type, payload, correlation_id, parent_id, study_id, trial_id, time.time(), parent_row)
-    return st.run(lambda conn: _write(conn, ev))
+    return st.transaction(lambda conn: _write(conn, ev))
 
 
 def finish(storage: Storage | str | None, event_id: int | str, data: Mapping[str, Any]) -> None:
@@ -453,7 +453,7 @@ def _merge(st: Storage, event_id: int, update: Mapping[str, Any]) -> None:
         merged = {**_as_dict(current), **update}
         conn.execute(sa.update(_events).where(_events.c.id == event_id).values(data=merged))
 
-    st.run(write)
+    st.transaction(write)
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -591,7 +591,7 @@ def _record_remote(st: Storage, payload: Mapping[str, Any], local_id: str, study
         float(payload.get("created_at") or time.time()),
         parent_row,
     )
-    row = st.run(lambda conn: _write(conn, ev))
+    row = st.transaction(lambda conn: _write(conn, ev))
     with _local_lock:
         _local_rows[local_id] = row
         while len(_local_rows) > _MAX_LOCAL:
@@ -773,7 +773,7 @@ def query(
                 break
         return out
 
-    return st.run(read)
+    return st.transaction(read)
 
 
 def get(storage: Storage | str, event_id: int | str) -> Event:
@@ -786,7 +786,7 @@ def get(storage: Storage | str, event_id: int | str) -> Event:
     def read(conn: sa.Connection) -> Any:
         return conn.execute(sa.select(*_COLUMNS).where(_events.c.id == target)).first()
 
-    row = st.run(read)
+    row = st.transaction(read)
     if row is None:
         raise InvalidRequest(f"there is no event with id {event_id!r}")
     return _to_event(row)
@@ -806,7 +806,7 @@ def trace_tree(storage: Storage | str, correlation_id: str) -> list[TraceNode]:
 
     roots: list[TraceNode] = []
     nodes: dict[int, TraceNode] = {}
-    for row in st.run(read):
+    for row in st.transaction(read):
         # ordered by path: a parent always comes before its children
         event = _to_event(row)
         node = nodes[event.id] = TraceNode(event, [])

@@ -313,7 +313,7 @@ class StudyMetrics:
 
 def study_metrics(study: Study, name: str = SCORE) -> StudyMetrics:
     """The distributions of ``study`` (``Study.metrics`` calls this)."""
-    from studyhall.storage._metrics import read_study_samples
+    from studyhall.storage._trials import read_study_samples
 
     st: Storage = study.storage
     n_obj = len(study.directions)
@@ -363,4 +363,4 @@ def _values(st: Storage, study_id: int, n_obj: int) -> tuple[tuple[int, int], li
                 out[objective].append(float(value))
         return (int(total), int(complete)), out
 
-    return st.run(read)
+    return st.transaction(read)

@@ -31,13 +31,14 @@ _LAZY = {
     "DEFAULT_URL": "studyhall.storage._storage",
     "Storage": "studyhall.storage._storage",
     "connect": "studyhall.storage._storage",
-    "is_transient": "studyhall.storage._storage",
-    "retrying": "studyhall.storage._storage",
+    "is_transient": "studyhall.storage._retry",
+    "retrying": "studyhall.storage._retry",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from studyhall.storage import _schema as tables
-    from studyhall.storage._storage import DEFAULT_URL, Storage, connect, is_transient, retrying
+    from studyhall.storage._retry import is_transient, retrying
+    from studyhall.storage._storage import DEFAULT_URL, Storage, connect
 
 
 def __getattr__(name: str) -> Any:

@@ -1,18 +1,35 @@
-"""The root of studyhall's exceptions.
+"""The one tree of studyhall's exceptions, rooted at ``StudyhallError``.
 
-Every package adds its own branch; catching ``StudyhallError`` catches them all::
+Catching ``StudyhallError`` catches everything studyhall raises. Misuse (bad input,
+unknown names) is on the ``InvalidRequest`` branch and nothing was written; the rest
+are runtime failures of a database, a worker, a provider or a service. Each class is
+defined beside the code that raises it and exported by that package (in brackets)::
 
     StudyhallError
-    ├── InvalidRequest (ValueError)        the caller asked for something wrong
-    │   ├── StudyNotFound (KeyError)       bridge and optimizer add their own
-    │   ├── TrialNotFound (KeyError)
-    │   └── DuplicateStudy
-    └── StorageError (RuntimeError)        the database failed us
-        └── TransientStorageError          a lock, deadlock or dropped connection
-                                           that outlived its retries
+    ├── InvalidRequest (ValueError)         [storage] a bad argument or unknown name; nothing written
+    │   ├── StudyNotFound (KeyError)        [storage] no study of that name
+    │   ├── TrialNotFound (KeyError)        [storage] no trial of that number in the study
+    │   ├── DuplicateStudy                  [storage] the name is taken (load_if_exists=False)
+    │   └── Conflict                        [optimizer] the trial's state forbids it (told twice, lease expired)
+    ├── StorageError (RuntimeError)         [storage] the database failed and retrying did not fix it
+    │   └── TransientStorageError           [storage] a lock, deadlock or dropped connection outlived its retries
+    ├── TaskTimeout (TimeoutError)          [bridge] a pool task ran past its timeout; its worker was replaced
+    ├── WorkerCrashed                       [bridge] a worker died under a task (exitcode, signal, pid)
+    ├── SerializationError                  [bridge] a task, result or message could not be pickled
+    ├── ChannelError                        [bridge] a worker's call to the parent could not be answered
+    ├── PoolClosed (RuntimeError)           [bridge] the pool was shut down and takes no more work
+    │   └── RestartStorm                    [bridge] fresh workers kept dying at start-up
+    ├── RateLimitTimeout (TimeoutError)     [bridge] acquire() found no capacity before its timeout
+    ├── ProviderError                       [bridge] an LLM provider answered with an error (status, model)
+    │   ├── RateLimited                     [bridge] 429s outlasted the retries
+    │   └── LLMTimeout (TimeoutError)       [bridge] the call and its retries ran out of time
+    ├── FallbackError                       [bridge] every alternative failed (each cause in ``errors``)
+    ├── WorkflowError (RuntimeError)        [optimizer] a workflow step failed (the trace so far attached)
+    ├── TooManyErrors                       [optimizer] a MiproLoop minibatch had more failures than allowed
+    └── ServiceError                        [optimizer] the HTTP service was unreachable or failed (5xx)
 
-``bridge`` adds TaskTimeout, WorkerCrashed, PoolClosed, RateLimitTimeout,
-ProviderError and its subclasses; ``optimizer`` adds TrialTimeout and WorkflowError.
+A trial that times out or crashes inside ``Study.optimize`` raises nothing: it is
+told FAIL with the reason, and the run goes on (see ``OptimizeReport``).
 """
 
 from __future__ import annotations

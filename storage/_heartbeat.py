@@ -13,6 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from studyhall.storage._retry import retrying
+
 if TYPE_CHECKING:
     from studyhall.storage._storage import Storage
 
@@ -63,8 +65,6 @@ class Heartbeat:
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        from studyhall.storage._storage import retrying
-
         interval = self._storage.heartbeat_interval
         last_full = float("-inf")
         while not self._stop.is_set():

@@ -32,7 +32,7 @@ def test_marker_configures_the_fake_provider(fake_provider, fake_llm):
 def test_studyhall_storage_is_a_fresh_sqlite_database(studyhall_storage, tmp_path):
     assert isinstance(studyhall_storage, Storage)
     assert studyhall_storage.dialect == "sqlite" and str(tmp_path) in studyhall_storage.url
-    count = studyhall_storage.run(lambda c: c.execute(sa.select(sa.func.count()).select_from(tables.llm_cache)).scalar())
+    count = studyhall_storage.transaction(lambda c: c.execute(sa.select(sa.func.count()).select_from(tables.llm_cache)).scalar())
     assert count == 0
 
 
@@ -44,7 +44,7 @@ def test_studyhall_pg_option_gives_a_postgresql_schema_that_is_dropped(postgresq
 
             def test_on_postgresql(studyhall_storage):
                 assert studyhall_storage.dialect == "postgresql"
-                schema = studyhall_storage.run(lambda c: c.exec_driver_sql("SELECT current_schema()").scalar())
+                schema = studyhall_storage.transaction(lambda c: c.exec_driver_sql("SELECT current_schema()").scalar())
                 assert schema.startswith("studyhall_test_")
                 assert studyhall_storage.now() > 0
                 pathlib.Path("schema.txt").write_text(schema)

@@ -321,7 +321,7 @@ def test_cache_hits_only_for_deterministic_calls(studyhall_storage):
         assert not client(fp).chat(Q, max_tokens=16, temperature=0.0).cached
         for x in (lm, always):
             x.close()
-    rows = studyhall_storage.run(lambda c: c.execute(sa.select(tables.llm_cache)).all())
+    rows = studyhall_storage.transaction(lambda c: c.execute(sa.select(tables.llm_cache)).all())
     assert len(rows) == 4 and {r.model for r in rows} == {"fake-model"}
 
 
@@ -330,7 +330,7 @@ def test_cache_uses_the_limiters_storage(studyhall_storage):
     with FakeProvider(rpm=None, tpm=None, latency_s=0.0) as fp, client(fp, limiter=lim, cache=True) as lm:
         lm.chat(Q, temperature=0)
         assert lm.chat(Q, temperature=0).cached
-    assert studyhall_storage.run(lambda c: c.execute(sa.select(sa.func.count()).select_from(tables.llm_cache)).scalar())
+    assert studyhall_storage.transaction(lambda c: c.execute(sa.select(sa.func.count()).select_from(tables.llm_cache)).scalar())
 
 
 # ---------------------------------------------------------------- pickling and secrecy
@@ -373,7 +373,7 @@ def test_api_key_never_leaks(caplog, studyhall_storage):
         for x in (good, failing, wrong, exhausted):
             x.close()
     assert secret.encode() not in blob
-    rows = studyhall_storage.run(lambda c: c.execute(sa.select(tables.llm_cache)).all())
+    rows = studyhall_storage.transaction(lambda c: c.execute(sa.select(tables.llm_cache)).all())
     assert rows
     seen += [repr(r) for r in rows]
     assert "retrying" in caplog.text  # the retries were logged...

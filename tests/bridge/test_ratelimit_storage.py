@@ -96,7 +96,7 @@ def test_storage_limiter_shares_and_keeps_state(store):
     # Pause on one object holds the others.
     copy.pause(30.0)
     assert 25 < lim.paused_for() <= 30
-    rows = store.run(
+    rows = store.transaction(
         lambda c: c.execute(sa.select(tables.rate_limits.c.bucket).where(tables.rate_limits.c.name == name)).all()
     )
     assert sorted(r.bucket for r in rows) == ["pause", "requests/3600s", "tokens/3600s"]

@@ -28,7 +28,7 @@ wait_until(lambda: left.trial_id in study.storage.heartbeat.tracked(), what="hea
 from optuna.storages._rdb import models
 import sqlalchemy as sa
 hb = models.TrialHeartbeatModel.__table__
-wait_until(lambda: study.storage.run(lambda c: c.execute(sa.select(hb.c.trial_id).where(hb.c.trial_id == left.trial_id)).first()), what="first beat")
+wait_until(lambda: study.storage.transaction(lambda c: c.execute(sa.select(hb.c.trial_id).where(hb.c.trial_id == left.trial_id)).first()), what="first beat")
 print(left.number, flush=True)
 os._exit(9)
 """

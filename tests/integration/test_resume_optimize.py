@@ -42,7 +42,7 @@ def test_sigkilled_optimize_is_resumed_by_another_process(sqlite_url, study_name
             return False
         running = [t._trial_id for t in trials[2:4]]
         query = sa.select(sa.func.count()).select_from(hb).where(hb.c.trial_id.in_(running))
-        return st.run(lambda c: c.execute(query).scalar_one()) == 2  # beaten once, so they can go stale
+        return st.transaction(lambda c: c.execute(query).scalar_one()) == 2  # beaten once, so they can go stale
 
     try:
         wait_until(mid_run, timeout=60, interval=0.05, what="two complete and two running trials")

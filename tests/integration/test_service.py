@@ -364,9 +364,9 @@ def test_an_expired_lease_refuses_tells_until_swept_and_abandoned_claims_are_tak
         # trial 1's expiry was claimed two minutes ago by a process that then died
         tid = st.optuna.get_trial_id_from_study_id_trial_number(st.study_id(study_name), b["number"])
         claimed_at = st.now() - 120
-        st.run(lambda c: c.execute(sa.update(leases).where(leases.c.trial_id == tid).values(expires_at=-claimed_at)))
+        st.transaction(lambda c: c.execute(sa.update(leases).where(leases.c.trial_id == tid).values(expires_at=-claimed_at)))
         expired = app.state.leases.sweep()
         assert sorted(expired) == [(study_name, 0), (study_name, 1)]
         assert app.state.leases.sweep() == []  # idempotent
         assert [t["state"] for t in http.get(base).json()["trials"]] == ["fail", "fail", "waiting", "waiting"]
-        assert st.run(lambda c: c.execute(sa.select(sa.func.count()).select_from(leases)).scalar_one()) == 0
+        assert st.transaction(lambda c: c.execute(sa.select(sa.func.count()).select_from(leases)).scalar_one()) == 0

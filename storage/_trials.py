@@ -1,4 +1,4 @@
-"""Per-trial telemetry rows and user_attrs, and the trial's end, written in one transaction.
+"""A trial's end: its state, values, user_attrs and telemetry rows in one transaction.
 
 Optuna writes each user attribute in its own transaction and its tell reads the
 whole trial twice around a third; a summary has eight attributes per metric. So
@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from studyhall.storage._optuna import stored_value, table
 from studyhall.storage._schema import trial_metrics
 from studyhall.storage._sql import upsert
 from studyhall.storage._storage import Storage
@@ -26,70 +27,56 @@ from studyhall.storage._storage import Storage
 _STAT_COLUMNS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
 
 
-def _optuna_table(name: str) -> sa.Table:
-    from optuna.storages._rdb import models
-
-    # Optuna's declarative models leave __table__ untyped (Any in optuna 5, FromClause before).
-    return cast(sa.Table, getattr(models, name).__table__)
-
-
 class _NotRunning(Exception):
     """Rolls the transaction back: the trial was finished by someone else first."""
 
 
-def write_trial_telemetry(
+def finish_trial(
     st: Storage,
     *,
     study_id: int,
     trial_id: int,
     trial_number: int,
+    state: TrialState,
+    values: Sequence[float] | None = None,
     user_attrs: Mapping[str, Any],
     metrics: Iterable[tuple[str, Mapping[str, Any], np.ndarray | None]] = (),
     extra: Callable[[sa.Connection], None] | None = None,
-    finish: TrialState | None = None,
-    values: Sequence[float] | None = None,
     completed_at: datetime | None = None,
     started_at: datetime | None = None,
 ) -> bool:
-    """Upsert ``user_attrs`` on the trial and one metrics row per (name, summary, samples).
+    """End a RUNNING trial: ``state``, ``values``, ``user_attrs`` and metrics rows in one transaction.
 
-    ``extra(conn)`` runs in the same transaction (the optuna-dashboard note). With
-    ``finish``, the trial also gets that state, ``values``, ``completed_at`` (now) and, if
-    given, ``started_at``, but only if it is still RUNNING: otherwise nothing is written
-    and the result is False.
+    ``metrics`` holds one (name, summary, samples) per distribution; ``extra(conn)``
+    runs in the same transaction (the optuna-dashboard note). ``started_at``, if given,
+    replaces the ask time (a trial that waited in a queue). Returns False, having
+    written nothing, when the trial was no longer RUNNING.
     """
-    from optuna.storages._rdb.models import TrialValueModel
-
     rows = list(metrics)
     attrs = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in user_attrs.items()]
-    if finish is not None:
-        trials = _optuna_table("TrialModel")
-        # A conditional UPDATE is both the check and the lock: of two processes telling
-        # the same trial, the second matches no row, on every dialect.
-        times = {"datetime_complete": completed_at or datetime.now()}
-        if started_at is not None:
-            times["datetime_start"] = started_at
-        end = (
-            sa.update(trials)
-            .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
-            .values(state=finish, **times)
-        )
-        stored = [TrialValueModel.value_to_stored_repr(float(v)) for v in values or ()]
+    trials = table("TrialModel")
+    # A conditional UPDATE is both the check and the lock: of two processes telling
+    # the same trial, the second matches no row, on every dialect.
+    times = {"datetime_complete": completed_at or datetime.now()}
+    if started_at is not None:
+        times["datetime_start"] = started_at
+    end = (
+        sa.update(trials)
+        .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
+        .values(state=state, **times)
+    )
+    stored = [stored_value(v) for v in values or ()]
 
     def write(conn: sa.Connection) -> None:
-        if finish is not None:
-            if conn.execute(end).rowcount != 1:
-                raise _NotRunning
-            upsert(
-                conn,
-                _optuna_table("TrialValueModel"),
-                [
-                    {"trial_id": trial_id, "objective": i, "value": v, "value_type": kind}
-                    for i, (v, kind) in enumerate(stored)
-                ],
-                keys=("trial_id", "objective"),
-            )
-        upsert(conn, _optuna_table("TrialUserAttributeModel"), attrs, keys=("trial_id", "key"))
+        if conn.execute(end).rowcount != 1:
+            raise _NotRunning
+        upsert(
+            conn,
+            table("TrialValueModel"),
+            [{"trial_id": trial_id, "objective": i, "value": v, "value_type": kind} for i, (v, kind) in enumerate(stored)],
+            keys=("trial_id", "objective"),
+        )
+        upsert(conn, table("TrialUserAttributeModel"), attrs, keys=("trial_id", "key"))
         upsert(
             conn,
             trial_metrics,
@@ -111,7 +98,7 @@ def write_trial_telemetry(
             extra(conn)
 
     try:
-        st.run(write)
+        st.transaction(write)
     except _NotRunning:
         return False
     return True
@@ -119,7 +106,7 @@ def write_trial_telemetry(
 
 def requeue_trial(st: Storage, trial_id: int) -> bool:
     """Put a RUNNING trial that never ran back in the study's queue (WAITING); False if it is not RUNNING."""
-    trials, beats = _optuna_table("TrialModel"), _optuna_table("TrialHeartbeatModel")
+    trials, beats = table("TrialModel"), table("TrialHeartbeatModel")
     back = (
         sa.update(trials)
         .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
@@ -133,7 +120,7 @@ def requeue_trial(st: Storage, trial_id: int) -> bool:
         conn.execute(sa.delete(beats).where(beats.c.trial_id == trial_id))
         return True
 
-    return st.run(write)
+    return st.transaction(write)
 
 
 def read_trial_metrics(st: Storage, trial_id: int) -> dict[str, dict[str, Any]]:
@@ -144,7 +131,7 @@ def read_trial_metrics(st: Storage, trial_id: int) -> dict[str, dict[str, Any]]:
         result = conn.execute(sa.select(*cols).where(trial_metrics.c.trial_id == trial_id).order_by(trial_metrics.c.name))
         return {r.name: dict(r._mapping) for r in result}
 
-    return st.run(read)
+    return st.transaction(read)
 
 
 def read_study_samples(st: Storage, study_id: int, name: str) -> dict[int, np.ndarray]:
@@ -161,15 +148,4 @@ def read_study_samples(st: Storage, study_id: int, name: str) -> dict[int, np.nd
             for r in result
         }
 
-    return st.run(read)
-
-
-def delete_study_rows(st: Storage, study_id: int) -> None:
-    """Remove studyhall's rows that belong to a study (called when the study is deleted)."""
-    from studyhall.storage._schema import events, leases
-
-    def delete(conn: sa.Connection) -> None:
-        for table in (trial_metrics, events, leases):
-            conn.execute(sa.delete(table).where(table.c.study_id == study_id))
-
-    st.run(delete)
+    return st.transaction(read)

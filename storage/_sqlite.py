@@ -1,0 +1,113 @@
+"""SQLite as a shared database: WAL, IMMEDIATE transactions, and checkpoints off the write path."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+_log = logging.getLogger("studyhall.storage")
+
+
+def prepare_file(path: str) -> None:
+    # WAL is a property of the file: set it once, before any engine opens it.
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=30)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+_AUTOCHECKPOINT_PAGES = 10_000  # SQLite's default is 1,000
+
+
+class _Checkpointer:
+    """Copies SQLite write-ahead logs back into their files from one thread, every half second.
+
+    With SQLite's automatic checkpoints, whichever commit crosses 1,000 log pages
+    copies them all and syncs the file, so writes that dirty more pages (a tell
+    with a distribution) pay for it more often. A PASSIVE checkpoint never waits
+    for readers or writers. One thread serves every SQLite storage of the process,
+    and only logs written since its last look.
+    """
+
+    INTERVAL_S = 0.5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engines: dict[int, tuple[weakref.ref[sa.Engine], Path, int]] = {}
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, engine: sa.Engine, database: str) -> None:
+        """Keep the log of ``engine``'s file short until the engine is closed or collected."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child starts its own thread
+                self._engines.clear()
+                self._thread, self._pid = None, os.getpid()
+            self._engines[id(engine)] = (weakref.ref(engine), Path(database + "-wal"), 0)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="studyhall-wal-checkpoint", daemon=True)
+                self._thread.start()
+
+    def discard(self, engine: sa.Engine) -> None:
+        """Stop looking after ``engine``'s log (the storage was closed)."""
+        self._forget(id(engine))
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._engines.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.INTERVAL_S)  # a daemon's pace, not a synchronisation
+            with self._lock:
+                entries = list(self._engines.items())
+            for key, (ref, wal, seen) in entries:
+                engine = ref()
+                if engine is None:
+                    self._forget(key)
+                    continue
+                try:
+                    written = wal.stat().st_mtime_ns
+                    if written != seen:
+                        raw = engine.raw_connection()
+                        try:
+                            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        finally:
+                            raw.close()
+                        with self._lock:
+                            if key in self._engines:
+                                self._engines[key] = (ref, wal, written)
+                except Exception:  # no log yet, or a busy file: the next round looks again
+                    _log.debug("WAL checkpoint of %s skipped", wal, exc_info=True)
+
+
+checkpointer = _Checkpointer()
+
+
+def install_hooks(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from pysqlite so that "begin" below is ours.
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        # The WAL is copied back into the file by a thread of its own (_Checkpointer), so
+        # that no write pays for it; this is only the backstop should that thread stall.
+        cur.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
