@@ -16,15 +16,15 @@ committed below the watermark can appear later.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from studyhall.storage._optuna import table
 from studyhall.storage.rdb._rows import Distributions, load_trials
+from studyhall.storage.rdb._statements import statements
 
 # Past this many unfinished trials, ask for them by state rather than by id list.
 _MAX_IDS_IN_QUERY = 500
@@ -76,27 +76,29 @@ class StudyCache:
         wanted = set(states)
         return [t for t in self._ordered if t.state in wanted]
 
-    def refresh(self, conn: sa.Connection, parse: Distributions, owned: set[int]) -> None:
+    def refresh(self, conn: sa.Connection, parse: Distributions, owned: Container[int]) -> None:
         """Bring the cache up to date: one query, plus reads of whatever is new or changed.
 
         ``owned`` trials are written through this process's cache; they are re-read
         only when their state changed under us (another process failed them).
         """
-        t, p = table("TrialModel"), table("TrialParamModel")
-        n_params = sa.select(sa.func.count()).where(p.c.trial_id == t.c.trial_id).scalar_subquery()
-        newer = t.c.trial_id > self.watermark
+        if not self.by_id:  # cold: everything, in six queries
+            for frozen in load_trials(conn, parse, study_id=self.study_id):
+                self.put(frozen)
+            return
+        q = statements()
+        args: dict[str, object] = {"sid": self.study_id, "watermark": self.watermark}
         if not self.unfinished:
-            scope = newer
+            query = q.refresh_newer
         elif len(self.unfinished) <= _MAX_IDS_IN_QUERY:
-            scope = sa.or_(newer, t.c.trial_id.in_(sorted(self.unfinished)))
+            query, args["ids"] = q.refresh_with_ids, sorted(self.unfinished)
         else:
-            scope = sa.or_(newer, t.c.state.in_((TrialState.RUNNING, TrialState.WAITING)))
-        rows = conn.execute(sa.select(t.c.trial_id, t.c.state, n_params).where(t.c.study_id == self.study_id, scope))
+            query = q.refresh_with_states
         stale: list[int] = []
-        for trial_id, state, count in rows:
+        for trial_id, state, count in conn.execute(query, args):
             known = self.by_id.get(trial_id)
             if known is None or known.state != state or (trial_id not in owned and len(known.params) != count):
                 stale.append(trial_id)
         if stale:
-            for frozen in load_trials(conn, t.c.trial_id.in_(stale), parse):
+            for frozen in load_trials(conn, parse, ids=stale):
                 self.put(frozen)

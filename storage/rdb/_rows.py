@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import json
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from studyhall.storage._optuna import table
 
 _UTC = dt.UTC
+_MAX_IDS = 500  # ids bound in one query (SQLite allows a few thousand variables at least)
 
 
 def to_utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -112,45 +113,61 @@ def clone(frozen: FrozenTrial) -> FrozenTrial:
     return c
 
 
-def load_trials(conn: sa.Connection, where: Any, parse: Distributions) -> list[FrozenTrial]:
-    """Every trial matching ``where`` (a clause on the trials table), whole, in trial-id order."""
+@functools.cache
+def _loaders() -> dict[str, tuple[Any, ...]]:
+    # Six prebuilt queries per mode: the trials, then each child table for all of them.
     t = table("TrialModel")
-    rows = conn.execute(
-        sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete)
-        .where(where)
-        .order_by(t.c.trial_id)
-    ).all()
+    children = (
+        ("TrialParamModel", ("param_name", "param_value", "distribution_json"), "param_id"),
+        ("TrialValueModel", ("objective", "value", "value_type"), None),
+        ("TrialIntermediateValueModel", ("step", "intermediate_value", "intermediate_value_type"), None),
+        ("TrialUserAttributeModel", ("key", "value_json"), None),
+        ("TrialSystemAttributeModel", ("key", "value_json"), None),
+    )
+    by_study = t.c.study_id == sa.bindparam("sid")
+    by_ids = t.c.trial_id.in_(sa.bindparam("ids", expanding=True))
+    of_study = sa.select(t.c.trial_id).where(by_study).scalar_subquery()
+    head = sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete)
+    out: dict[str, tuple[Any, ...]] = {}
+    for mode, where, trial_ids in (
+        ("study", by_study, of_study),
+        ("ids", by_ids, sa.bindparam("ids", expanding=True)),
+    ):
+        queries = [head.where(where).order_by(t.c.trial_id)]
+        for model, cols, order in children:
+            c = table(model).c
+            q = sa.select(c.trial_id, *(c[name] for name in cols)).where(c.trial_id.in_(trial_ids))
+            queries.append(q.order_by(c[order]) if order else q)
+        out[mode] = tuple(queries)
+    return out
+
+
+def load_trials(
+    conn: sa.Connection, parse: Distributions, *, study_id: int | None = None, ids: list[int] | None = None
+) -> list[FrozenTrial]:
+    """Whole trials, in trial-id order: every trial of ``study_id``, or those in ``ids``."""
+    if ids is not None and len(ids) > _MAX_IDS:
+        return [t for i in range(0, len(ids), _MAX_IDS) for t in load_trials(conn, parse, ids=ids[i : i + _MAX_IDS])]
+    head, params_q, values_q, inter_q, user_q, system_q = _loaders()["study" if ids is None else "ids"]
+    args = {"sid": study_id} if ids is None else {"ids": ids}
+    rows = conn.execute(head, args).all()
     if not rows:
         return []
     trials = {r[0]: new_frozen(r[0], r[1], r[2], to_local(r[3]), to_local(r[4])) for r in rows}
-    ids = sa.select(t.c.trial_id).where(where).scalar_subquery() if len(rows) > 1 else rows[0][0]
-
-    def children(model: str, *cols: str, order: str | None = None) -> Iterable[Any]:
-        c = table(model).c
-        q = sa.select(c.trial_id, *(c[name] for name in cols))
-        q = q.where(c.trial_id.in_(ids)) if len(rows) > 1 else q.where(c.trial_id == ids)
-        if order is not None:
-            q = q.order_by(c[order])
-        return conn.execute(q)
-
-    for trial_id, name, value, text in children(
-        "TrialParamModel", "param_name", "param_value", "distribution_json", order="param_id"
-    ):
+    for trial_id, name, value, text in conn.execute(params_q, args):
         dist = parse(text)
         frozen = trials[trial_id]
         frozen.distributions[name] = dist
         frozen.params[name] = dist.to_external_repr(value)
     values: dict[int, dict[int, float]] = {}
-    for trial_id, objective, value, kind in children("TrialValueModel", "objective", "value", "value_type"):
+    for trial_id, objective, value, kind in conn.execute(values_q, args):
         values.setdefault(trial_id, {})[objective] = value_from(value, kind)
     for trial_id, by_objective in values.items():
         trials[trial_id].values = [by_objective[k] for k in sorted(by_objective)]
-    for trial_id, step, value, kind in children(
-        "TrialIntermediateValueModel", "step", "intermediate_value", "intermediate_value_type"
-    ):
+    for trial_id, step, value, kind in conn.execute(inter_q, args):
         trials[trial_id].intermediate_values[step] = intermediate_from(value, kind)
-    for trial_id, key, text in children("TrialUserAttributeModel", "key", "value_json"):
+    for trial_id, key, text in conn.execute(user_q, args):
         trials[trial_id].user_attrs[key] = json.loads(text)
-    for trial_id, key, text in children("TrialSystemAttributeModel", "key", "value_json"):
+    for trial_id, key, text in conn.execute(system_q, args):
         trials[trial_id].system_attrs[key] = json.loads(text)
     return list(trials.values())

@@ -55,6 +55,7 @@ from studyhall.storage.rdb._rows import (
     to_utc,
     value_repr,
 )
+from studyhall.storage.rdb._statements import statements
 
 if TYPE_CHECKING:
     import optuna
@@ -152,18 +153,17 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     def _lock_trial(self, conn: sa.Connection, trial_id: int, *, states: Container[TrialState] = _UNFINISHED) -> TrialState:
         # FOR UPDATE (a no-op on SQLite, whose IMMEDIATE transactions already exclude
         # writers): nobody finishes the trial between this check and our write.
-        t = table("TrialModel")
-        state = conn.execute(sa.select(t.c.state).where(t.c.trial_id == trial_id).with_for_update()).scalar()
+        q = statements()
+        state = conn.execute(q.lock_trial, {"tid": trial_id}).scalar()
         if state is None:
             raise KeyError(_NOT_FOUND)
         if state not in states and state.is_finished():
-            number = conn.execute(sa.select(t.c.number).where(t.c.trial_id == trial_id)).scalar()
+            number = conn.execute(q.trial_number, {"tid": trial_id}).scalar()
             raise UpdateFinishedTrialError(f"Trial#{number} has already finished and can not be updated.")
         return state  # type: ignore[no-any-return]
 
     def _lock_study(self, conn: sa.Connection, study_id: int) -> None:
-        s = table("StudyModel")
-        if conn.execute(sa.select(s.c.study_id).where(s.c.study_id == study_id).with_for_update()).first() is None:
+        if conn.execute(statements().lock_study, {"sid": study_id}).first() is None:
             raise KeyError(_NOT_FOUND)
 
     def _as_stored(self, value: datetime | None) -> datetime | None:
@@ -193,7 +193,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             return study_id
 
         def retry(conn: sa.Connection) -> int | None:
-            return conn.execute(sa.select(s.c.study_id).where(s.c.study_name == name)).scalar()  # ours, committed
+            return conn.execute(statements().study_id, {"name": name}).scalar()  # ours, committed
 
         try:
             study_id = self._txn(write, retry if study_name is None else None)
@@ -266,8 +266,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         return self._study_attrs("StudySystemAttributeModel", study_id)
 
     def get_study_id_from_name(self, study_name: str) -> int:
-        s = table("StudyModel")
-        study_id = self._txn(lambda conn: conn.execute(sa.select(s.c.study_id).where(s.c.study_name == study_name)).scalar())
+        study_id = self._txn(lambda conn: conn.execute(statements().study_id, {"name": study_name}).scalar())
         if study_id is None:
             raise KeyError(_NOT_FOUND)
         return int(study_id)
@@ -277,8 +276,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             cache = self._studies.get(study_id)
             if cache is not None and cache.name is not None:
                 return cache.name
-        s = table("StudyModel")
-        name = self._txn(lambda conn: conn.execute(sa.select(s.c.study_name).where(s.c.study_id == study_id)).scalar())
+        name = self._txn(lambda conn: conn.execute(statements().study_name, {"sid": study_id}).scalar())
         if name is None:
             raise KeyError(_NOT_FOUND)
         with self._lock:
@@ -290,12 +288,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             cache = self._studies.get(study_id)
             if cache is not None and cache.directions is not None:
                 return list(cache.directions)
-        d = table("StudyDirectionModel")
-        rows = self._txn(
-            lambda conn: conn.execute(
-                sa.select(d.c.direction).where(d.c.study_id == study_id).order_by(d.c.objective)
-            ).scalars().all()
-        )
+        rows = self._txn(lambda conn: conn.execute(statements().directions, {"sid": study_id}).scalars().all())
         if not rows:
             raise KeyError(_NOT_FOUND)
         with self._lock:
@@ -337,40 +330,35 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
     def _insert(self, pending: Pending, token: str | None, heartbeat: bool = False) -> FrozenTrial:
         """Write a whole new trial (row, values, params, attrs, intermediates) in one transaction."""
-        t = table("TrialModel")
+        q = statements()
         if token is not None:
             pending.system_attrs[ASK_TOKEN_ATTR] = token
+        row = {
+            "study_id": pending.study_id,
+            "state": pending.state,
+            "datetime_start": to_utc(pending.datetime_start),
+            "datetime_complete": to_utc(pending.datetime_complete),
+        }
 
         def write(conn: sa.Connection) -> FrozenTrial:
+            # Every process creating a trial locks the study's row first (Optuna too), so
+            # numbers are unique and trial ids commit in order within a study.
             self._lock_study(conn, pending.study_id)
-            number = conn.execute(sa.select(sa.func.count()).where(t.c.study_id == pending.study_id)).scalar_one()
-            trial_id = _new_id(
-                conn.execute(
-                    sa.insert(t).values(
-                        number=number,
-                        study_id=pending.study_id,
-                        state=pending.state,
-                        datetime_start=to_utc(pending.datetime_start),
-                        datetime_complete=to_utc(pending.datetime_complete),
-                    )
-                )
-            )
+            number = conn.execute(q.count_trials, {"sid": pending.study_id}).scalar_one()
+            trial_id = _new_id(conn.execute(q.insert_trial, {**row, "number": number}))
             pending.write_children(conn, trial_id)
             if heartbeat:
-                conn.execute(sa.insert(table("TrialHeartbeatModel")).values(trial_id=trial_id, heartbeat=sa.func.now()))
+                conn.execute(q.first_beat, {"tid": trial_id})
             return pending.frozen(trial_id, number)
 
         def retry(conn: sa.Connection) -> FrozenTrial | None:
             # A dropped connection can hide a commit: find the trial by the token it carries.
             if token is None:
                 return None
-            a = table("TrialSystemAttributeModel")
-            row = conn.execute(
-                sa.select(t.c.trial_id, t.c.number)
-                .select_from(t.join(a, a.c.trial_id == t.c.trial_id))
-                .where(t.c.study_id == pending.study_id, a.c.key == ASK_TOKEN_ATTR, a.c.value_json == json.dumps(token))
+            found = conn.execute(
+                q.find_token, {"sid": pending.study_id, "key": ASK_TOKEN_ATTR, "value": json.dumps(token)}
             ).first()
-            return None if row is None else pending.frozen(row[0], row[1])
+            return None if found is None else pending.frozen(found[0], found[1])
 
         frozen = self._txn(write, retry)
         frozen.datetime_start = self._as_stored(frozen.datetime_start)
@@ -455,7 +443,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 cache.put(fresh)
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution) -> None:
-        p = table("TrialParamModel")
+        q = statements()
         row = {"param_name": param_name, "param_value": param_value_internal, "distribution_json": distribution_to_json(distribution)}
         with self._lock:
             study_id = self._study_of(trial_id)
@@ -466,10 +454,9 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             previous = known or self._first_distribution(conn, self._resolve(trial_id), param_name)
             if previous is not None:
                 check_distribution_compatibility(previous, distribution)
-            if conn.execute(
-                sa.select(p.c.param_id).where(p.c.trial_id == self._resolve(trial_id), p.c.param_name == param_name)
-            ).first() is None:  # as Optuna: a parameter is set once; a second set is ignored
-                conn.execute(sa.insert(p).values(trial_id=self._resolve(trial_id), **row))
+            tid = self._resolve(trial_id)
+            if conn.execute(q.param_exists, {"tid": tid, "name": param_name}).first() is None:
+                conn.execute(q.insert_param, {"trial_id": tid, **row})  # as Optuna: set once, later sets ignored
 
         def apply(frozen: FrozenTrial) -> None:
             if frozen._trial_id < 0 and known is not None:  # a trial being asked: checked here
@@ -496,14 +483,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         return None
 
     def _first_distribution(self, conn: sa.Connection, trial_id: int, name: str) -> BaseDistribution | None:
-        t, p = table("TrialModel"), table("TrialParamModel")
-        study = sa.select(t.c.study_id).where(t.c.trial_id == trial_id).scalar_subquery()
-        text = conn.execute(
-            sa.select(p.c.distribution_json)
-            .select_from(p.join(t, t.c.trial_id == p.c.trial_id))
-            .where(t.c.study_id == study, p.c.param_name == name)
-            .limit(1)
-        ).scalar()
+        text = conn.execute(statements().first_distribution, {"tid": trial_id, "name": name}).scalar()
         return None if text is None else self._parse(text)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
@@ -511,7 +491,6 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             if trial_id in self._pending:
                 raise UpdateFinishedTrialError("a trial being asked is told only after its commit")
         trial_id = self._resolve(trial_id)
-        t, v = table("TrialModel"), table("TrialValueModel")
         now = datetime.now()
         times: dict[str, Any] = {}
         if state == TrialState.RUNNING:
@@ -524,10 +503,10 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             current = self._lock_trial(conn, trial_id)
             if current not in expected:
                 return False
-            conn.execute(sa.update(t).where(t.c.trial_id == trial_id).values(state=state, **times))
+            conn.execute(statements().set_trial, {"tid": trial_id, "state": state, **times})
             if values is not None:
                 rows = [{"trial_id": trial_id, "objective": i, "value": x, "value_type": k} for i, (x, k) in enumerate(map(value_repr, values))]
-                upsert(conn, v, rows, keys=("trial_id", "objective"))
+                upsert(conn, table("TrialValueModel"), rows, keys=("trial_id", "objective"))
             return True
 
         changed = self._txn(write)
@@ -572,11 +551,11 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         trial that waited in a queue after its ask).
         """
         trial_id = self._resolve(trial_id)
-        t = table("TrialModel")
+        q = statements()
         times = {"datetime_complete": to_utc(completed_at or datetime.now())}
         if started_at is not None:
             times["datetime_start"] = to_utc(started_at)
-        end = sa.update(t).where(t.c.trial_id == trial_id, t.c.state == TrialState.RUNNING).values(state=state, **times)
+        end = {"tid": trial_id, "state": state, **times}
         value_rows = [
             {"trial_id": trial_id, "objective": i, "value": x, "value_type": k} for i, (x, k) in enumerate(map(value_repr, values or ()))
         ]
@@ -584,7 +563,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         attr_rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
 
         def write(conn: sa.Connection) -> bool:
-            if conn.execute(end).rowcount != 1:  # the check and the lock in one statement
+            if conn.execute(q.finish_running, end).rowcount != 1:
                 raise _Changed
             upsert(conn, table("TrialValueModel"), value_rows, keys=("trial_id", "objective"))
             upsert(conn, table("TrialUserAttributeModel"), attr_rows, keys=("trial_id", "key"))
@@ -594,7 +573,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
         def retry(conn: sa.Connection) -> bool | None:
             # Did the attempt that lost its connection commit? Then the row carries our end.
-            row = conn.execute(sa.select(t.c.state, t.c.datetime_complete).where(t.c.trial_id == trial_id)).first()
+            row = conn.execute(q.state_and_end, {"tid": trial_id}).first()
             if row is None or row[0] != state or row[1] is None:
                 return None
             return abs((row[1] - times["datetime_complete"]).total_seconds()) < 1.0 or None
@@ -612,18 +591,13 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     def requeue_trial(self, trial_id: int) -> bool:
         """Put a RUNNING trial that never began back in the queue (WAITING); False if it is not RUNNING."""
         trial_id = self._resolve(trial_id)
-        t, hb = table("TrialModel"), table("TrialHeartbeatModel")
-        back = (
-            sa.update(t)
-            .where(t.c.trial_id == trial_id, t.c.state == TrialState.RUNNING)
-            .values(state=TrialState.WAITING, datetime_start=None)
-        )
+        q = statements()
 
         def write(conn: sa.Connection) -> bool:
-            if conn.execute(back).rowcount != 1:
+            if conn.execute(q.requeue_running, {"tid": trial_id}).rowcount != 1:
                 return False
             # An old beat would make the trial look stale the moment it is handed out again.
-            conn.execute(sa.delete(hb).where(hb.c.trial_id == trial_id))
+            conn.execute(q.drop_beat, {"tid": trial_id})
             return True
 
         requeued = self._txn(write)
@@ -686,8 +660,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 return cached
             if cached is not None and trial_id in self._owner_of:
                 return clone(cached)  # optuna.Trial writes into the trial it reads
-        t = table("TrialModel")
-        trials = self._txn(lambda conn: load_trials(conn, t.c.trial_id == trial_id, self._parse))
+        trials = self._txn(lambda conn: load_trials(conn, self._parse, ids=[trial_id]))
         if not trials:
             raise KeyError(_NOT_FOUND)
         return trials[0]
@@ -697,20 +670,19 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     ) -> list[FrozenTrial]:
         with self._lock:
             cache = self._cache(study_id)
-            fresh = cache.watermark < 0 and not cache.by_id
+            empty = not cache.by_id
 
             def refresh(conn: sa.Connection) -> None:
-                if fresh:
-                    self._lock_study_exists(conn, study_id)
-                cache.refresh(conn, self._parse, self._owner_of.keys())  # type: ignore[arg-type]
+                if empty:  # no trial yet: say so if there is no such study
+                    self._check_study_exists(conn, study_id)
+                cache.refresh(conn, self._parse, self._owner_of.keys())
 
             self._txn(refresh)
             trials = cache.trials(states if states is None else [s for s in TrialState if s in states])
         return copy.deepcopy(trials) if deepcopy else trials
 
-    def _lock_study_exists(self, conn: sa.Connection, study_id: int) -> None:
-        s = table("StudyModel")
-        if conn.execute(sa.select(s.c.study_id).where(s.c.study_id == study_id)).first() is None:
+    def _check_study_exists(self, conn: sa.Connection, study_id: int) -> None:
+        if conn.execute(statements().study_exists, {"sid": study_id}).first() is None:
             raise KeyError(_NOT_FOUND)
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
@@ -749,16 +721,12 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         assert self.heartbeat_interval is not None
         grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
-        t, hb = table("TrialModel"), table("TrialHeartbeatModel")
+        q = statements()
 
         def read(conn: sa.Connection) -> list[int]:
-            now = conn.execute(sa.select(sa.func.now())).scalar_one()
+            now = conn.execute(q.db_now).scalar_one()
             now = now.replace(tzinfo=None) if isinstance(now, datetime) else datetime.fromisoformat(str(now))
-            rows = conn.execute(
-                sa.select(t.c.trial_id, hb.c.heartbeat)
-                .select_from(t.join(hb, hb.c.trial_id == t.c.trial_id))
-                .where(t.c.study_id == study_id, t.c.state == TrialState.RUNNING)
-            )
+            rows = conn.execute(q.running_beats, {"sid": study_id})
             return [trial_id for trial_id, beat in rows if (now - beat).total_seconds() > grace]
 
         return self._txn(read)
