@@ -13,8 +13,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from studyhall.storage._retry import retrying
-
 if TYPE_CHECKING:
     from studyhall.storage._storage import Storage
 
@@ -64,6 +62,12 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def _beat(self, trial_ids: list[int]) -> None:
+        try:
+            self._storage.optuna.record_heartbeats(trial_ids)  # one transaction for all of them
+        except Exception:  # a missed beat is retried next round; never kill the thread
+            _log.warning("heartbeat for trials %s failed", trial_ids, exc_info=True)
+
     def _loop(self) -> None:
         interval = self._storage.heartbeat_interval
         last_full = float("-inf")
@@ -76,9 +80,6 @@ class Heartbeat:
                     due, last_full = set(self._trials), now
                 else:
                     due = fresh & self._trials
-            for trial_id in due:
-                try:
-                    retrying(self._storage.optuna.record_heartbeat, trial_id)
-                except Exception:  # a missed beat is retried next round; never kill the thread
-                    _log.warning("heartbeat for trial %s failed", trial_id, exc_info=True)
+            if due:
+                self._beat(sorted(due))
             self._wake.wait(max(0.0, last_full + interval - time.monotonic()))

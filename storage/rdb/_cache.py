@@ -69,6 +69,16 @@ class StudyCache:
         for name, dist in frozen.distributions.items():
             self.distributions.setdefault(name, dist)
 
+    def drop(self, trial_id: int) -> None:
+        """Forget a trial that changed under us; the next refresh reads it again."""
+        frozen = self.by_id.pop(trial_id, None)
+        if frozen is not None:
+            i = bisect.bisect_left(self._numbers, frozen.number)
+            if i < len(self._numbers) and self._ordered[i] is frozen:
+                del self._numbers[i], self._ordered[i]
+            self.id_of_number.pop(frozen.number, None)
+        self.unfinished.add(trial_id)
+
     def trials(self, states: Iterable[TrialState] | None = None) -> list[FrozenTrial]:
         """The trials in number order, optionally only those in ``states``."""
         if states is None:

@@ -103,3 +103,23 @@ def statements() -> Statements:
         .select_from(t.join(hb, hb.c.trial_id == t.c.trial_id))
         .where(t.c.study_id == sid, t.c.state == TrialState.RUNNING),
     )
+
+
+@functools.cache
+def beat_statement(dialect: str) -> Any:
+    """Insert or move forward a trial's heartbeat to the database's clock (``tid`` bound)."""
+    hb = table("TrialHeartbeatModel")
+    if dialect == "mysql":
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        m = mysql_insert(hb).values(trial_id=sa.bindparam("tid"), heartbeat=sa.func.now())
+        return m.on_duplicate_key_update(heartbeat=m.inserted.heartbeat)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        p = pg_insert(hb).values(trial_id=sa.bindparam("tid"), heartbeat=sa.func.now())
+        return p.on_conflict_do_update(index_elements=["trial_id"], set_={"heartbeat": p.excluded.heartbeat})
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    q = sqlite_insert(hb).values(trial_id=sa.bindparam("tid"), heartbeat=sa.func.now())
+    return q.on_conflict_do_update(index_elements=["trial_id"], set_={"heartbeat": q.excluded.heartbeat})

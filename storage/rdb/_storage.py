@@ -55,7 +55,7 @@ from studyhall.storage.rdb._rows import (
     to_utc,
     value_repr,
 )
-from studyhall.storage.rdb._statements import statements
+from studyhall.storage.rdb._statements import beat_statement, statements
 
 if TYPE_CHECKING:
     import optuna
@@ -600,20 +600,24 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             conn.execute(q.drop_beat, {"tid": trial_id})
             return True
 
-        requeued = self._txn(write)
-        self._forget(trial_id)
-        return requeued
+        if not self._txn(write):
+            self._forget(trial_id)
+            return False
+
+        def waiting(frozen: FrozenTrial) -> None:
+            frozen.state, frozen.datetime_start = TrialState.WAITING, None
+
+        self._update_cached(trial_id, waiting)
+        with self._lock:
+            self._owner_of.pop(trial_id, None)  # anyone's to take now
+        return True
 
     def _forget(self, trial_id: int) -> None:
-        # The trial is no longer ours (or changed under us): the next read fetches it.
+        # The trial changed under us (another process ended it): read it again when asked.
         with self._lock:
             study_id = self._owner_of.pop(trial_id, None) or self._study_of(trial_id)
             if study_id is not None:
-                cache = self._studies[study_id]
-                cached = cache.by_id.get(trial_id)
-                if cached is not None and not cached.state.is_finished():
-                    cache.unfinished.add(trial_id)
-                    cached.state = TrialState.WAITING if cached.state == TrialState.RUNNING else TrialState.RUNNING
+                self._studies[study_id].drop(trial_id)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         stored, kind = intermediate_repr(intermediate_value)
@@ -706,17 +710,12 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         self.record_heartbeats([trial_id])
 
     def record_heartbeats(self, trial_ids: Sequence[int]) -> None:
-        """Beat for several trials in one statement (the heartbeat thread's round)."""
+        """Beat for several trials in one transaction (the heartbeat thread's round)."""
         if not trial_ids:
             return
-        hb = table("TrialHeartbeatModel")
-        rows = [{"trial_id": self._resolve(i), "heartbeat": sa.func.now()} for i in trial_ids]
-
-        def write(conn: sa.Connection) -> None:
-            for row in rows:  # a SQL function as a value: one statement per trial, one transaction
-                upsert(conn, hb, [row], keys=("trial_id",))
-
-        self._txn(write)
+        beat = beat_statement(self._dialect)
+        rows = [{"tid": self._resolve(i)} for i in trial_ids]
+        self._txn(lambda conn: conn.execute(beat, rows))
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         assert self.heartbeat_interval is not None
