@@ -31,18 +31,23 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, trial_id: int) -> None:
-        """Keep ``trial_id`` alive until :meth:`discard`; its first beat is written at once."""
+    def add(self, trial_id: int, *, beaten: bool = False) -> None:
+        """Keep ``trial_id`` alive until :meth:`discard`; its first beat is written at once.
+
+        ``beaten``: the trial's first beat was written with it (``SQLStorage.commit_trial``).
+        """
         with self._lock:
             self._trials.add(trial_id)
-            self._fresh.add(trial_id)
+            if not beaten:
+                self._fresh.add(trial_id)
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._thread = threading.Thread(
                     target=self._loop, name="studyhall-heartbeat", daemon=True
                 )
                 self._thread.start()
-        self._wake.set()
+        if not beaten:
+            self._wake.set()
 
     def discard(self, trial_id: int) -> None:
         """Stop beating for ``trial_id`` (it was told, or handed to another owner)."""
