@@ -11,31 +11,31 @@ import typing
 
 from studyhall.bridge import FallbackError, with_fallbacks
 from studyhall.optimizer import events, telemetry, trace  # modules: events.record, trace.step, ...
-from studyhall.optimizer._optimize_report import OptimizeReport
-from studyhall.optimizer._orchestrator import Orchestrator, StudyInfo, make_sampler
-from studyhall.optimizer._space import Categorical, Float, Int
-from studyhall.optimizer._study import Evaluation, Study, TrialHandle
-from studyhall.optimizer._summary import Summary, summarize
 from studyhall.optimizer._workflow import Workflow, WorkflowError, WorkflowResult
+from studyhall.optimizer.optimize._report import OptimizeReport
+from studyhall.optimizer.study._orchestrator import Orchestrator, StudyInfo, make_sampler
+from studyhall.optimizer.study._space import Categorical, Float, Int
+from studyhall.optimizer.study._study import Evaluation, Study, TrialHandle
+from studyhall.optimizer.study._summary import Summary, summarize
 from studyhall.storage import InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
 
 # The HTTP service and its client load on first use: fastapi and httpx would add
 # a third of a second to every `import optimizer`, pool workers included.
 _LAZY = {
-    "Client": "studyhall.optimizer._client",
-    "RemoteStudy": "studyhall.optimizer._client",
-    "ServiceError": "studyhall.optimizer._client",
-    "create_app": "studyhall.optimizer._service",
-    "MiproLoop": "studyhall.optimizer._mipro",
-    "MiproResult": "studyhall.optimizer._mipro",
-    "arith_task": "studyhall.optimizer._simtask",
+    "Client": "studyhall.optimizer.service._client",
+    "RemoteStudy": "studyhall.optimizer.service._client",
+    "ServiceError": "studyhall.optimizer.service._client",
+    "create_app": "studyhall.optimizer.service._app",
+    "MiproLoop": "studyhall.optimizer.mipro._loop",
+    "MiproResult": "studyhall.optimizer.mipro._loop",
+    "arith_task": "studyhall.optimizer.mipro._simtask",
 }
 
 if typing.TYPE_CHECKING:  # pragma: no cover
-    from studyhall.optimizer._client import Client, RemoteStudy, ServiceError
-    from studyhall.optimizer._mipro import MiproLoop, MiproResult
-    from studyhall.optimizer._service import create_app
-    from studyhall.optimizer._simtask import arith_task
+    from studyhall.optimizer.mipro._loop import MiproLoop, MiproResult
+    from studyhall.optimizer.mipro._simtask import arith_task
+    from studyhall.optimizer.service._app import create_app
+    from studyhall.optimizer.service._client import Client, RemoteStudy, ServiceError
 
 
 def __getattr__(name: str) -> object:

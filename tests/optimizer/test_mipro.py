@@ -10,8 +10,14 @@ import pytest
 
 from studyhall.bridge import Completion, ProviderError
 from studyhall.optimizer import InvalidRequest, MiproLoop, MiproResult, Orchestrator
-from studyhall.optimizer._mipro import FULL_EVAL_ATTR, _Candidates, evaluate_batch, labeled_demo_sets, minibatch_indices
-from studyhall.optimizer._simtask import (
+from studyhall.optimizer.mipro._loop import (
+    FULL_EVAL_ATTR,
+    _Candidates,
+    evaluate_batch,
+    labeled_demo_sets,
+    minibatch_indices,
+)
+from studyhall.optimizer.mipro._simtask import (
     INSTRUCTIONS,
     SimResponder,
     answer_probability,
@@ -260,7 +266,7 @@ def test_bad_arguments() -> None:
 
 
 def test_wilcoxon_pruner_construction_is_quiet() -> None:
-    from studyhall.optimizer._mipro import _QuietWilcoxon
+    from studyhall.optimizer.mipro._loop import _QuietWilcoxon
 
     assert isinstance(_QuietWilcoxon(0.1)._inner, optuna.pruners.WilcoxonPruner)
 

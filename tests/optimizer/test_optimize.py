@@ -254,7 +254,7 @@ def test_bad_arguments_are_invalid_requests(study):
 
 
 def test_a_workers_call_goes_before_the_parents_own_work(monkeypatch):
-    from studyhall.optimizer._remote_trial import CallsFirst
+    from studyhall.optimizer.optimize._remote_trial import CallsFirst
     from tests._util import wait_until
 
     monkeypatch.setattr(CallsFirst, "MAX_DEFER_S", 30.0)  # only quiet, never the deadline, lets the parent in

@@ -56,7 +56,7 @@ _WORDS = (  # noqa: SIM905 - twenty-one words read better as text than as a list
 @lru_cache(maxsize=1)
 def load_problems() -> tuple[Example, ...]:
     """The shipped arithmetic word problems: id, question, answer, difficulty (1-3), reasoning."""
-    text = resources.files("studyhall.optimizer").joinpath("data/arith.jsonl").read_text(encoding="utf-8")
+    text = resources.files("studyhall.optimizer.mipro").joinpath("data/arith.jsonl").read_text(encoding="utf-8")
     return tuple(json.loads(line) for line in text.splitlines() if line.strip())
 
 

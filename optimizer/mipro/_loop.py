@@ -49,9 +49,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from studyhall.bridge import current_recorder, recording
 from studyhall.optimizer import services
-from studyhall.optimizer._space import Categorical
-from studyhall.optimizer._study import Evaluation, Study
-from studyhall.optimizer._summary import Summary, summarize
+from studyhall.optimizer.study._space import Categorical
+from studyhall.optimizer.study._study import Evaluation, Study
+from studyhall.optimizer.study._summary import Summary, summarize
 from studyhall.storage import InvalidRequest, Storage, StudyhallError, retrying
 
 _log = logging.getLogger("studyhall.mipro")
@@ -533,7 +533,7 @@ class MiproLoop:
 
     def open_study(self) -> Study:
         """Create the study, or load it to resume (it must have been run with the same candidates)."""
-        from studyhall.optimizer._orchestrator import Orchestrator
+        from studyhall.optimizer.study._orchestrator import Orchestrator
 
         orch = Orchestrator(self.storage)
         fresh = self.study_name not in orch.study_names()

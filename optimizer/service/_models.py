@@ -17,8 +17,8 @@ import optuna.distributions as od
 from optuna.trial import FrozenTrial
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
-from studyhall.optimizer._space import Categorical, Float, Int, Param, distribution_spec
-from studyhall.optimizer._summary import Summary
+from studyhall.optimizer.study._space import Categorical, Float, Int, Param, distribution_spec
+from studyhall.optimizer.study._summary import Summary
 
 # JSON numbers a double holds exactly; larger integers would be rounded by Optuna's
 # float storage of parameters and by JavaScript clients.

@@ -34,10 +34,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRouter
 
-from studyhall.optimizer import _service_models as m
-from studyhall.optimizer._leases import EXPIRED, Lease, Leases
-from studyhall.optimizer._orchestrator import Orchestrator
-from studyhall.optimizer._service_http import (
+from studyhall.optimizer.service import _models as m
+from studyhall.optimizer.service._http import (
     Conflict,
     Gate,
     Metrics,
@@ -46,8 +44,10 @@ from studyhall.optimizer._service_http import (
     errors,
     install_error_handlers,
 )
-from studyhall.optimizer._study import Study
-from studyhall.optimizer._summary import Summary
+from studyhall.optimizer.service._leases import EXPIRED, Lease, Leases
+from studyhall.optimizer.study._orchestrator import Orchestrator
+from studyhall.optimizer.study._study import Study
+from studyhall.optimizer.study._summary import Summary
 from studyhall.storage import InvalidRequest, Storage, StudyNotFound, connect, retrying
 
 _log = logging.getLogger("studyhall.service")

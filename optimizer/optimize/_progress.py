@@ -6,7 +6,7 @@ import sys
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from studyhall.optimizer._optimize_report import OptimizeReport
+    from studyhall.optimizer.optimize._report import OptimizeReport
 
 
 class Progress(Protocol):

@@ -33,13 +33,13 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from studyhall.optimizer import events
-from studyhall.optimizer._summary import FIELDS, Summary, summarize
+from studyhall.optimizer.study._summary import FIELDS, Summary, summarize
 from studyhall.storage import Storage
 
 if TYPE_CHECKING:
     from optuna.trial import TrialState
 
-    from studyhall.optimizer._study import Study
+    from studyhall.optimizer.study._study import Study
 
 __all__ = [
     "StudyMetrics",

@@ -244,7 +244,7 @@ def _is_number(x: Any) -> bool:
 
 def _outcome(result: Any, n_objectives: int) -> dict[str, Any]:
     out = _new("complete")
-    evaluation = getattr(sys.modules.get("studyhall.optimizer._study"), "Evaluation", None)
+    evaluation = getattr(sys.modules.get("studyhall.optimizer.study._study"), "Evaluation", None)
     if evaluation is not None and isinstance(result, evaluation):
         out["metrics"] = {str(k): _floats(v, f"sample of {k!r}") for k, v in result.metrics.items()}
         out["user_attrs"] = dict(result.user_attrs)

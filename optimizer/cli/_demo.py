@@ -24,9 +24,9 @@ from rich.table import Table
 from studyhall.optimizer.cli import StorageOpt, app, console, fmt, quiet_optuna, user_errors
 
 if TYPE_CHECKING:
-    from studyhall.optimizer._mipro import MiproResult
-    from studyhall.optimizer._simtask import SimTask
-    from studyhall.optimizer._study import Study
+    from studyhall.optimizer.mipro._loop import MiproResult
+    from studyhall.optimizer.mipro._simtask import SimTask
+    from studyhall.optimizer.study._study import Study
 
 # The simulated provider's limits, per 10-second window (a real provider counts per
 # minute; a shorter window makes the limits bind within a one-minute demo). The
@@ -64,7 +64,7 @@ def demo(
     """
     from studyhall.bridge import FakeProvider, Limit, LLMClient, RateLimiter
     from studyhall.optimizer import MiproLoop, Orchestrator
-    from studyhall.optimizer._simtask import arith_task
+    from studyhall.optimizer.mipro._simtask import arith_task
 
     quiet_optuna()
     with user_errors():

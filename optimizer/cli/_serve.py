@@ -36,7 +36,7 @@ def serve(
     """Serve the create-study / ask / tell API over HTTP (docs at /docs, schema at /openapi.json)."""
     import uvicorn
 
-    from studyhall.optimizer._service import create_app
+    from studyhall.optimizer.service._app import create_app
 
     if not token and not is_loopback(host):
         raise fail(

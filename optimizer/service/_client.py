@@ -28,10 +28,10 @@ import httpx
 import optuna.distributions as od
 from optuna.trial import FrozenTrial, TrialState
 
-from studyhall.optimizer._orchestrator import StudyInfo
-from studyhall.optimizer._space import Categorical, Float, Int, Space, distribution_spec
-from studyhall.optimizer._study import TrialHandle
-from studyhall.optimizer._summary import Summary
+from studyhall.optimizer.study._orchestrator import StudyInfo
+from studyhall.optimizer.study._space import Categorical, Float, Int, Space, distribution_spec
+from studyhall.optimizer.study._study import TrialHandle
+from studyhall.optimizer.study._summary import Summary
 from studyhall.storage import DuplicateStudy, InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
 
 DEFAULT_LEASE_S = 300.0

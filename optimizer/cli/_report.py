@@ -21,7 +21,7 @@ def report(
 ) -> None:
     """Plot per-trial score distributions (best trials highlighted) and LLM latency."""
     from studyhall.optimizer import Orchestrator
-    from studyhall.optimizer._report import render_report
+    from studyhall.optimizer.telemetry._report import render_report
 
     quiet_optuna()
     with user_errors():

@@ -11,8 +11,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from studyhall.optimizer import events, trace
-from studyhall.optimizer._remote_trial import BOOT, PRELOAD, RUNNER_FILE, TrialProxy
-from studyhall.optimizer._trial_runner import STARTED, run_trial
+from studyhall.optimizer.optimize._remote_trial import BOOT, PRELOAD, RUNNER_FILE, TrialProxy
+from studyhall.optimizer.optimize._trial_runner import STARTED, run_trial
 from studyhall.storage import Storage
 
 

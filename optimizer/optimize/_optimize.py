@@ -36,10 +36,9 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from studyhall.bridge import PoolClosed, TaskTimeout, WorkerCrashed
-from studyhall.optimizer._optimize_backends import Inline, Interrupts, Pooled
-from studyhall.optimizer._optimize_progress import make_progress
-from studyhall.optimizer._optimize_report import OptimizeReport, Options
-from studyhall.optimizer._remote_trial import (
+from studyhall.optimizer.optimize._backends import Inline, Interrupts, Pooled
+from studyhall.optimizer.optimize._progress import make_progress
+from studyhall.optimizer.optimize._remote_trial import (
     CallsFirst,
     TrialOutcome,
     TrialProxy,
@@ -48,11 +47,12 @@ from studyhall.optimizer._remote_trial import (
     ship_objective,
     ship_services,
 )
-from studyhall.optimizer._space import Space
+from studyhall.optimizer.optimize._report import OptimizeReport, Options
+from studyhall.optimizer.study._space import Space
 from studyhall.storage import InvalidRequest
 
 if TYPE_CHECKING:
-    from studyhall.optimizer._study import Study
+    from studyhall.optimizer.study._study import Study
 
 _log = logging.getLogger("studyhall.optimize")
 GRACE_S = 2.0  # how long running trials may finish after Ctrl-C

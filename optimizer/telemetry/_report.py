@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from studyhall.optimizer._summary import FIELDS, Summary
+from studyhall.optimizer.study._summary import FIELDS, Summary
 from studyhall.optimizer.telemetry import LATENCY, StudyMetrics
 from studyhall.storage import InvalidRequest
 from studyhall.storage._trials import read_study_samples
 
 if TYPE_CHECKING:
-    from studyhall.optimizer._study import Study
+    from studyhall.optimizer.study._study import Study
 
 MAX_TRIALS = 60  # box strips on one axis before they become unreadable
 N_BEST = 3

@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from studyhall.optimizer import _service_models as m
+from studyhall.optimizer.service import _models as m
 from studyhall.storage import DuplicateStudy, InvalidRequest, StudyNotFound, TransientStorageError, TrialNotFound
 
 _log = logging.getLogger("studyhall.service")

@@ -47,13 +47,13 @@ import sqlalchemy as sa
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-from studyhall.optimizer._study import TrialHandle
+from studyhall.optimizer.study._study import TrialHandle
 from studyhall.storage import Storage, retrying
 from studyhall.storage._schema import leases
 
 if TYPE_CHECKING:
-    from studyhall.optimizer._space import Space
-    from studyhall.optimizer._study import Study
+    from studyhall.optimizer.study._space import Space
+    from studyhall.optimizer.study._study import Study
 
 _log = logging.getLogger("studyhall.service")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 
-from studyhall.optimizer._study import SAMPLER_ATTR, Study
+from studyhall.optimizer.study._study import SAMPLER_ATTR, Study
 from studyhall.storage import DuplicateStudy, InvalidRequest, Storage, StudyNotFound, connect, retrying
 from studyhall.storage._studies import delete_study_rows, study_names, study_rows
 

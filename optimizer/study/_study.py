@@ -20,13 +20,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from studyhall.optimizer import telemetry
-from studyhall.optimizer._space import Space, check_params, space_from_json, space_to_json, to_distributions
-from studyhall.optimizer._summary import Summary, as_array, summarize, summary_attrs
+from studyhall.optimizer.study._space import Space, check_params, space_from_json, space_to_json, to_distributions
+from studyhall.optimizer.study._summary import Summary, as_array, summarize, summary_attrs
 from studyhall.storage import InvalidRequest, Storage, TrialNotFound, retrying
 from studyhall.storage._trials import finish_trial, read_trial_metrics, requeue_trial
 
 if TYPE_CHECKING:
-    from studyhall.optimizer._optimize_report import OptimizeReport
+    from studyhall.optimizer.optimize._report import OptimizeReport
     from studyhall.optimizer.telemetry import StudyMetrics
 
 SPACE_ATTR = "studyhall:space"
@@ -463,7 +463,7 @@ class Study:
 
     def optimize(self, objective: Any, **kwargs: Any) -> OptimizeReport:
         """Run ``objective`` over many trials in a worker pool; see :mod:`optimizer._optimize`."""
-        from studyhall.optimizer._optimize import optimize
+        from studyhall.optimizer.optimize._optimize import optimize
 
         return optimize(self, objective, **kwargs)
 

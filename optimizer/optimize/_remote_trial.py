@@ -26,7 +26,8 @@ import cloudpickle
 import optuna
 
 from studyhall.bridge import _telemetry
-from studyhall.optimizer import _trial_runner, services
+from studyhall.optimizer import services
+from studyhall.optimizer.optimize import _trial_runner
 from studyhall.storage import InvalidRequest
 
 _log = logging.getLogger("studyhall.optimize")
@@ -85,11 +86,11 @@ def _make_boot() -> tuple[Callable[[str, dict[str, Any]], dict[str, Any]], Calla
         import importlib.util
         import sys
 
-        module = sys.modules.get("studyhall.optimizer._trial_runner")
+        module = sys.modules.get("studyhall.optimizer.optimize._trial_runner")
         if module is None:
-            spec = importlib.util.spec_from_file_location("studyhall.optimizer._trial_runner", path)
+            spec = importlib.util.spec_from_file_location("studyhall.optimizer.optimize._trial_runner", path)
             module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            sys.modules["studyhall.optimizer._trial_runner"] = module
+            sys.modules["studyhall.optimizer.optimize._trial_runner"] = module
             spec.loader.exec_module(module)  # type: ignore[union-attr]
         return module
 

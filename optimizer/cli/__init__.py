@@ -162,7 +162,7 @@ def trials(
         err = str(t.user_attrs.get("error", ""))[:40]
         table.add_row(str(t.number), t.state.name.lower(), value, params, *(fmt(t.user_attrs.get(c)) for c in present), err)
     console.print(table)
-    from studyhall.optimizer._report import summary_rows
+    from studyhall.optimizer.telemetry._report import summary_rows
 
     stats = ("n", "mean", "std", "p50", "p90", "p99")
     block = Table("study summary", *stats, title=f"{summary.n_complete} of {summary.n_trials} trials complete")
@@ -181,7 +181,7 @@ def _register_commands() -> None:
     # Each feature's commands register on `app` when their module is imported.
     import importlib
 
-    for module in ("studyhall.optimizer._cli_demo", "studyhall.optimizer._cli_worker", "studyhall.optimizer._cli_serve", "studyhall.optimizer._cli_report"):
+    for module in ("studyhall.optimizer.cli._demo", "studyhall.optimizer.cli._worker", "studyhall.optimizer.cli._serve", "studyhall.optimizer.cli._report"):
         importlib.import_module(module)
 
 
