@@ -18,13 +18,7 @@ The exceptions form one tree rooted at ``StudyhallError``; it is drawn in
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
-
-try:
-    __version__ = version("studyhall")
-except PackageNotFoundError:  # pragma: no cover - a checkout on sys.path without an install
-    __version__ = "0+unknown"
 
 # Public name -> the sub-package that exports it.
 _HOME = {
@@ -161,12 +155,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # Read on first use: importlib.metadata costs ~30 ms, paid by every pool worker
+        # that imports studyhall.bridge (or the trial runner) if it were read at import.
+        return _version()
     home = _HOME.get(name)
     if home is None:
         raise AttributeError(f"module 'studyhall' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"studyhall.{home}"), name)
     globals()[name] = value
     return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("studyhall")
+    except PackageNotFoundError:  # pragma: no cover - a checkout on sys.path without an install
+        found = "0+unknown"
+    globals()["__version__"] = found
+    return found
 
 
 def __dir__() -> list[str]:

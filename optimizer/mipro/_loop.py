@@ -49,8 +49,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from studyhall.bridge import current_recorder, recording
 from studyhall.optimizer import services
+from studyhall.optimizer.optimize._evaluation import Evaluation
 from studyhall.optimizer.study._space import Categorical
-from studyhall.optimizer.study._study import Evaluation, Study
+from studyhall.optimizer.study._study import Study
 from studyhall.optimizer.study._summary import Summary, summarize
 from studyhall.storage import InvalidRequest, Storage, StudyhallError, retrying
 

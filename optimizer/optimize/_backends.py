@@ -11,8 +11,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from studyhall.optimizer import events, trace
-from studyhall.optimizer.optimize._remote_trial import BOOT, PRELOAD, RUNNER_FILE, TrialProxy
-from studyhall.optimizer.optimize._trial_runner import STARTED, run_trial
+from studyhall.optimizer.optimize._remote_trial import TrialProxy
+from studyhall.optimizer.optimize._trial_runner import STARTED, resolve, run_trial
 from studyhall.storage import Storage
 
 
@@ -56,7 +56,7 @@ class Pooled:
             min_workers=workers,
             max_workers=workers,
             task_timeout=trial_timeout,
-            initializer=functools.partial(PRELOAD, RUNNER_FILE, objective),
+            initializer=functools.partial(resolve, objective),
         )
         self.pool.__enter__()
         self._open = True
@@ -71,7 +71,7 @@ class Pooled:
             else:
                 sink(payload)
 
-        return self.pool.submit(BOOT, RUNNER_FILE, job, on_call=proxy.handle, on_send=on_send)
+        return self.pool.submit(run_trial, job, on_call=proxy.handle, on_send=on_send)
 
     def close(self, exc: BaseException | None = None) -> None:
         """Stop the workers; after an error, kill the running ones too (the pool's exit on error)."""

@@ -6,7 +6,7 @@
     ├─ study.retries = retries; fail_stale_trials()  (again every heartbeat)
     ├─ while the budget allows (n_trials, timeout, max_total_trials) and < workers + 1 in flight:
     │    study._ask_trial ─> optuna.Trial ─> TrialProxy, job dict (_remote_trial)
-    │    pool.submit(BOOT, job, on_call=proxy.handle) ────────────────> run_trial (_trial_runner)
+    │    pool.submit(run_trial, job, on_call=proxy.handle) ───────────> run_trial (_trial_runner)
     │         (one trial waits in the pool's queue, so a free worker never waits for an ask)
     │         on_send: its real start time                       <─send── "started"
     │         proxy.handle: suggest_* / report / should_prune  <─call── RemoteTrial(objective)

@@ -3,8 +3,7 @@
 ::
 
     parent                                           pool worker
-    make_job(...) ── dict ──> pool.submit(BOOT, path, job)
-                              BOOT loads optimizer/_trial_runner.py by path ──> run_trial(job)
+    make_job(...) ── dict ──> pool.submit(run_trial, job) ──> _trial_runner.run_trial(job)
     TrialProxy.handle  <──── ("suggest_float", args, kwargs) over worker_channel().call
       -> optuna.Trial.suggest_float -> storage ──── the value ────>
     TrialOutcome.from_dict  <──── the outcome dict
@@ -25,13 +24,11 @@ from typing import Any
 import cloudpickle
 import optuna
 
-from studyhall.bridge import _telemetry
 from studyhall.optimizer import services
-from studyhall.optimizer.optimize import _trial_runner
+from studyhall.optimizer.optimize._trial_runner import resolve
 from studyhall.storage import InvalidRequest
 
 _log = logging.getLogger("studyhall.optimize")
-RUNNER_FILE = _trial_runner.__file__
 # Parent-side operations a worker may ask for, and nothing else.
 FORWARDED = ("suggest_float", "suggest_int", "suggest_categorical", "report", "should_prune", "set_user_attr")
 
@@ -75,35 +72,7 @@ def make_job(
         "n_objectives": n_objectives,
         "services": services,
         "catch": catch,
-        "telemetry": _telemetry.__file__,
     }
-
-
-def _make_boot() -> tuple[Callable[[str, dict[str, Any]], dict[str, Any]], Callable[[str, str | bytes], None]]:
-    # Nested functions are pickled by value, so a worker runs them without importing
-    # the optimizer package (Optuna, SQLAlchemy: half a second per worker start).
-    def runner(path: str) -> Any:
-        import importlib.util
-        import sys
-
-        module = sys.modules.get("studyhall.optimizer.optimize._trial_runner")
-        if module is None:
-            spec = importlib.util.spec_from_file_location("studyhall.optimizer.optimize._trial_runner", path)
-            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            sys.modules["studyhall.optimizer.optimize._trial_runner"] = module
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-        return module
-
-    def boot(path: str, job: dict[str, Any]) -> dict[str, Any]:
-        return runner(path).run_trial(job)  # type: ignore[no-any-return]
-
-    def preload(path: str, objective: str | bytes) -> None:
-        runner(path).resolve(objective)  # imports its modules once, outside any trial's timeout
-
-    return boot, preload
-
-
-BOOT, PRELOAD = _make_boot()
 
 
 class CallsFirst:
@@ -210,7 +179,7 @@ def load_objective(ref: str | Callable[..., Any]) -> Callable[..., Any]:
     if not sep or not module or not attr:
         raise InvalidRequest(f"objective {ref!r} is not of the form 'package.module:function'")
     try:
-        obj = _trial_runner.resolve(ref)
+        obj = resolve(ref)
     except (ImportError, AttributeError) as exc:
         raise InvalidRequest(f"cannot load objective {ref!r} ({type(exc).__name__}: {exc}); check the name and sys.path") from exc
     if not callable(obj):

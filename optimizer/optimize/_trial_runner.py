@@ -1,4 +1,4 @@
-"""The worker side of a remote trial: ``RemoteTrial`` and ``run_trial`` (standard library only).
+"""The worker side of a remote trial: ``RemoteTrial`` and ``run_trial``.
 
 ::
 
@@ -9,11 +9,11 @@
         .observe(name, x) -> TaskRecorder             (local; ships with the outcome)
       -> {"status", "value" | "values" | "scores", "metrics", "user_attrs", "error", ...}
 
-A pool worker loads this file by path (``optimizer._remote_trial.BOOT``), not as
-part of the ``optimizer`` package: importing the package would pull in Optuna
-and SQLAlchemy, half a second on every worker start, and an objective that does
-not need them should not wait for them. So: standard library at the top, plain
-dicts across the boundary, and the telemetry module loaded by path as well.
+A pool worker imports this module (its ``run_trial`` is the task the pool runs),
+so it imports nothing heavy: the standard library, ``studyhall.bridge`` (which
+loads neither Optuna nor SQLAlchemy) and ``Evaluation``; plain dicts cross the
+boundary. An objective that does not need Optuna does not wait for it
+(``tests/optimizer/test_optimize.py`` checks what a worker has loaded).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import importlib.util
 import json
 import math
 import sys
@@ -30,6 +29,9 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from studyhall.bridge import TaskRecorder, recording, worker_channel
+from studyhall.optimizer.optimize._evaluation import Evaluation
 
 TRACEBACK_LINES = 20
 STARTED = "started"  # the message a pool worker sends when it starts a trial: {"studyhall": STARTED, "at": epoch}
@@ -44,7 +46,7 @@ class RemoteTrial:
     distribution stored with the trial (e.g. ``trial.observe("llm.latency_s", 0.4)``).
     """
 
-    def __init__(self, job: dict[str, Any], call: Callable[[Any], Any], recorder: Any) -> None:
+    def __init__(self, job: dict[str, Any], call: Callable[[Any], Any], recorder: TaskRecorder) -> None:
         self._call = call
         self._recorder = recorder
         self._number: int = job["number"]
@@ -152,28 +154,17 @@ def resolve(ref: str | bytes | Callable[..., Any]) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def _telemetry(path: str) -> Any:
-    """``bridge._telemetry``, loaded by path if ``bridge`` is not imported (a later import shares it)."""
-    mod = sys.modules.get("studyhall.bridge._telemetry")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("studyhall.bridge._telemetry", path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
 def run_trial(job: dict[str, Any], call: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Run one trial (in a pool worker unless ``call`` is given); a dict describes what came of it."""
     if call is None:
-        channel = sys.modules["studyhall.bridge._worker"].worker_channel()
+        channel = worker_channel()
+        if channel is None:
+            raise RuntimeError("run_trial without call= runs as a pool task (optimize submits it)")
         # The trial may have waited in the pool's queue since it was asked: its true start.
         channel.send({"studyhall": STARTED, "at": time.time()})
         call = channel.call
-    telemetry = _telemetry(job["telemetry"])
     with contextlib.ExitStack() as stack:
-        rec = stack.enter_context(telemetry.recording())
+        rec = stack.enter_context(recording())
         if job["services"] is not None:
             from studyhall.optimizer import services  # only when there are services to restore
 
@@ -187,7 +178,7 @@ def run_trial(job: dict[str, Any], call: Callable[[Any], Any] | None = None) -> 
     return out
 
 
-def _run(job: dict[str, Any], call: Callable[[Any], Any], rec: Any) -> dict[str, Any]:
+def _run(job: dict[str, Any], call: Callable[[Any], Any], rec: TaskRecorder) -> dict[str, Any]:
     try:
         result = resolve(job["objective"])(RemoteTrial(job, call, rec))
     except Exception as exc:  # the objective's failure is the trial's, not the worker's
@@ -244,8 +235,7 @@ def _is_number(x: Any) -> bool:
 
 def _outcome(result: Any, n_objectives: int) -> dict[str, Any]:
     out = _new("complete")
-    evaluation = getattr(sys.modules.get("studyhall.optimizer.study._study"), "Evaluation", None)
-    if evaluation is not None and isinstance(result, evaluation):
+    if isinstance(result, Evaluation):
         out["metrics"] = {str(k): _floats(v, f"sample of {k!r}") for k, v in result.metrics.items()}
         out["user_attrs"] = dict(result.user_attrs)
         json.dumps(out["user_attrs"])  # a TypeError here fails the trial with a clear message

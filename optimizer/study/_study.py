@@ -46,20 +46,6 @@ class TrialHandle:
     trial_id: int = field(default=-1, repr=False, compare=False)
 
 
-@dataclass
-class Evaluation:
-    """What an objective may return: a value and/or per-example scores, plus named samples.
-
-    ``value`` defaults to the mean of ``scores``; ``metrics`` maps a name (e.g.
-    ``"llm.latency_s"``) to its samples, each summarised as a distribution.
-    """
-
-    value: float | Sequence[float] | None = None
-    scores: Sequence[float] | None = None
-    metrics: Mapping[str, Sequence[float]] = field(default_factory=dict)
-    user_attrs: Mapping[str, Any] = field(default_factory=dict)
-
-
 @contextlib.contextmanager
 def _quiet_ask(study: optuna.Study) -> Iterator[None]:
     # Optuna warns when heartbeats are on outside optimize(); studyhall heartbeats
