@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from studyhall.bridge import PoolClosed, TaskTimeout, WorkerCrashed
+from studyhall.optimizer import _optuna
 from studyhall.optimizer.optimize._backends import Inline, Interrupts, Pooled
 from studyhall.optimizer.optimize._progress import make_progress
 from studyhall.optimizer.optimize._remote_trial import (
@@ -70,6 +71,7 @@ class _Flight:
 def optimize(
     study: Study,
     objective: Callable[..., Any] | str,
+    *,
     n_trials: int | None = None,
     timeout: float | None = None,
     workers: int = 1,
@@ -80,31 +82,7 @@ def optimize(
     max_total_trials: int | None = None,
     catch: tuple[type[BaseException], ...] = (Exception,),
 ) -> OptimizeReport:
-    """Run ``objective`` on trials of ``study`` in ``workers`` subprocesses (0: in this thread).
-
-    Args:
-        objective: a callable taking an Optuna-style trial, or ``"package.module:function"``;
-            it returns a float, per-example scores (a sequence), or an ``Evaluation``.
-        n_trials: stop after this call finished this many trials (retries included).
-        timeout: seconds after which no new trial starts (the trial queued for the
-            next free worker goes back to the study's queue, WAITING).
-        workers: trials running at once, each in its own worker process, plus one
-            asked ahead and queued so that a free worker starts at once; 0 runs
-            them in this thread (then ``trial_timeout`` is not available).
-        trial_timeout: seconds a trial may run before its worker is killed (FAIL).
-        retries: re-runs of a timed-out or crashed trial's parameters; also the
-            study's policy for trials left stale by dead processes.
-        space: parameters sampled up front (no round trip for their ``suggest_*``).
-        progress: a progress bar on stderr when it is a terminal.
-        max_total_trials: stop once the study as a whole (every process and host)
-            has this many finished trials.
-        catch: exceptions that fail a trial and let the run go on; any other stops
-            asking, lets the running trials finish, and is raised here.
-
-    Raises:
-        InvalidRequest: a bad argument, or an objective that cannot reach a worker.
-        KeyboardInterrupt: after Ctrl-C, once no trial of this call is left RUNNING.
-    """
+    """``study.optimize(...)``: its arguments and what it raises are documented on ``Study.optimize``."""
     opts = Options(n_trials, timeout, workers, trial_timeout, retries, progress, max_total_trials, catch)
     return _Run(study, objective, space, opts).run()
 
@@ -252,7 +230,7 @@ class _Run:
     def _start(self) -> None:
         with self.interrupts.shield(), self.lock:  # a trial Optuna created is always in inflight
             trial = self.study._ask_trial(self.dists)
-            flight = self.inflight[trial.number] = _Flight(trial.number, trial._trial_id)
+            flight = self.inflight[trial.number] = _Flight(trial.number, _optuna.trial_id(trial))
             attrs = trial.user_attrs
         job = make_job(
             trial.number,

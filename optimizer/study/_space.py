@@ -9,6 +9,7 @@ from typing import Any, TypeAlias
 
 import optuna.distributions as od
 
+from studyhall.optimizer._optuna import contains
 from studyhall.storage import InvalidRequest
 
 CategoricalChoice: TypeAlias = None | bool | int | float | str
@@ -142,12 +143,7 @@ def check_params(params: Mapping[str, Any], dists: Mapping[str, od.BaseDistribut
         d = dists.get(name)
         if d is None:
             raise InvalidRequest(f"parameter {name!r} is not in the space (known: {sorted(dists)})")
-        try:
-            internal = d.to_internal_repr(value)
-            ok = d._contains(internal)
-        except (ValueError, TypeError):
-            ok = False
-        if not ok:
+        if not contains(d, value):
             raise InvalidRequest(f"parameter {name!r}={value!r} lies outside its space {d}")
 
 

@@ -1,16 +1,18 @@
 """Study: create/ask/tell on an Optuna study, with distributions and no stuck trials.
 
-ask ──> optuna.ask (retried) ──> heartbeat.add ──> TrialHandle
-tell ─> read the running trial ──> validate (nothing written on bad input) ──> sampler.after_trial
-        ──> state + values + user_attrs + telemetry rows + note (one transaction) ──> heartbeat.discard
+::
+
+    ask ──> optuna.ask (retried) ──> heartbeat.add ──> TrialHandle
+    tell ─> read the running trial ──> check_tell (_tell.py; nothing written on bad input)
+            ──> sampler.after_trial ──> state + values + user_attrs + telemetry rows + note
+            (one transaction) ──> heartbeat.discard
+    a trial whose process died (no heartbeat) ──> FAIL and retry, or back to the queue
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -19,9 +21,10 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from studyhall.optimizer import telemetry
+from studyhall.optimizer import _optuna, telemetry
 from studyhall.optimizer.study._space import Space, check_params, space_from_json, space_to_json, to_distributions
-from studyhall.optimizer.study._summary import Summary, as_array, summarize, summary_attrs
+from studyhall.optimizer.study._summary import Summary
+from studyhall.optimizer.study._tell import Told, check_tell, frozen_after, parse_state
 from studyhall.storage import InvalidRequest, Storage, TrialNotFound, retrying
 from studyhall.storage._trials import finish_trial, read_trial_metrics, requeue_trial
 
@@ -32,8 +35,6 @@ if TYPE_CHECKING:
 SPACE_ATTR = "studyhall:space"
 RETRIES_ATTR = "studyhall:retries"
 SAMPLER_ATTR = "studyhall:sampler"
-_STATES = {"complete": TrialState.COMPLETE, "fail": TrialState.FAIL, "pruned": TrialState.PRUNED}
-_MAX_ERROR_LEN = 2000
 _MAX_CACHED_IDS = 100_000  # number -> trial id of asked trials, a cache (tell reads the database without it)
 
 
@@ -44,19 +45,6 @@ class TrialHandle:
     number: int
     params: dict[str, Any]
     trial_id: int = field(default=-1, repr=False, compare=False)
-
-
-@contextlib.contextmanager
-def _quiet_ask(study: optuna.Study) -> Iterator[None]:
-    # Optuna warns when heartbeats are on outside optimize(); studyhall heartbeats
-    # ask/tell trials itself. The flag is thread-local, unlike warnings filters.
-    tl = study._thread_local
-    before = tl.in_optimize_loop
-    tl.in_optimize_loop = True
-    try:
-        yield
-    finally:
-        tl.in_optimize_loop = before
 
 
 class Study:
@@ -74,7 +62,7 @@ class Study:
         self.storage = storage
         self.optuna = study
         self.name: str = study.study_name
-        self._study_id: int = study._study_id
+        self._study_id = _optuna.study_id(study)
         self._last_stale_check = 0.0
         self._space_json: dict[str, str] | None = None
         self._ids: dict[int, int] = {}  # number -> trial id of the trials this object asked for
@@ -136,7 +124,7 @@ class Study:
 
     def trials(self, states: Sequence[str | TrialState] | None = None) -> list[FrozenTrial]:
         """Every trial (Optuna FrozenTrials), optionally only those in ``states``."""
-        st = None if states is None else tuple(_parse_state(s, told=False) for s in states)
+        st = None if states is None else tuple(parse_state(s, told=False) for s in states)
         return retrying(self.optuna.get_trials, deepcopy=False, states=st)
 
     def trial(self, number: int) -> FrozenTrial:
@@ -175,19 +163,20 @@ class Study:
 
     def _ask(self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True) -> TrialHandle:
         trial = self._ask_trial(dists, keepalive)
-        return TrialHandle(trial.number, dict(trial.params), trial._trial_id)
+        return TrialHandle(trial.number, dict(trial.params), _optuna.trial_id(trial))
 
     def _ask_trial(
         self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True
     ) -> optuna.Trial:
         # The live optuna.Trial: optimize() answers a worker's suggest_* calls with it.
-        with _quiet_ask(self.optuna):
+        with _optuna.quiet_ask(self.optuna):
             trial = retrying(self.optuna.ask, fixed_distributions=dists)
+        trial_id = _optuna.trial_id(trial)
         if len(self._ids) >= _MAX_CACHED_IDS:  # trials asked and never told (abandoned leases) must not pile up
             self._ids.clear()
-        self._ids[trial.number] = trial._trial_id
+        self._ids[trial.number] = trial_id
         if keepalive:
-            self.storage.heartbeat.add(trial._trial_id)
+            self.storage.heartbeat.add(trial_id)
         return trial
 
     def _remember_space(self, space: Space | None) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -231,132 +220,58 @@ class Study:
         ``trial_metrics`` and ``score.*`` user_attrs); ``metrics`` are summarised the
         same way under their own names. Bad input raises InvalidRequest and writes nothing.
         """
-        number = trial.number if isinstance(trial, TrialHandle) else trial
-        if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
-            raise InvalidRequest(f"tell needs a TrialHandle or a trial number; got {trial!r:.60}")
+        number = self._number(trial)
         # One read of the running trial: the sampler's after_trial hook, a pruned
         # trial's last intermediate value and the returned FrozenTrial all come from it.
-        running = retrying(self.storage.optuna.get_trial, self._trial_id(int(number)))
+        running = retrying(self.storage.optuna.get_trial, self._trial_id(number))
         if running.state.is_finished():
             raise InvalidRequest(
                 f"trial {number} of study {self.name!r} is already finished ({running.state.name}); "
                 "ask for a new trial instead"
             )
-        st = _parse_state(state) if state is not None else TrialState.COMPLETE
-        attrs: dict[str, Any] = dict(user_attrs or {})
-        rows: list[tuple[str, dict[str, Any], np.ndarray | None]] = []
-        score = None
-        if scores is not None:
-            arr = as_array(scores, "scores")
-            if arr.size:
-                score = summarize(arr)
-                attrs.update(summary_attrs("score", score))
-                rows.append(("score", score.as_dict(), arr))
-        vals = self._values(value, values, scores, st, score)
-        if st == TrialState.PRUNED and running.last_step is not None:
-            last = running.intermediate_values[running.last_step]
-            vals = [last] if math.isfinite(last) and len(self.optuna.directions) == 1 else None  # as Optuna does
-        for name, samples in (metrics or {}).items():
-            if not isinstance(name, str) or not name or len(name) > 128:
-                raise InvalidRequest(f"metric names must be strings of 1-128 characters; got {name!r:.60}")
-            arr = as_array(samples, f"metric {name!r}")
-            if arr.size:
-                s = summarize(arr)
-                attrs.update(summary_attrs(name, s))
-                rows.append((name, s.as_dict(), arr))
-        if error is not None:
-            attrs["error"] = str(error)[:_MAX_ERROR_LEN]
-        # a failed trial's last trace steps; the dashboard note rides in the same transaction
-        note = telemetry.before_tell(self._study_id, running._trial_id, int(number), st, attrs, rows)
-        done_at = datetime.now()
-        started_at = self._started.get(running.number)
+        told = check_tell(
+            running, self.directions, self.name, value=value, values=values, scores=scores, metrics=metrics,
+            state=state, error=error, user_attrs=user_attrs,
+        )
+        done_at, started_at = datetime.now(), self._started.get(number)
         try:
-            self._after_trial(running, st, vals)
+            _optuna.after_trial(self.optuna, running, told.state, told.values)
         finally:
-            # The state, values, user_attrs, metrics rows and note: one transaction.
-            told = finish_trial(
+            written = self._finish(running, told, done_at, started_at)
+        if not written:  # another process told it between our read and our write
+            raise InvalidRequest(f"trial {number} of study {self.name!r} was finished meanwhile")
+        telemetry.after_tell(self.name, told.state, told.values, told.rows, told.user_attrs)
+        return frozen_after(running, told, started_at, done_at)
+
+    def _number(self, trial: TrialHandle | int) -> int:
+        number = trial.number if isinstance(trial, TrialHandle) else trial
+        if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
+            raise InvalidRequest(f"tell needs a TrialHandle or a trial number; got {trial!r:.60}")
+        return int(number)
+
+    def _finish(self, running: FrozenTrial, told: Told, done_at: datetime, started_at: datetime | None) -> bool:
+        """Write a checked tell: state, values, user_attrs, metrics rows and dashboard note in one transaction."""
+        trial_id = _optuna.trial_id(running)
+        # a failed trial's last trace steps join its user_attrs; the note rides in the same transaction
+        note = telemetry.before_tell(self._study_id, trial_id, running.number, told.state, told.user_attrs, told.rows)
+        try:
+            return finish_trial(
                 self.storage,
                 study_id=self._study_id,
-                trial_id=running._trial_id,
-                trial_number=int(number),
-                state=st,
-                values=vals,
-                user_attrs=attrs,
-                metrics=rows,
+                trial_id=trial_id,
+                trial_number=running.number,
+                state=told.state,
+                values=told.values,
+                user_attrs=told.user_attrs,
+                metrics=told.rows,
                 extra=note,
                 completed_at=done_at,
                 started_at=started_at,
             )
-            self.storage.heartbeat.discard(running._trial_id)
+        finally:
+            self.storage.heartbeat.discard(trial_id)
             self._ids.pop(running.number, None)
             self._started.pop(running.number, None)
-        if not told:  # another process told it between our read and our write
-            raise InvalidRequest(f"trial {number} of study {self.name!r} was finished meanwhile")
-        telemetry.after_tell(self.name, st, vals, rows, attrs)
-        return FrozenTrial(
-            number=running.number,
-            state=st,
-            value=None,
-            values=vals,
-            datetime_start=started_at or running.datetime_start,
-            datetime_complete=done_at,
-            params=running.params,
-            distributions=running.distributions,
-            user_attrs={**running.user_attrs, **attrs},
-            system_attrs=running.system_attrs,
-            intermediate_values=running.intermediate_values,
-            trial_id=running._trial_id,
-        )
-
-    def _after_trial(self, running: FrozenTrial, state: TrialState, values: list[float] | None) -> None:
-        # What optuna.Study.tell does before it writes: the sampler's hook (GridSampler
-        # stops an exhausted grid; constraints are stored) on the pruner's view of the study.
-        study = self.optuna
-        study._thread_local.cached_all_trials = None
-        view = optuna.pruners._filter_study(study, running)
-        study.sampler.after_trial(view, running, state, values)
-
-    def _values(
-        self,
-        value: float | Sequence[float] | None,
-        values: Sequence[float] | None,
-        scores: Sequence[float] | np.ndarray | None,
-        state: TrialState,
-        score: Summary | None,
-    ) -> list[float] | None:
-        n_obj = len(self.optuna.directions)
-        if value is not None and values is not None:
-            raise InvalidRequest("pass value= or values=, not both")
-        raw: Any = values if values is not None else value
-        if state != TrialState.COMPLETE:
-            if raw is not None:
-                raise InvalidRequest(f"a {state.name} trial takes no value; drop value=/values=")
-            return None
-        if raw is None and scores is not None:
-            if n_obj != 1:
-                raise InvalidRequest(
-                    f"scores= sets the value of a single-objective study; this one has {n_obj} "
-                    "objectives, so pass values=[...] (and keep scores as a metric)"
-                )
-            if score is None:
-                raise InvalidRequest("scores is empty; pass at least one score, or a value")
-            raw = score.mean
-        if raw is None:
-            raise InvalidRequest("tell needs a value, values=[...] or scores=[...] for a completed trial")
-        seq = list(raw) if isinstance(raw, (Sequence, np.ndarray)) and not isinstance(raw, str) else [raw]
-        if len(seq) != n_obj:
-            raise InvalidRequest(
-                f"study {self.name!r} has {n_obj} objective(s) ({', '.join(self.directions)}); "
-                f"got {len(seq)} value(s)"
-            )
-        out = []
-        for v in seq:
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
-                raise InvalidRequest(f"values must be numbers; got {v!r:.60}")
-            if not math.isfinite(float(v)):
-                raise InvalidRequest(f"value {v} is not finite; tell state='fail' with an error instead")
-            out.append(float(v))
-        return out
 
     # ---- housekeeping ------------------------------------------------------------------
 
@@ -418,7 +333,7 @@ class Study:
         changed = finish_trial(
             self.storage,
             study_id=self._study_id,
-            trial_id=frozen._trial_id,
+            trial_id=_optuna.trial_id(frozen),
             trial_number=frozen.number,
             state=TrialState.FAIL,
             user_attrs={"error": reason, "failure": failure},
@@ -447,21 +362,51 @@ class Study:
         )
         return True
 
-    def optimize(self, objective: Any, **kwargs: Any) -> OptimizeReport:
-        """Run ``objective`` over many trials in a worker pool; see :mod:`optimizer._optimize`."""
+    def optimize(
+        self,
+        objective: Callable[..., Any] | str,
+        *,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        workers: int = 1,
+        trial_timeout: float | None = None,
+        retries: int = 0,
+        space: Space | None = None,
+        progress: bool = True,
+        max_total_trials: int | None = None,
+        catch: tuple[type[BaseException], ...] = (Exception,),
+    ) -> OptimizeReport:
+        """Run ``objective`` on trials of this study in ``workers`` subprocesses (0: in this thread).
+
+        Only this process touches the storage; the workers' ``suggest_*`` calls are
+        answered here (see ``optimizer/optimize/_optimize.py`` for the loop).
+
+        Args:
+            objective: a callable taking an Optuna-style trial, or ``"package.module:function"``;
+                it returns a float, per-example scores (a sequence), or an ``Evaluation``.
+            n_trials: stop after this call finished this many trials (retries included).
+            timeout: seconds after which no new trial starts (the trial queued for the
+                next free worker goes back to the study's queue, WAITING).
+            workers: trials running at once, each in its own worker process, plus one
+                asked ahead and queued so that a free worker starts at once; 0 runs
+                them in this thread (then ``trial_timeout`` is not available).
+            trial_timeout: seconds a trial may run before its worker is killed (FAIL).
+            retries: re-runs of a timed-out or crashed trial's parameters; also the
+                study's policy for trials left stale by dead processes.
+            space: parameters sampled up front (no round trip for their ``suggest_*``).
+            progress: a progress bar on stderr when it is a terminal.
+            max_total_trials: stop once the study as a whole (every process and host)
+                has this many finished trials.
+            catch: exceptions that fail a trial and let the run go on; any other stops
+                asking, lets the running trials finish, and is raised here.
+
+        Raises:
+            InvalidRequest: a bad argument, or an objective that cannot reach a worker.
+            KeyboardInterrupt: after Ctrl-C, once no trial of this call is left RUNNING.
+        """
         from studyhall.optimizer.optimize._optimize import optimize
 
-        return optimize(self, objective, **kwargs)
-
-
-def _parse_state(state: str | TrialState, *, told: bool = True) -> TrialState:
-    if isinstance(state, str):
-        key = state.lower()
-        if key in _STATES:
-            return _STATES[key]
-        if not told and key.upper() in TrialState.__members__:
-            return TrialState[key.upper()]
-    elif isinstance(state, TrialState) and (not told or state in _STATES.values()):
-        return state
-    allowed = "'complete', 'fail' or 'pruned'" if told else "'complete', 'fail', 'pruned', 'running' or 'waiting'"
-    raise InvalidRequest(f"unknown trial state {state!r}; use {allowed}")
+        return optimize(
+            self, objective, n_trials=n_trials, timeout=timeout, workers=workers, trial_timeout=trial_timeout,
+            retries=retries, space=space, progress=progress, max_total_trials=max_total_trials, catch=catch,
+        )
