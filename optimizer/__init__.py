@@ -42,11 +42,13 @@ _LAZY = {
     "OptimizeReport": "studyhall.optimizer.optimize._report",
     "MiproLoop": "studyhall.optimizer.mipro._loop",
     "MiproResult": "studyhall.optimizer.mipro._loop",
+    "TooManyErrors": "studyhall.optimizer.mipro._loop",
     "arith_task": "studyhall.optimizer.mipro._simtask",
     "create_app": "studyhall.optimizer.service._app",
+    "Conflict": "studyhall.optimizer.service._http",
     "Client": "studyhall.optimizer.service._client",
-    "RemoteStudy": "studyhall.optimizer.service._client",
     "ServiceError": "studyhall.optimizer.service._client",
+    "RemoteStudy": "studyhall.optimizer.service._remote_study",
     "Workflow": "studyhall.optimizer._workflow",
     "WorkflowError": "studyhall.optimizer._workflow",
     "WorkflowResult": "studyhall.optimizer._workflow",
@@ -60,12 +62,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from studyhall.bridge import FallbackError, with_fallbacks
     from studyhall.optimizer import events, telemetry, trace
     from studyhall.optimizer._workflow import Workflow, WorkflowError, WorkflowResult
-    from studyhall.optimizer.mipro._loop import MiproLoop, MiproResult
+    from studyhall.optimizer.mipro._loop import MiproLoop, MiproResult, TooManyErrors
     from studyhall.optimizer.mipro._simtask import arith_task
     from studyhall.optimizer.optimize._evaluation import Evaluation
     from studyhall.optimizer.optimize._report import OptimizeReport
     from studyhall.optimizer.service._app import create_app
-    from studyhall.optimizer.service._client import Client, RemoteStudy, ServiceError
+    from studyhall.optimizer.service._client import Client, ServiceError
+    from studyhall.optimizer.service._http import Conflict
+    from studyhall.optimizer.service._remote_study import RemoteStudy
     from studyhall.optimizer.study._orchestrator import Orchestrator, StudyInfo, make_sampler
     from studyhall.optimizer.study._space import Categorical, Float, Int
     from studyhall.optimizer.study._study import Study, TrialHandle
@@ -90,6 +94,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Categorical",
     "Client",
+    "Conflict",
     "Evaluation",
     "FallbackError",
     "Float",
@@ -106,6 +111,7 @@ __all__ = [
     "StudyNotFound",
     "StudyhallError",
     "Summary",
+    "TooManyErrors",
     "TrialHandle",
     "TrialNotFound",
     "Workflow",

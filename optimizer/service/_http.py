@@ -1,8 +1,8 @@
 """HTTP plumbing of the service: the gate (token, body size, metrics, last-resort 500),
 strict JSON parsing, and the error envelope every failure answers with.
 
-Everything here is about HTTP, nothing about studies; ``optimizer/_service.py``
-holds the routes.
+Everything here is about HTTP, nothing about studies; ``_routes.py`` holds the
+routes and ``_app.py`` puts them together.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _log = logging.getLogger("studyhall.service")
 
 
 class Conflict(InvalidRequest):
-    """The request is well-formed but the trial's state forbids it (told twice, lease expired)."""
+    """The trial's state forbids the request (told twice, lease expired); answered 409 with ``kind``."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -292,26 +292,19 @@ class Metrics:
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency under its route template."""
         if method not in _METHODS:  # clients choose methods: keep the label set bounded
             method = "OTHER"
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
     def exposition(self) -> bytes:
-        from prometheus_client import REGISTRY, generate_latest
+        """studyhall's process-wide series (``telemetry.registry``), then this app's own."""
+        from prometheus_client import generate_latest
 
-        return generate_latest(_shared_registry() or REGISTRY) + generate_latest(self.registry)
-
-
-def _shared_registry() -> Any:
-    # optimizer.telemetry.registry holds studyhall's process-wide series when that
-    # module exists; until then prometheus_client's default registry stands in.
-    try:
         from studyhall.optimizer import telemetry
-    except ImportError:
-        return None
-    reg = getattr(telemetry, "registry", None)
-    return reg if hasattr(reg, "collect") else None
+
+        return generate_latest(telemetry.registry) + generate_latest(self.registry)
 
 
 def add_bearer_scheme(app: FastAPI) -> None:

@@ -34,22 +34,19 @@ mid-claim is taken over after ``RECLAIM_S``.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
 from studyhall.optimizer.study._study import TrialHandle
 from studyhall.storage import Storage, retrying
-from studyhall.storage._schema import leases
+from studyhall.storage import _leases as rows
+from studyhall.storage._leases import Lease, LeaseExpired
 
 if TYPE_CHECKING:
     from studyhall.optimizer.study._space import Space
@@ -60,38 +57,6 @@ _log = logging.getLogger("studyhall.service")
 CLOCK_SYNC_S = 30.0
 RECLAIM_S = 60.0  # a claimed expiry not finished by then was abandoned by a dead process
 SWEEP_BATCH = 100
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A lease row as claimed by a tell (kept to put it back if the tell is rejected)."""
-
-    trial_id: int
-    study_id: int
-    lease_s: float
-    expires_at: float
-
-
-class LeaseExpired:
-    """Marker returned by ``claim``/``renew`` when the trial's lease has run out."""
-
-
-EXPIRED = LeaseExpired()
-
-
-def _beat(conn: sa.Connection, trial_ids: Sequence[int], seconds: float) -> None:
-    # Optuna's heartbeat column is a naive datetime in the database's now() frame
-    # (UTC on SQLite, the session time zone elsewhere): date it from that clock.
-    hb = models.TrialHeartbeatModel.__table__
-    # SQLite's and MySQL's now() have whole seconds: the extra second keeps the
-    # beat from being dated before the lease ends.
-    now = conn.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
-    when = now + datetime.timedelta(seconds=seconds + 1)
-    ids = list(trial_ids)
-    done = conn.execute(sa.update(hb).where(hb.c.trial_id.in_(ids)).values(heartbeat=when)).rowcount
-    if done < len(ids):
-        have = set(conn.execute(sa.select(hb.c.trial_id).where(hb.c.trial_id.in_(ids))).scalars())
-        conn.execute(sa.insert(hb), [{"trial_id": t, "heartbeat": when} for t in ids if t not in have])
 
 
 class Leases:
@@ -151,67 +116,20 @@ class Leases:
     def grant(self, study_id: int, trial_ids: Sequence[int], lease_s: float) -> float:
         """Lease new trials for ``lease_s`` seconds; returns the expiry (database clock)."""
         expires = self.now() + lease_s
-
-        def write(conn: sa.Connection) -> None:
-            conn.execute(
-                sa.insert(leases),
-                [{"trial_id": t, "study_id": study_id, "lease_s": lease_s, "expires_at": expires} for t in trial_ids],
-            )
-            _beat(conn, trial_ids, lease_s)
-
-        self.storage.transaction(write)
+        rows.grant(self.storage, study_id, trial_ids, lease_s, expires)
         return expires
 
     def renew(self, trial_id: int, lease_s: float | None = None) -> float | LeaseExpired | None:
         """Extend a valid lease (by its own length, or ``lease_s``); EXPIRED, or None if never leased."""
-        now = self.now()
-
-        def write(conn: sa.Connection) -> float | LeaseExpired | None:
-            row = conn.execute(sa.select(leases.c.lease_s).where(leases.c.trial_id == trial_id)).first()
-            if row is None:
-                return None
-            length = float(lease_s if lease_s is not None else row.lease_s)
-            done = conn.execute(
-                sa.update(leases)
-                .where(leases.c.trial_id == trial_id, leases.c.expires_at >= now)
-                .values(lease_s=length, expires_at=now + length)
-            ).rowcount
-            if done != 1:
-                return EXPIRED
-            _beat(conn, [trial_id], length)
-            return now + length
-
-        return self.storage.transaction(write)
+        return rows.renew(self.storage, trial_id, self.now(), lease_s)
 
     def claim(self, trial_id: int) -> Lease | LeaseExpired | None:
         """Take a trial's valid lease for a tell; EXPIRED if it ran out, None if it has none."""
-        now = self.now()
-
-        def write(conn: sa.Connection) -> Lease | LeaseExpired | None:
-            row = conn.execute(sa.select(leases).where(leases.c.trial_id == trial_id)).first()
-            if row is None:
-                return None
-            done = conn.execute(
-                sa.delete(leases).where(leases.c.trial_id == trial_id, leases.c.expires_at >= now)
-            ).rowcount
-            if done != 1:
-                return EXPIRED
-            return Lease(row.trial_id, row.study_id, row.lease_s, row.expires_at)
-
-        return self.storage.transaction(write)
+        return rows.claim(self.storage, trial_id, self.now())
 
     def restore(self, lease: Lease) -> None:
         """Put back a lease claimed by a tell that was rejected (the trial is still RUNNING)."""
-
-        def write(conn: sa.Connection) -> None:
-            conn.execute(sa.delete(leases).where(leases.c.trial_id == lease.trial_id))
-            conn.execute(
-                sa.insert(leases).values(
-                    trial_id=lease.trial_id, study_id=lease.study_id, lease_s=lease.lease_s, expires_at=lease.expires_at
-                )
-            )
-
-        self.storage.transaction(write)
+        rows.restore(self.storage, lease)
 
     # ---- expiry ------------------------------------------------------------------------
 
@@ -235,58 +153,36 @@ class Leases:
         Returns (study name, trial number) of each trial this call expired.
         """
         now = self.now()
-        rows = self.storage.transaction(
-            lambda c: c.execute(
-                sa.select(leases).where(leases.c.expires_at < now).order_by(leases.c.expires_at).limit(SWEEP_BATCH)
-            ).all()
-        )
         expired = []
-        for row in rows:
-            if row.expires_at < 0 and now + row.expires_at < RECLAIM_S:
+        for lease in rows.expired(self.storage, now, SWEEP_BATCH):
+            if lease.expires_at < 0 and now + lease.expires_at < RECLAIM_S:
                 continue  # another process is expiring it right now
-            if not self._take(row.trial_id, row.expires_at, now):
+            if not rows.take(self.storage, lease.trial_id, lease.expires_at, now):
                 continue
             try:
-                done = self._expire(row._mapping)
+                done = self._expire(lease)
             except Exception:  # one bad row must not stop the others; it is reclaimed later
-                _log.exception("expiring the lease of trial %s failed", row.trial_id)
+                _log.exception("expiring the lease of trial %s failed", lease.trial_id)
                 continue
             if done is not None:
                 expired.append(done)
                 self._on_expire(*done)
         return expired
 
-    def _take(self, trial_id: int, seen: float, now: float) -> bool:
-        # Compare-and-set: of several sweepers, only the one that changes the value it saw proceeds.
-        return (
-            self.storage.transaction(
-                lambda c: c.execute(
-                    sa.update(leases)
-                    .where(leases.c.trial_id == trial_id, leases.c.expires_at == seen)
-                    .values(expires_at=-now)
-                ).rowcount
-            )
-            == 1
-        )
-
-    def _expire(self, row: sa.RowMapping) -> tuple[str, int] | None:
-        trial_id = row["trial_id"]
+    def _expire(self, lease: Lease) -> tuple[str, int] | None:
         try:
-            study = self._study_of(row["study_id"])
-            frozen = retrying(self.storage.optuna.get_trial, trial_id)
+            study = self._study_of(lease.study_id)
+            frozen = retrying(self.storage.optuna.get_trial, lease.trial_id)
         except KeyError:  # the study or trial was deleted meanwhile
-            self._drop(trial_id)
+            rows.drop(self.storage, lease.trial_id)
             return None
         result = None
         if frozen.state == TrialState.RUNNING:
             reason = (
-                f"lease expired: no tell or heartbeat within {row['lease_s']:g}s; the client "
+                f"lease expired: no tell or heartbeat within {lease.lease_s:g}s; the client "
                 "evaluating this trial died, hung or lost its connection"
             )
             if study.fail_abandoned(frozen, reason=reason, failure="lease"):
                 result = (study.name, frozen.number)
-        self._drop(trial_id)
+        rows.drop(self.storage, lease.trial_id)
         return result
-
-    def _drop(self, trial_id: int) -> None:
-        self.storage.transaction(lambda c: c.execute(sa.delete(leases).where(leases.c.trial_id == trial_id)))
