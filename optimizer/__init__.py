@@ -41,8 +41,8 @@ _LAZY = {
     "Evaluation": "studyhall.optimizer.optimize._evaluation",
     "OptimizeReport": "studyhall.optimizer.optimize._report",
     "MiproLoop": "studyhall.optimizer.mipro._loop",
-    "MiproResult": "studyhall.optimizer.mipro._loop",
-    "TooManyErrors": "studyhall.optimizer.mipro._loop",
+    "MiproResult": "studyhall.optimizer.mipro._results",
+    "TooManyErrors": "studyhall.optimizer.mipro._evaluate",
     "arith_task": "studyhall.optimizer.mipro._simtask",
     "create_app": "studyhall.optimizer.service._app",
     "Conflict": "studyhall.optimizer.service._http",
@@ -62,7 +62,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from studyhall.bridge import FallbackError, with_fallbacks
     from studyhall.optimizer import events, telemetry, trace
     from studyhall.optimizer._workflow import Workflow, WorkflowError, WorkflowResult
-    from studyhall.optimizer.mipro._loop import MiproLoop, MiproResult, TooManyErrors
+    from studyhall.optimizer.mipro._evaluate import TooManyErrors
+    from studyhall.optimizer.mipro._loop import MiproLoop
+    from studyhall.optimizer.mipro._results import MiproResult
     from studyhall.optimizer.mipro._simtask import arith_task
     from studyhall.optimizer.optimize._evaluation import Evaluation
     from studyhall.optimizer.optimize._report import OptimizeReport

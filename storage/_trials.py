@@ -123,6 +123,13 @@ def requeue_trial(st: Storage, trial_id: int) -> bool:
     return st.transaction(write)
 
 
+def study_of_trial(st: Storage, trial_id: int) -> int | None:
+    """The id of the study trial ``trial_id`` belongs to; None if there is no such trial."""
+    t = table("TrialModel")
+    query = sa.select(t.c.study_id).where(t.c.trial_id == trial_id)
+    return st.transaction(lambda conn: conn.execute(query).scalar_one_or_none())
+
+
 def read_trial_metrics(st: Storage, trial_id: int) -> dict[str, dict[str, Any]]:
     """Every stored summary of one trial, by metric name (histogram included, samples not)."""
     cols = [trial_metrics.c.name, trial_metrics.c.histogram, *(trial_metrics.c[c] for c in _STAT_COLUMNS)]

@@ -24,7 +24,7 @@ from rich.table import Table
 from studyhall.optimizer.cli import StorageOpt, app, console, fmt, quiet_optuna, user_errors
 
 if TYPE_CHECKING:
-    from studyhall.optimizer.mipro._loop import MiproResult
+    from studyhall.optimizer.mipro._results import MiproResult
     from studyhall.optimizer.mipro._simtask import SimTask
     from studyhall.optimizer.study._study import Study
 

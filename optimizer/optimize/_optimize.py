@@ -32,8 +32,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
-import sqlalchemy as sa
-from optuna.trial import TrialState
 
 from studyhall.bridge import PoolClosed, TaskTimeout, WorkerCrashed
 from studyhall.optimizer import _optuna
@@ -51,6 +49,7 @@ from studyhall.optimizer.optimize._remote_trial import (
 from studyhall.optimizer.optimize._report import OptimizeReport, Options
 from studyhall.optimizer.study._space import Space
 from studyhall.storage import InvalidRequest
+from studyhall.storage._studies import finished_and_running
 
 if TYPE_CHECKING:
     from studyhall.optimizer.study._study import Study
@@ -58,7 +57,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger("studyhall.optimize")
 GRACE_S = 2.0  # how long running trials may finish after Ctrl-C
 _TICK_S = 0.2
-_FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
 @dataclass
@@ -213,19 +211,7 @@ class _Run:
         return finished < total and bool(set(running) - self.study.storage.heartbeat.tracked())
 
     def _counts(self) -> tuple[int, list[int]]:
-        from optuna.storages._rdb import models
-
-        t = models.TrialModel.__table__
-        sid = self.study._study_id
-
-        def read(conn: sa.Connection) -> tuple[int, list[int]]:
-            finished = conn.execute(
-                sa.select(sa.func.count()).select_from(t).where(t.c.study_id == sid, t.c.state.in_(_FINISHED))
-            ).scalar_one()
-            running = conn.execute(sa.select(t.c.trial_id).where(t.c.study_id == sid, t.c.state == TrialState.RUNNING))
-            return int(finished), [r[0] for r in running]
-
-        return self.study.storage.transaction(read)
+        return finished_and_running(self.study.storage, self.study._study_id)
 
     def _start(self) -> None:
         with self.interrupts.shield(), self.lock:  # a trial Optuna created is always in inflight
