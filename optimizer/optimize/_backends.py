@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from studyhall.optimizer import events, trace
+from studyhall.optimizer.events._channel import MESSAGE_KEY
 from studyhall.optimizer.optimize._remote_trial import TrialProxy
 from studyhall.optimizer.optimize._trial_runner import STARTED, resolve, run_trial
 from studyhall.storage import Storage
@@ -66,7 +67,7 @@ class Pooled:
         sink = events.worker_sink(self.storage, proxy.trial)
 
         def on_send(payload: Any) -> None:
-            if isinstance(payload, dict) and payload.get(events.MESSAGE_KEY) == STARTED:
+            if isinstance(payload, dict) and payload.get(MESSAGE_KEY) == STARTED:
                 on_start(float(payload["at"]))
             else:
                 sink(payload)
