@@ -21,16 +21,19 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from studyhall.optimizer import _optuna, telemetry
+from studyhall.optimizer import _optuna
 from studyhall.optimizer.study._space import Space, check_params, space_from_json, space_to_json, to_distributions
 from studyhall.optimizer.study._summary import Summary
 from studyhall.optimizer.study._tell import Told, check_tell, frozen_after, parse_state
+from studyhall.optimizer.telemetry._notes import before_tell
+from studyhall.optimizer.telemetry._registry import after_tell
+from studyhall.optimizer.telemetry._study import study_metrics
 from studyhall.storage import InvalidRequest, Storage, TrialNotFound, retrying
 from studyhall.storage._trials import finish_trial, read_trial_metrics, requeue_trial
 
 if TYPE_CHECKING:
     from studyhall.optimizer.optimize._report import OptimizeReport
-    from studyhall.optimizer.telemetry import StudyMetrics
+    from studyhall.optimizer.telemetry._study import StudyMetrics
 
 SPACE_ATTR = "studyhall:space"
 RETRIES_ATTR = "studyhall:retries"
@@ -133,7 +136,7 @@ class Study:
 
     def metrics(self, name: str = "score") -> StudyMetrics:
         """The study's distributions: trial values, ``name`` and LLM latency pooled over trials."""
-        return telemetry.study_metrics(self, name)
+        return study_metrics(self, name)
 
     def trial_metrics(self, number: int) -> dict[str, Summary]:
         """Every distribution stored for trial ``number`` (``score``, ``llm.latency_s``, ...)."""
@@ -240,7 +243,7 @@ class Study:
             written = self._finish(running, told, done_at, started_at)
         if not written:  # another process told it between our read and our write
             raise InvalidRequest(f"trial {number} of study {self.name!r} was finished meanwhile")
-        telemetry.after_tell(self.name, told.state, told.values, told.rows, told.user_attrs)
+        after_tell(self.name, told.state, told.values, told.rows, told.user_attrs)
         return frozen_after(running, told, started_at, done_at)
 
     def _number(self, trial: TrialHandle | int) -> int:
@@ -253,7 +256,7 @@ class Study:
         """Write a checked tell: state, values, user_attrs, metrics rows and dashboard note in one transaction."""
         trial_id = _optuna.trial_id(running)
         # a failed trial's last trace steps join its user_attrs; the note rides in the same transaction
-        note = telemetry.before_tell(self._study_id, trial_id, running.number, told.state, told.user_attrs, told.rows)
+        note = before_tell(self._study_id, trial_id, running.number, told.state, told.user_attrs, told.rows)
         try:
             return finish_trial(
                 self.storage,

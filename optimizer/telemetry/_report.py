@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from studyhall.optimizer.study._summary import FIELDS, Summary
-from studyhall.optimizer.telemetry import LATENCY, StudyMetrics
+from studyhall.optimizer.telemetry._registry import LATENCY
+from studyhall.optimizer.telemetry._study import StudyMetrics
 from studyhall.storage import InvalidRequest
 from studyhall.storage._trials import read_study_samples
 
