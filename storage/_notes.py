@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +18,11 @@ import sqlalchemy as sa
 from studyhall.storage._optuna import table
 
 NOTE_PART = 2045  # optuna_dashboard._note.SYSTEM_ATTR_MAX_LENGTH
+
+
+def note_writer(study_id: int, trial_id: int, body: str) -> Callable[[sa.Connection], None]:
+    """The write of a trial's note, to run inside the tell's transaction (``finish_trial(extra=...)``)."""
+    return lambda conn: write_trial_note(conn, study_id, trial_id, body)
 
 
 def write_trial_note(conn: sa.Connection, study_id: int, trial_id: int, body: str) -> None:

@@ -8,16 +8,17 @@ The note is a markdown table of the trial's distributions; ``before_tell`` hands
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from studyhall.optimizer.events._steps import trial_steps
 from studyhall.optimizer.study._summary import FIELDS
-from studyhall.storage._notes import write_trial_note
+from studyhall.storage._notes import note_writer
 
 if TYPE_CHECKING:
-    import sqlalchemy as sa
     from optuna.trial import TrialState
+
+    from studyhall.storage._trials import InTransaction
 
 
 def before_tell(
@@ -27,7 +28,7 @@ def before_tell(
     state: TrialState,
     attrs: dict[str, Any],
     rows: Sequence[tuple[str, Mapping[str, Any], Any]],
-) -> Callable[[sa.Connection], None] | None:
+) -> InTransaction | None:
     """Add a failed trial's ``trace``; return the dashboard-note write for the telemetry transaction."""
     steps = trial_steps(trial_id, clear=True)
     if state.name == "FAIL" and steps and "trace" not in attrs:
@@ -35,7 +36,7 @@ def before_tell(
     if not rows:
         return None
     body = trial_note(number, rows, attrs)
-    return lambda conn: write_trial_note(conn, study_id, trial_id, body)
+    return note_writer(study_id, trial_id, body)
 
 
 def trial_note(number: int, rows: Sequence[tuple[str, Mapping[str, Any], Any]], attrs: Mapping[str, Any]) -> str:
