@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from studyhall.optimizer.cli import StorageOpt, app, console, fmt, quiet_optuna, user_errors
+from studyhall.optimizer.cli._app import StorageOpt, app, console, fmt, quiet_optuna, user_errors
 
 if TYPE_CHECKING:
     from studyhall.optimizer.mipro._results import MiproResult

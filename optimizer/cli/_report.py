@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from studyhall.optimizer.cli import JsonOpt, StorageOpt, app, console, fmt, print_json, quiet_optuna, user_errors
+from studyhall.optimizer.cli._app import JsonOpt, StorageOpt, app, console, fmt, print_json, quiet_optuna, user_errors
 
 
 @app.command()

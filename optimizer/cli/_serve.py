@@ -1,25 +1,14 @@
-"""``studyhall serve`` (the HTTP service) and ``studyhall dashboard`` (optuna-dashboard)."""
+"""``studyhall serve``: the HTTP service (uvicorn), refusing a non-loopback address without a token."""
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated
 
 import typer
 
-from studyhall.optimizer.cli import StorageOpt, app, console, err_console, fail, quiet_optuna, user_errors
+from studyhall.optimizer.cli._app import StorageOpt, app, console, fail, is_loopback, quiet_optuna, user_errors
 
 HostOpt = Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name may resolve to anything
 
 
 @app.command()
@@ -53,26 +42,3 @@ def serve(
         highlight=False,
     )
     uvicorn.run(service, host=host, port=port, log_level=log_level.lower())
-
-
-@app.command()
-def dashboard(
-    storage: StorageOpt = None,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
-) -> None:
-    """Run optuna-dashboard on the same storage (trials show their score and latency summaries)."""
-    from optuna_dashboard import run_server
-
-    from studyhall.storage import connect
-
-    quiet_optuna()
-    with user_errors():
-        st = connect(storage)
-    if not is_loopback(host):
-        err_console.print(
-            f"[bold yellow]warning:[/] optuna-dashboard has no authentication and {host} is not loopback; "
-            "anyone who can reach it can read and edit your studies"
-        )
-    console.print(f"optuna-dashboard for {st!r} on http://{host}:{port}", highlight=False)
-    run_server(st.optuna, host=host, port=port)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from studyhall.optimizer.cli import (
+from studyhall.optimizer.cli._app import (
     JsonOpt,
     StorageOpt,
     app,

@@ -1,0 +1,5 @@
+"""``python -m studyhall.optimizer.cli``: the ``studyhall`` command line."""
+
+from studyhall.optimizer.cli import main
+
+main()
