@@ -24,7 +24,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from studyhall.storage import InvalidRequest, StudyhallError, StudyNotFound, TrialNotFound
+# The storage's errors, which Orchestrator and Study raise: importable from here too.
+from studyhall.storage import (
+    DuplicateStudy,
+    InvalidRequest,
+    StorageError,
+    StudyhallError,
+    StudyNotFound,
+    TransientStorageError,
+    TrialNotFound,
+)
 
 # Public name -> the module that defines it (imported on first access).
 _LAZY = {
@@ -97,6 +106,7 @@ __all__ = [
     "Categorical",
     "Client",
     "Conflict",
+    "DuplicateStudy",
     "Evaluation",
     "FallbackError",
     "Float",
@@ -108,12 +118,14 @@ __all__ = [
     "Orchestrator",
     "RemoteStudy",
     "ServiceError",
+    "StorageError",
     "Study",
     "StudyInfo",
     "StudyNotFound",
     "StudyhallError",
     "Summary",
     "TooManyErrors",
+    "TransientStorageError",
     "TrialHandle",
     "TrialNotFound",
     "Workflow",

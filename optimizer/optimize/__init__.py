@@ -3,3 +3,5 @@
 Nothing is imported here, so that a pool worker importing the worker-side runner
 (``_trial_runner``) loads neither Optuna nor SQLAlchemy.
 """
+
+from __future__ import annotations

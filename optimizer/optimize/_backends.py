@@ -27,13 +27,14 @@ class Inline:
         self.storage = storage
 
     def submit(self, job: dict[str, Any], proxy: TrialProxy, on_start: Callable[[float], None]) -> Future[dict[str, Any]]:
+        """Run the trial now; a future that is already done."""
         fut: Future[dict[str, Any]] = Future()
         with trace.scope(self.storage, trial=proxy.trial):  # trace.step() lands on this trial
             fut.set_result(run_trial(job, proxy.handle))
         return fut
 
     def close(self, exc: BaseException | None = None) -> None:
-        pass
+        """Nothing to stop."""
 
 
 class Pooled:
@@ -63,6 +64,7 @@ class Pooled:
         self._open = True
 
     def submit(self, job: dict[str, Any], proxy: TrialProxy, on_start: Callable[[float], None]) -> Future[dict[str, Any]]:
+        """Queue the trial for a worker; ``on_start`` gets the time the worker really began it."""
         # the objective's events and trace steps are written here, tied to the trial
         sink = events.worker_sink(self.storage, proxy.trial)
 

@@ -10,9 +10,13 @@ if TYPE_CHECKING:
 
 
 class Progress(Protocol):
-    def update(self, report: OptimizeReport) -> None: ...
+    """What ``optimize`` calls on its progress display."""
 
-    def close(self, report: OptimizeReport) -> None: ...
+    def update(self, report: OptimizeReport) -> None:
+        """Show the counts so far."""
+
+    def close(self, report: OptimizeReport) -> None:
+        """Show the final counts and stop."""
 
 
 class _NullProgress:

@@ -3,3 +3,5 @@
 Nothing is imported here: the public names are exported (lazily) by ``studyhall.optimizer``,
 so that fastapi and httpx load only when the service or the client is used.
 """
+
+from __future__ import annotations

@@ -70,6 +70,7 @@ class StrictJSONRoute(APIRoute):
 
     # FastAPI's documented hook for a custom Request class.
     def get_route_handler(self) -> Callable[[Request], Any]:
+        """FastAPI's handler, given a request whose ``json()`` is :func:`parse_json`."""
         handler = super().get_route_handler()
 
         async def strict(request: Request) -> Response:

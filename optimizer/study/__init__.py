@@ -2,3 +2,5 @@
 
 Nothing is imported here: the public names are exported (lazily) by ``studyhall.optimizer``.
 """
+
+from __future__ import annotations
