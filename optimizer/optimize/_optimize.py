@@ -12,7 +12,8 @@
     │         proxy.handle: suggest_* / report / should_prune  <─call── RemoteTrial(objective)
     │         (a worker's call goes before the parent's own ask and tell: CallsFirst)
     ├─ wait(first completed) <──── outcome dict | TaskTimeout | WorkerCrashed
-    │    study.tell(value | scores, metrics, user_attrs)  or  FAIL / PRUNED  (+ study.retry)
+    │    study.tell(value | scores, metrics, user_attrs)  or  FAIL / PRUNED  (+ study.retry;
+    │    _outcomes.py)
     ├─ timeout or a stop: the queued trial goes back to the study's queue (WAITING), never run
     └─ Ctrl-C: queued trial back to WAITING, 2 s grace, FAIL "interrupted" for the rest,
        pool shut down, KeyboardInterrupt again
@@ -26,20 +27,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, wait
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
-from studyhall.bridge import PoolClosed, TaskTimeout, WorkerCrashed
 from studyhall.optimizer import _optuna
 from studyhall.optimizer.optimize._backends import Inline, Interrupts, Pooled
+from studyhall.optimizer.optimize._outcomes import Flight, Outcomes
 from studyhall.optimizer.optimize._progress import make_progress
 from studyhall.optimizer.optimize._remote_trial import (
     CallsFirst,
-    TrialOutcome,
     TrialProxy,
     load_objective,
     make_job,
@@ -48,7 +45,6 @@ from studyhall.optimizer.optimize._remote_trial import (
 )
 from studyhall.optimizer.optimize._report import OptimizeReport, Options
 from studyhall.optimizer.study._space import Space
-from studyhall.storage import InvalidRequest
 from studyhall.storage._studies import finished_and_running
 
 if TYPE_CHECKING:
@@ -57,13 +53,6 @@ if TYPE_CHECKING:
 _log = logging.getLogger("studyhall.optimize")
 GRACE_S = 2.0  # how long running trials may finish after Ctrl-C
 _TICK_S = 0.2
-
-
-@dataclass
-class _Flight:
-    number: int
-    trial_id: int
-    future: Future[dict[str, Any]] | None = None
 
 
 def optimize(
@@ -97,7 +86,8 @@ class _Run:
         self.turns: deque[tuple[float, float]] = deque(maxlen=32)  # (waiting, whole) time of recent loop turns
         self.interrupts = Interrupts()
         self.report = OptimizeReport()
-        self.inflight: dict[int, _Flight] = {}
+        self.outcomes = Outcomes(study, self.lock, self.report, opts.trial_timeout, opts.retries)
+        self.inflight: dict[int, Flight] = {}
         self.finished = 0
         self.stop: BaseException | None = None
         self.start = time.monotonic()
@@ -118,9 +108,7 @@ class _Run:
             self.interrupts.__enter__()
             self.study.retries = opts.retries
             self.study.fail_stale_trials()
-            dirs = self.study.directions
-            self.maximize = (dirs[0] == "maximize") if len(dirs) == 1 else None
-            self._best()
+            self.outcomes.best()
             self._loop()
         except BaseException as exc:
             self._abort(exc)
@@ -130,7 +118,7 @@ class _Run:
             self.backend.close()
             self.report.elapsed_s = time.monotonic() - self.start
             self.bar.close(self.report)
-        self._best()
+        self.outcomes.best()
         if self.stop is not None:
             raise self.stop
         return self.report
@@ -216,7 +204,7 @@ class _Run:
     def _start(self) -> None:
         with self.interrupts.shield(), self.lock:  # a trial Optuna created is always in inflight
             trial = self.study._ask_trial(self.dists)
-            flight = self.inflight[trial.number] = _Flight(trial.number, _optuna.trial_id(trial))
+            flight = self.inflight[trial.number] = Flight(trial.number, _optuna.trial_id(trial))
             attrs = trial.user_attrs
         job = make_job(
             trial.number,
@@ -243,94 +231,15 @@ class _Run:
                 with self.lock:
                     self.study._requeue(fl.trial_id)
 
-    # ---- outcomes ----------------------------------------------------------------------
+    # ---- ending ------------------------------------------------------------------------
 
-    def _finish(self, fl: _Flight) -> None:
+    def _finish(self, fl: Flight) -> None:
         with self.interrupts.shield():  # popped from inflight means told
-            self._settle(fl)
-
-    def _settle(self, fl: _Flight) -> None:
-        self.inflight.pop(fl.number, None)
-        self.finished += 1
-        assert fl.future is not None
-        try:
-            out = TrialOutcome.from_dict(fl.future.result())
-        except TaskTimeout:
-            self.report.timed_out += 1
-            msg = f"timed out: the trial ran past trial_timeout={self.opts.trial_timeout}s; its worker was killed and replaced"
-            self._retry(self._fail(fl, msg, "timeout"))
-        except WorkerCrashed as exc:
-            self.report.crashed += 1
-            how = f"was killed by signal {exc.signal}" if exc.signal else f"exited with code {exc.exitcode}"
-            msg = (
-                f"crashed: its worker process (pid {exc.pid}) {how} while running the trial and was "
-                "replaced; likely an os._exit, a signal, a native crash or memory exhaustion"
-            )
-            self._retry(self._fail(fl, msg, "crash"))
-        except PoolClosed as exc:
-            self.report.failed += 1
-            self._fail(fl, f"{type(exc).__name__}: {exc}", "pool")
-            raise
-        except Exception as exc:  # the pool could not run it, e.g. an unpicklable outcome
-            self.report.failed += 1
-            self._fail(fl, f"{type(exc).__name__}: {exc}", "error")
-        else:
-            self._tell(fl, out)
-
-    def _tell(self, fl: _Flight, out: TrialOutcome) -> None:
-        kw: dict[str, Any] = {"metrics": out.metrics, "user_attrs": out.user_attrs}
-        if out.status == "complete":
-            try:
-                with self.lock:
-                    frozen = self.study.tell(fl.number, out.value, values=out.values, scores=out.scores, **kw)
-                self.report.completed += 1
-                self._note_best(frozen)
-                return
-            except InvalidRequest as exc:
-                if self._already_finished(fl):
-                    self.report.failed += 1
-                    return
-                out.status, out.error = "fail", f"InvalidRequest: the objective's result was rejected: {exc}"
-        if out.status == "pruned":
-            self.report.pruned += 1
-            try:
-                with self.lock:
-                    self.study.tell(fl.number, state="pruned", **kw)
-            except InvalidRequest:
-                if not self._already_finished(fl):
-                    with self.lock:
-                        self.study.tell(fl.number, state="pruned")
-            return
-        self.report.failed += 1
-        self._fail(fl, out.error or "failed", "error", out.traceback, **kw)
-        if out.exception is not None and self.stop is None:
-            self.stop = _rebuild(out)
-
-    def _fail(self, fl: _Flight, error: str, failure: str, tb: str | None = None, **kw: Any) -> Any:
-        attrs = {**kw.pop("user_attrs", {}), "failure": failure}
-        if tb:
-            attrs["traceback"] = tb
-        with self.lock:
-            try:
-                return self.study.tell(fl.number, state="fail", error=error, user_attrs=attrs, **kw)
-            except InvalidRequest:
-                if self._already_finished(fl):
-                    return None
-                # bad telemetry (e.g. a non-finite sample) must not keep the trial RUNNING
-                return self.study.tell(fl.number, state="fail", error=error, user_attrs={"failure": failure})
-
-    def _already_finished(self, fl: _Flight) -> bool:
-        # another process may have failed it as stale (its heartbeat was late)
-        if not self.study.trial(fl.number).state.is_finished():
-            return False
-        self.study.storage.heartbeat.discard(fl.trial_id)
-        return True
-
-    def _retry(self, frozen: Any) -> None:
-        if frozen is not None:
-            with self.lock:
-                if self.study.retry(frozen, self.opts.retries):
-                    self.report.retried += 1
+            self.inflight.pop(fl.number, None)
+            self.finished += 1
+            stop = self.outcomes.settle(fl)
+        if stop is not None and self.stop is None:
+            self.stop = stop
 
     def _abort(self, exc: BaseException) -> None:
         """Leave no trial of this call RUNNING: a short grace after Ctrl-C, then FAIL the rest.
@@ -364,35 +273,8 @@ class _Run:
         for fl in list(self.inflight.values()):
             try:
                 with self.interrupts.shield():
-                    self._fail(fl, why, "interrupted")
+                    self.outcomes.fail(fl, why, "interrupted")
                     self.report.interrupted += 1
             except BaseException:  # keep failing the others, even on another Ctrl-C
                 _log.warning("could not fail trial %s; it goes stale and is failed later", fl.number, exc_info=True)
         self.inflight.clear()
-
-    def _note_best(self, frozen: Any) -> None:
-        # a running best for the progress bar; _best() reads the study's at the end
-        if self.maximize is None or frozen.value is None:
-            return
-        best = self.report.best_value
-        if best is None or (frozen.value > best if self.maximize else frozen.value < best):
-            self.report.best_value, self.report.best_params = float(frozen.value), dict(frozen.params)
-
-    def _best(self) -> None:
-        if len(self.study.directions) != 1:
-            return
-        try:
-            best = self.study.best_trial
-        except InvalidRequest:
-            return
-        self.report.best_value, self.report.best_params = float(best.value), dict(best.params)  # type: ignore[arg-type]
-
-
-def _rebuild(out: TrialOutcome) -> BaseException:
-    try:
-        exc: BaseException = cloudpickle.loads(out.exception)
-    except Exception:
-        exc = RuntimeError(out.error)
-    if out.traceback:
-        exc.add_note(f"raised by the objective (traceback from where it ran):\n{out.traceback}")
-    return exc

@@ -45,7 +45,7 @@ from optuna.trial import TrialState
 
 from studyhall.optimizer.study._study import TrialHandle
 from studyhall.storage import Storage, retrying
-from studyhall.storage import _leases as rows
+from studyhall.storage import _leases as lease_rows
 from studyhall.storage._leases import Lease, LeaseExpired
 
 if TYPE_CHECKING:
@@ -116,20 +116,20 @@ class Leases:
     def grant(self, study_id: int, trial_ids: Sequence[int], lease_s: float) -> float:
         """Lease new trials for ``lease_s`` seconds; returns the expiry (database clock)."""
         expires = self.now() + lease_s
-        rows.grant(self.storage, study_id, trial_ids, lease_s, expires)
+        lease_rows.grant(self.storage, study_id, trial_ids, lease_s, expires)
         return expires
 
     def renew(self, trial_id: int, lease_s: float | None = None) -> float | LeaseExpired | None:
         """Extend a valid lease (by its own length, or ``lease_s``); EXPIRED, or None if never leased."""
-        return rows.renew(self.storage, trial_id, self.now(), lease_s)
+        return lease_rows.renew(self.storage, trial_id, self.now(), lease_s)
 
     def claim(self, trial_id: int) -> Lease | LeaseExpired | None:
         """Take a trial's valid lease for a tell; EXPIRED if it ran out, None if it has none."""
-        return rows.claim(self.storage, trial_id, self.now())
+        return lease_rows.claim(self.storage, trial_id, self.now())
 
     def restore(self, lease: Lease) -> None:
         """Put back a lease claimed by a tell that was rejected (the trial is still RUNNING)."""
-        rows.restore(self.storage, lease)
+        lease_rows.restore(self.storage, lease)
 
     # ---- expiry ------------------------------------------------------------------------
 
@@ -154,10 +154,10 @@ class Leases:
         """
         now = self.now()
         expired = []
-        for lease in rows.expired(self.storage, now, SWEEP_BATCH):
+        for lease in lease_rows.expired(self.storage, now, SWEEP_BATCH):
             if lease.expires_at < 0 and now + lease.expires_at < RECLAIM_S:
                 continue  # another process is expiring it right now
-            if not rows.take(self.storage, lease.trial_id, lease.expires_at, now):
+            if not lease_rows.take(self.storage, lease.trial_id, lease.expires_at, now):
                 continue
             try:
                 done = self._expire(lease)
@@ -174,7 +174,7 @@ class Leases:
             study = self._study_of(lease.study_id)
             frozen = retrying(self.storage.optuna.get_trial, lease.trial_id)
         except KeyError:  # the study or trial was deleted meanwhile
-            rows.drop(self.storage, lease.trial_id)
+            lease_rows.drop(self.storage, lease.trial_id)
             return None
         result = None
         if frozen.state == TrialState.RUNNING:
@@ -184,5 +184,5 @@ class Leases:
             )
             if study.fail_abandoned(frozen, reason=reason, failure="lease"):
                 result = (study.name, frozen.number)
-        rows.drop(self.storage, lease.trial_id)
+        lease_rows.drop(self.storage, lease.trial_id)
         return result
