@@ -132,7 +132,7 @@ class Orchestrator:
             if isinstance(sampler, str) or sampler is None:
                 retrying(
                     self.storage.optuna.set_study_system_attr,
-                    ostudy._study_id,
+                    study._study_id,
                     SAMPLER_ATTR,
                     {"name": (sampler or "tpe").lower(), "seed": seed},
                 )
