@@ -26,10 +26,11 @@ fails and retries it a grace period later. Nothing stays RUNNING forever.
 Exactly-once across service processes on one database: a tell and an expiry
 claim the same row with conditional statements, so only one of them proceeds;
 two sweeps race on a compare-and-set of ``expires_at``; and against
-``Study.fail_stale_trials`` in other processes, whoever's
-``set_trial_state_values`` wins retries the trial, the loser gets
-``UpdateFinishedTrialError`` and only deletes the row. A sweeper that died
-mid-claim is taken over after ``RECLAIM_S``.
+``Study.fail_stale_trials`` in other processes, whoever's conditional update of
+the trial's state (``Study.fail_abandoned``) matches the RUNNING row retries the
+trial, the loser changes nothing and only deletes the lease. A sweeper that died
+mid-claim is taken over after ``RECLAIM_S``. The statements are in
+``storage/_leases.py``; this module keeps the clock, the sweep and the policy.
 """
 
 from __future__ import annotations
