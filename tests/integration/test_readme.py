@@ -83,10 +83,14 @@ def _clean_env(tmp_path: Path, db: str) -> dict[str, str]:
 def _run_script(code: str, tmp_path: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "readme_examples.py"
     script.write_text(code, encoding="utf-8")
-    return subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=timeout, check=False,
-    )
+    try:
+        return subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        pytest.fail(f"the examples ran past {timeout:g}s; stderr so far:\n{err[-4000:]}")
 
 
 def test_readme_python_blocks_run_in_order(tmp_path: Path) -> None:
@@ -104,7 +108,7 @@ def test_readme_python_blocks_run_in_order(tmp_path: Path) -> None:
         f"__import__('sys').stderr.write('[README.md:{b.line}]\\n')\n{b.code}\n" for b in run
     )
     started = time.monotonic()
-    proc = _run_script(code, tmp_path, _clean_env(tmp_path, "readme.db"), timeout=150)
+    proc = _run_script(code, tmp_path, _clean_env(tmp_path, "readme.db"), timeout=110)  # under pytest-timeout's 120 s, so the output is kept
     took = time.monotonic() - started
     last = re.findall(r"\[README\.md:(\d+)\]", proc.stderr)
     where = f"README.md:{last[-1]}" if last else "before the first block"
