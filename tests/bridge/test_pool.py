@@ -12,8 +12,16 @@ import pool_helpers as h
 import pytest
 
 from studyhall import bridge
-from studyhall.bridge import InvalidRequest, PoolClosed, StudyhallError, WorkerPool, worker_channel
-from studyhall.bridge._pool import ChannelError, PoolState, RemoteTraceback, SerializationError, run_inline
+from studyhall.bridge import (
+    ChannelError,
+    InvalidRequest,
+    PoolClosed,
+    SerializationError,
+    StudyhallError,
+    WorkerPool,
+    worker_channel,
+)
+from studyhall.bridge.pool import PoolState, RemoteTraceback, run_inline
 
 STATS_KEYS = {
     "workers", "busy", "idle", "queued", "completed", "failed", "timeouts",

@@ -19,8 +19,8 @@ from typing import Any
 
 import cloudpickle
 
-from studyhall.bridge import _worker
-from studyhall.bridge._errors import InvalidRequest, StudyhallError
+from studyhall.bridge._errors import ChannelError, InvalidRequest, SerializationError
+from studyhall.bridge.pool import _worker
 
 logger = logging.getLogger("studyhall.bridge.pool")
 
@@ -37,14 +37,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\n" + "".join(f"    {line}\n" for line in self.text.rstrip().splitlines())
-
-
-class SerializationError(StudyhallError):
-    """A task's call, result, exception or channel payload could not cross the process boundary."""
-
-
-class ChannelError(StudyhallError):
-    """A channel message could not be answered (no ``on_call``, or an error that could not be pickled)."""
 
 
 @dataclass(eq=False)
