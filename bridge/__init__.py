@@ -31,7 +31,7 @@ from studyhall.bridge._errors import (
 
 # Public name -> the private module that defines it (imported on first access).
 _LAZY = {
-    "Completion": "studyhall.bridge.llm._client",
+    "Completion": "studyhall.bridge.llm._completion",
     "Decision": "studyhall.bridge._ratelimit",
     "FakeProvider": "studyhall.bridge.llm._fake",
     "LLMClient": "studyhall.bridge.llm._client",
@@ -51,7 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from studyhall.bridge._fallbacks import with_fallbacks
     from studyhall.bridge._ratelimit import Decision, Limit, RateLimiter
     from studyhall.bridge._telemetry import TaskRecorder, current_recorder, recording
-    from studyhall.bridge.llm._client import Completion, LLMClient
+    from studyhall.bridge.llm._client import LLMClient
+    from studyhall.bridge.llm._completion import Completion
     from studyhall.bridge.llm._fake import FakeProvider
     from studyhall.bridge.pool._core import PoolTimeouts
     from studyhall.bridge.pool._pool import WorkerPool

@@ -2,23 +2,10 @@
 
 One ``chat()``::
 
-    cache hit? ──────────────────────────────────────────────> Completion(cached=True)
-    estimate tokens: prompt ~ sum(ceil(chars/4) + 4 per message) + 3, plus max_tokens
-    ┌─> limiter.acquire(tokens=estimate, timeout=time left)   (backpressure, FIFO)
-    │   POST {base_url}/chat/completions  (httpx, pooled connections)
-    │     200      -> limiter.adjust(actual - estimate), telemetry, Completion
-    │     429      -> limiter.pause(Retry-After) so that every caller waits ─┐
-    │     5xx, timeout, connection error ───────────────────────────────────┤
-    └──── tenacity: wait Retry-After (else exponential backoff with jitter) ┘
-          other 4xx -> ProviderError at once; retries used up -> RateLimited /
-          ProviderError; time up -> LLMTimeout; then each fallback client in turn
-
-Token accounting follows OpenAI's: a request is charged its prompt tokens plus
-``max_tokens`` when it is admitted, so that is what the limiter reserves; when the
-answer comes, the prompt estimate is reconciled with ``usage.prompt_tokens``
-(without ``max_tokens``, the reserved default is reconciled with the tokens
-actually generated). ``input_tokens``/``output_tokens`` limits (Anthropic-style)
-are reserved as the prompt estimate and ``max_tokens`` and reconciled with usage.
+    a cached answer? (_cache.py) ─────────────────────────────> Completion(cached=True)
+    ChatCall (_call.py): wait on the limiter for the tokens reserved (_tokens.py),
+        POST, retry what is worth retrying (_retry.py) ────────> Completion
+    a ProviderError with fallbacks? each fallback client in turn; all failed -> FallbackError
 
 The API key (argument or ``$OPENAI_API_KEY``) only ever travels in the
 Authorization header: it is not logged, stored, pickled, cached, put in events or
@@ -30,205 +17,33 @@ Telemetry, on ``bridge.current_recorder()`` when a trial is recording: samples
 ``llm.attempts`` per answered call; counters ``llm.calls``, ``llm.tokens``,
 ``llm.rate_limited`` (429s seen), ``llm.retries``, ``llm.errors``,
 ``llm.fallbacks`` (calls a fallback answered) and ``llm.cache_hits``.
-
-Cache (``cache=True``): the key is ``joblib.hash((model, messages, params))``; the
-rows live in ``studyhall_llm_cache`` of the given storage (else the limiter's, else
-this process's memory), so every worker shares them. Only temperature-0 calls are
-cached, since a sampled answer is meant to differ; ``cache="always"`` caches those too.
 """
 
 from __future__ import annotations
 
 import contextvars
-import email.utils
-import logging
-import math
 import os
-import random
-import re
 import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import tenacity
 
-from studyhall.bridge._errors import InvalidRequest, LLMTimeout, ProviderError, RateLimited, RateLimitTimeout
+from studyhall.bridge._errors import InvalidRequest, ProviderError
 from studyhall.bridge._fallbacks import Fallbacks, with_fallbacks
 from studyhall.bridge._telemetry import current_recorder
+from studyhall.bridge.llm import _cache
+from studyhall.bridge.llm._cache import CacheMode
+from studyhall.bridge.llm._call import ChatCall
+from studyhall.bridge.llm._completion import Completion, from_cache, to_cache
+from studyhall.bridge.llm._tokens import Messages
 
 if TYPE_CHECKING:
-    import sqlalchemy as sa
-
     from studyhall.bridge._ratelimit import RateLimiter
     from studyhall.storage import Storage
-
-_log = logging.getLogger("studyhall.bridge.llm")
-
-Messages = Sequence[Mapping[str, Any]]
-DEFAULT_MAX_TOKENS = 256  # reserved when a call gives no max_tokens
-PER_MESSAGE_TOKENS = 4  # role, name and separators: a little over OpenAI's 3, to err high
-REPLY_TOKENS = 3
-MAX_HEADER_WAIT_S = 120.0  # a Retry-After beyond this is treated as this
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
-
-
-def estimate_prompt_tokens(messages: Messages) -> int:
-    """Tokens a prompt will cost, without a tokenizer: ``sum(ceil(chars/4) + 4) + 3``.
-
-    Four characters a token is the usual rule for English; the per-message
-    overhead is set a token above OpenAI's documented 3 so that the estimate
-    errs high (the limiter then gives the difference back).
-    """
-    total = REPLY_TOKENS
-    for m in messages:
-        content = m.get("content") or ""
-        if not isinstance(content, str):
-            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
-        total += math.ceil(len(content) / 4) + PER_MESSAGE_TOKENS
-    return total
-
-
-# ---------------------------------------------------------------- Retry-After
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_duration(text: str) -> float | None:
-    """OpenAI's reset durations (``6m0s``, ``12ms``, ``1.5s``, ``1h2m``) in seconds; None if unparsable."""
-    text = text.strip()
-    if not text:
-        return None
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            return None
-        value, unit = float(m.group(1)), m.group(2)
-        total += value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-        pos = m.end()
-    if pos != len(text):
-        try:
-            return float(text)  # a bare number of seconds
-        except ValueError:
-            return None
-    return total
-
-
-def _parse_timestamp(text: str) -> float | None:
-    import datetime
-
-    try:
-        ts = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=datetime.UTC)
-    return ts.timestamp()
-
-
-def retry_delay(headers: Mapping[str, str], now: float | None = None, *, resets: bool = True) -> float | None:
-    """Seconds a provider asked us to wait, from its response headers (None when it did not say).
-
-    In order: ``retry-after-ms``; ``retry-after`` (seconds or an HTTP date);
-    Anthropic's ``anthropic-ratelimit-*-reset`` RFC 3339 timestamps; OpenAI's
-    ``x-ratelimit-reset-requests``/``-tokens`` durations. Of several resets, those
-    of exhausted buckets (remaining 0) decide, the latest of them; else the earliest.
-    ``resets=False`` reads only the Retry-After forms (for a 5xx, where the
-    rate-limit headers describe the buckets, not the failure).
-    """
-    h = {k.lower(): v for k, v in headers.items()}
-    now = time.time() if now is None else now
-    if "retry-after-ms" in h:
-        try:
-            return max(0.0, float(h["retry-after-ms"]) / 1000.0)
-        except ValueError:
-            pass
-    if "retry-after" in h:
-        value = h["retry-after"].strip()
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError, IndexError):
-                when = None
-            if when is not None:
-                return max(0.0, when.timestamp() - now)
-    if not resets:
-        return None
-    for prefix, suffix, parse in (
-        ("anthropic-ratelimit-", "-reset", lambda v: None if (t := _parse_timestamp(v)) is None else t - now),
-        ("x-ratelimit-reset-", "", parse_duration),
-    ):
-        exhausted: list[float] = []
-        others: list[float] = []
-        for key, value in h.items():
-            if not (key.startswith(prefix) and key.endswith(suffix)):
-                continue
-            if prefix.startswith("anthropic"):
-                bucket = key[len(prefix) : -len(suffix)]
-                remaining = h.get(f"{prefix}{bucket}-remaining")
-            else:
-                bucket = key[len(prefix) :]
-                remaining = h.get(f"x-ratelimit-remaining-{bucket}")
-            seconds = parse(value)
-            if seconds is None:
-                continue
-            (exhausted if remaining is not None and remaining.strip() == "0" else others).append(max(0.0, seconds))
-        if exhausted:
-            return max(exhausted)
-        if others:
-            return min(others)
-    return None
-
-
-# ---------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One chat answer.
-
-    ``latency_s`` is the round trip of the attempt that answered; ``waited_s`` the
-    time spent before it (limiter, backoff, failed attempts); ``attempts`` counts
-    HTTP attempts (0 for a cache hit).
-    """
-
-    text: str
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float
-    attempts: int
-    finish_reason: str | None = None
-    waited_s: float = 0.0
-    cached: bool = False
-
-    @property
-    def total_tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
-
-class _Retryable(Exception):
-    """One failed attempt worth retrying (internal; translated before it leaves chat())."""
-
-    def __init__(self, message: str, status: int | None, delay: float | None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.delay = delay
-
-
-class _Stop(Exception):
-    """An attempt that must not be retried, carrying the error to raise."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 def _close_in_owner(http: httpx.Client, pid: int) -> None:
@@ -249,48 +64,6 @@ class _Secret:
 
     def __reduce__(self) -> Any:
         raise TypeError("an API key is never pickled; the other side reads it from its environment")
-
-
-# ---------------------------------------------------------------- cache
-
-
-_memory_cache: dict[str, dict[str, Any]] = {}
-_memory_cache_lock = threading.Lock()
-
-
-def _cache_get(store: Storage | None, key: str) -> dict[str, Any] | None:
-    if store is None:
-        with _memory_cache_lock:
-            return _memory_cache.get(key)
-    import sqlalchemy as sa
-
-    from studyhall.storage import tables
-
-    t = tables.llm_cache
-
-    def read(conn: sa.Connection) -> dict[str, Any] | None:
-        row = conn.execute(sa.select(t.c.response).where(t.c.key == key)).first()
-        return None if row is None else dict(row.response)
-
-    return store.transaction(read)
-
-
-def _cache_put(store: Storage | None, key: str, model: str, response: dict[str, Any]) -> None:
-    if store is None:
-        with _memory_cache_lock:
-            _memory_cache[key] = response
-        return
-    from studyhall.storage import tables
-    from studyhall.storage._sql import insert_ignore
-
-    store.transaction(
-        lambda conn: insert_ignore(
-            conn, tables.llm_cache, [{"key": key, "model": model[:255], "response": response, "created_at": time.time()}]
-        )
-    )
-
-
-# ---------------------------------------------------------------- the client
 
 
 class LLMClient:
@@ -333,7 +106,7 @@ class LLMClient:
         timeout: float = 60.0,
         max_retries: int = 6,
         fallbacks: Sequence[LLMClient] = (),
-        cache: bool | Literal["always"] = False,
+        cache: CacheMode = False,
         storage: Storage | str | None = None,
         attempt_timeout: float | None = None,
         max_connections: int = 64,
@@ -505,6 +278,25 @@ class LLMClient:
     def _chat(
         self, messages: Messages, max_tokens: int | None, temperature: float | None, params: dict[str, Any]
     ) -> Completion:
+        """One call without the fallbacks: a cached answer, else a ChatCall (whose answer is cached)."""
+        body = self._request_body(messages, max_tokens, temperature, params)
+        rec = current_recorder()
+        key = _cache.cache_key(self.cache, self.model, body)
+        if key is not None:
+            hit = _cache.lookup(self._cache_storage, key)
+            if hit is not None:
+                if rec is not None:
+                    rec.add("llm.cache_hits")
+                return from_cache(hit)
+        completion = ChatCall(self, body, rec).run()
+        if key is not None:
+            _cache.save(self._cache_storage, key, self.model, to_cache(completion))
+        return completion
+
+    def _request_body(
+        self, messages: Messages, max_tokens: int | None, temperature: float | None, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The JSON body of the request (checked first)."""
         msgs = self._check_messages(messages)
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise InvalidRequest(f"max_tokens={max_tokens!r} must be an int >= 1")
@@ -513,126 +305,16 @@ class LLMClient:
             body["max_tokens"] = max_tokens
         if temperature is not None:
             body["temperature"] = temperature
-        rec = current_recorder()
+        return body
 
-        use_cache = self.cache == "always" or (self.cache is True and temperature == 0)
-        key = ""
-        if use_cache:
-            import joblib
-
-            key = str(joblib.hash((self.model, msgs, {k: v for k, v in body.items() if k not in ("model", "messages")})))
-            hit = _cache_get(self._cache_storage, key)
-            if hit is not None:
-                if rec is not None:
-                    rec.add("llm.cache_hits")
-                return Completion(**{**hit, "latency_s": 0.0, "attempts": 0, "waited_s": 0.0, "cached": True})
-
-        est_prompt = estimate_prompt_tokens(msgs)
-        est_out = max_tokens or DEFAULT_MAX_TOKENS
-        start = time.monotonic()
-        deadline = start + self.timeout
-        if rec is not None:
-            rec.add("llm.calls")
-        state = {"attempts": 0, "rate_limited": 0}
-
-        def attempt() -> tuple[dict[str, Any], float]:
-            state["attempts"] += 1
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Stop(self._timeout_error(state["attempts"] - 1, None))
-            if self.limiter is not None:
-                try:
-                    self.limiter.acquire(
-                        tokens=est_prompt + est_out, input_tokens=est_prompt, output_tokens=est_out, timeout=left
-                    )
-                except RateLimitTimeout as exc:
-                    raise _Stop(self._timeout_error(state["attempts"] - 1, exc)) from exc
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _Stop(self._timeout_error(state["attempts"] - 1, None))
-            per_try = min(left, self.attempt_timeout or left)
-            key = self._api_key.value
-            headers = {"Authorization": f"Bearer {key}"} if key else {}
-            http = self._client()
-            t0 = time.monotonic()
-            try:
-                resp = http.post(f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=per_try)
-            except httpx.TimeoutException as exc:
-                raise _Retryable(f"no answer within {per_try:.1f}s ({type(exc).__name__})", None, None) from exc
-            except httpx.TransportError as exc:
-                raise _Retryable(f"connection failed ({type(exc).__name__}: {self._scrub(str(exc))[:200]})", None, None) from exc
-            latency = time.monotonic() - t0
-            if resp.status_code == 200:
-                try:
-                    return resp.json(), latency
-                except ValueError as exc:
-                    raise _Retryable("the provider answered 200 with a body that is not JSON", 200, None) from exc
-            message = self._provider_message(resp)
-            should_retry = resp.headers.get("x-should-retry", "").lower()
-            if resp.status_code == 429:
-                state["rate_limited"] += 1
-                if rec is not None:
-                    rec.add("llm.rate_limited")
-                delay = retry_delay(resp.headers)
-                if should_retry != "false":
-                    if self.limiter is not None:
-                        self.limiter.pause(min(delay if delay is not None else 1.0, MAX_HEADER_WAIT_S))
-                    raise _Retryable(message, 429, delay)
-                raise _Stop(RateLimited(f"{self.model} at {self.base_url} answered 429: {message}", status=429, model=self.model))
-            if (resp.status_code in RETRYABLE_STATUS or resp.status_code >= 500) and should_retry != "false":
-                raise _Retryable(message, resp.status_code, retry_delay(resp.headers, resets=False))
-            raise _Stop(
-                ProviderError(
-                    f"{self.model} at {self.base_url} answered {resp.status_code}: {message}; "
-                    "this is not retried (check the request, the model name and the API key)",
-                    status=resp.status_code,
-                    model=self.model,
-                )
-            )
-
-        try:
-            for tried in tenacity.Retrying(
-                retry=tenacity.retry_if_exception_type(_Retryable),
-                wait=self._wait,
-                stop=self._stop(deadline),
-                reraise=True,
-                before_sleep=self._log_retry,
-            ):
-                with tried:
-                    data, latency = attempt()
-        except _Stop as stop:
-            if rec is not None:
-                rec.add("llm.errors")
-                rec.add("llm.retries", max(0, state["attempts"] - 1))
-            raise stop.error from stop.__cause__
-        except _Retryable as exc:
-            if rec is not None:
-                rec.add("llm.errors")
-                rec.add("llm.retries", max(0, state["attempts"] - 1))
-            raise self._exhausted(exc, state["attempts"], deadline) from (exc.__cause__ or exc)
-
-        completion = self._completion(data, latency, state["attempts"], time.monotonic() - start - latency)
-        if self.limiter is not None:
-            charged_out = max_tokens if max_tokens is not None else completion.completion_tokens
-            d_tokens = completion.prompt_tokens + charged_out - (est_prompt + est_out)
-            d_in = completion.prompt_tokens - est_prompt
-            d_out = completion.completion_tokens - est_out
-            if d_tokens or d_in or d_out:
-                self.limiter.adjust(tokens=d_tokens, input_tokens=d_in, output_tokens=d_out)
-        if rec is not None:
-            rec.observe("llm.latency_s", completion.latency_s)
-            rec.observe("llm.prompt_tokens", completion.prompt_tokens)
-            rec.observe("llm.completion_tokens", completion.completion_tokens)
-            rec.observe("llm.attempts", completion.attempts)
-            rec.add("llm.tokens", completion.total_tokens)
-            if completion.attempts > 1:
-                rec.add("llm.retries", completion.attempts - 1)
-        if use_cache:
-            saved = asdict(completion)
-            for k in ("latency_s", "attempts", "waited_s", "cached"):
-                saved.pop(k)
-            _cache_put(self._cache_storage, key, self.model, saved)
-        return completion
+    def _post(self, body: dict[str, Any], timeout: float) -> tuple[httpx.Response, float]:
+        """POST one attempt; the response and its round-trip time (httpx errors propagate)."""
+        key = self._api_key.value
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        http = self._client()
+        t0 = time.monotonic()
+        resp = http.post(f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=timeout)
+        return resp, time.monotonic() - t0
 
     def _provider_message(self, resp: httpx.Response) -> str:
         try:
@@ -644,96 +326,5 @@ class LLMClient:
             text = resp.text
         return self._scrub(" ".join(text.split())[:500]) or resp.reason_phrase
 
-    def _completion(self, data: dict[str, Any], latency: float, attempts: int, waited: float) -> Completion:
-        try:
-            choice = data["choices"][0]
-            text = choice.get("message", {}).get("content") or ""
-            usage = data.get("usage") or {}
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise ProviderError(
-                f"{self.model} at {self.base_url} answered 200 without choices[0].message; "
-                "is base_url an OpenAI-compatible /v1 root?",
-                status=200,
-                model=self.model,
-            ) from exc
-        return Completion(
-            text=str(text),
-            model=str(data.get("model") or self.model),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            latency_s=latency,
-            attempts=attempts,
-            finish_reason=choice.get("finish_reason"),
-            waited_s=max(0.0, waited),
-        )
 
-    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        delay: float | None = getattr(exc, "delay", None)
-        if delay is not None:
-            delay = min(delay, MAX_HEADER_WAIT_S)
-            if getattr(exc, "status", None) == 429 and self.limiter is not None:
-                return 0.0  # the limiter was paused for it: the next acquire() waits
-            return delay * (1.0 + 0.1 * random.random())
-        # Exponential backoff with full jitter: up to backoff, 2*backoff, ... capped at 30s.
-        return random.uniform(0.0, min(30.0, self.backoff * 2 ** (retry_state.attempt_number - 1)))
-
-    def _stop(self, deadline: float) -> Any:
-        max_attempts = self.max_retries + 1
-
-        def stop(retry_state: tenacity.RetryCallState) -> bool:
-            if retry_state.attempt_number >= max_attempts:
-                return True
-            return time.monotonic() + retry_state.upcoming_sleep >= deadline
-
-        return stop
-
-    def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        status = getattr(exc, "status", None)
-        # A 429 is expected backpressure (the limiter pauses everyone); only other
-        # failures deserve a warning on the user's terminal.
-        _log.log(
-            logging.INFO if isinstance(exc, RateLimited) or status == 429 else logging.WARNING,
-            "%s: attempt %d failed (%s%s); retrying in %.2fs",
-            self.model,
-            retry_state.attempt_number,
-            f"HTTP {status}: " if status else "",
-            str(exc)[:200],
-            retry_state.upcoming_sleep,
-        )
-
-    def _timeout_error(self, attempts: int, cause: Exception | None) -> LLMTimeout:
-        if isinstance(cause, RateLimitTimeout):
-            why = " waiting for the rate limiter"
-        elif cause is not None:
-            why = f" (last attempt: {cause})"
-        else:
-            why = ""
-        return LLMTimeout(
-            f"{self.model} at {self.base_url}: no answer within timeout={self.timeout:g}s{why} "
-            f"after {attempts} attempt(s); raise timeout= or lower the load",
-            model=self.model,
-        )
-
-    def _exhausted(self, exc: _Retryable, attempts: int, deadline: float) -> ProviderError:
-        if attempts <= self.max_retries or time.monotonic() >= deadline:
-            # Stopped before the retries ran out: the next wait would have passed the deadline.
-            return self._timeout_error(attempts, exc)
-        what = f"{self.model} at {self.base_url}"
-        if exc.status == 429:
-            return RateLimited(
-                f"{what} kept answering 429 through {attempts} attempts ({exc}); lower the "
-                "limiter's rpm/tpm to the provider's limits or raise max_retries",
-                status=429,
-                model=self.model,
-            )
-        status = f"HTTP {exc.status}" if exc.status else "no answer"
-        return ProviderError(
-            f"{what} failed {attempts} attempts ({status}: {exc}); the provider may be down, retry later",
-            status=exc.status,
-            model=self.model,
-        )
-
-
-__all__ = ["Completion", "LLMClient", "estimate_prompt_tokens", "parse_duration", "retry_delay"]
+__all__ = ["LLMClient"]

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from studyhall.bridge import FakeProvider, InvalidRequest
-from studyhall.bridge.llm._client import retry_delay
+from studyhall.bridge.llm import retry_delay
 from studyhall.bridge.llm._fake import format_reset, prompt_tokens
 
 Q = [{"role": "user", "content": "2+2?"}]
