@@ -1,8 +1,8 @@
 """The state a ``WorkerPool`` shares between its threads, and what ends a task or a worker.
 
-``bridge.pool._pool`` is the front (public API and lifecycle); ``bridge.pool._dispatch``
-hands tasks to workers and handles what the lanes read; ``bridge.pool._supervisor``
-watches processes and deadlines. All three work on the attributes declared on
+``_pool.py`` is the front (public API and lifecycle); ``_dispatch.py`` hands tasks
+to workers and handles what the lanes read; ``_supervisor.py`` watches processes
+and deadlines. All three work on the attributes declared on
 ``PoolCore`` here, under ``PoolCore._lock``.
 """
 
@@ -195,5 +195,5 @@ def close_fds(*fds: int) -> None:
             pass
 
 
-# Pools still running at interpreter exit: stopped by an atexit hook in bridge.pool._pool.
+# Pools still running at interpreter exit: stopped by an atexit hook in _pool.py.
 live_pools: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -1,6 +1,6 @@
 """Task dispatch for ``WorkerPool``: handing tasks to workers, and what each lane reads.
 
-A lane thread (one per worker, see ``bridge.pool._workers``) calls ``_on_message``
+A lane thread (one per worker, see ``_workers.py``) calls ``_on_message``
 for every message, in the order the worker sent it: channel calls and sends go to
 the task's callbacks, DONE resolves the future after giving the worker its next
 task, READY and PONG make a worker available.

@@ -7,7 +7,7 @@ Data flow (one lock, ``WorkerPool._lock``, guards every piece of state below)::
                                   ▼                                             ▼
                           pending (deque) ──► the next free worker ──► socket: TASK(id, call)
                                                                                │
-      bridge.pool._worker (own process group): main thread runs fn(*args) ◄────────┘
+      pool/_worker.py (own process group): main thread runs fn(*args) ◄────────┘
                           │  Channel.call / Channel.send / the result
                           ▼
       lane thread, one per worker, reads its socket in order:
@@ -24,12 +24,12 @@ Data flow (one lock, ``WorkerPool._lock``, guards every piece of state below)::
         └─ scaling ─► spawn (min, demand, replacements; restart-storm guard),
                       stop idle workers after idle_shrink_after, resize()
 
-Where each piece lives: this module, the public API and lifecycle;
-``bridge.pool._dispatch``, handing tasks to workers and the lanes' handlers;
-``bridge.pool._supervisor``, the supervisor thread (worker management);
-``bridge.pool._core``, the shared state and what ends a task; ``bridge.pool._tasks``,
-one task (pickling, results, errors, ``run_inline``); ``bridge.pool._workers``, one
-worker process; ``bridge.pool._worker``, the worker's side and ``worker_channel()``.
+Where each piece lives, in ``bridge/pool/``: ``_pool.py`` (this module), the public
+API and lifecycle; ``_dispatch.py``, handing tasks to workers and the lanes'
+handlers; ``_supervisor.py``, the supervisor thread (worker management);
+``_core.py``, the shared state and what ends a task; ``_tasks.py``, one task
+(pickling, results, errors, ``run_inline``); ``_workers.py``, one worker process;
+``_worker.py``, the worker's side and ``worker_channel()``.
 
 Reserved keyword names of ``submit``: ``timeout``, ``on_call`` and ``on_send``
 go to the pool, every other keyword argument to the task.
