@@ -32,12 +32,12 @@ from studyhall.bridge._errors import (
 # Public name -> the private module that defines it (imported on first access).
 _LAZY = {
     "Completion": "studyhall.bridge.llm._completion",
-    "Decision": "studyhall.bridge._ratelimit",
+    "Decision": "studyhall.bridge.ratelimit",
     "FakeProvider": "studyhall.bridge.llm._fake",
     "LLMClient": "studyhall.bridge.llm._client",
-    "Limit": "studyhall.bridge._ratelimit",
+    "Limit": "studyhall.bridge.ratelimit",
     "PoolTimeouts": "studyhall.bridge.pool._core",
-    "RateLimiter": "studyhall.bridge._ratelimit",
+    "RateLimiter": "studyhall.bridge.ratelimit",
     "TaskRecorder": "studyhall.bridge._telemetry",
     "WorkerPool": "studyhall.bridge.pool._pool",
     "current_recorder": "studyhall.bridge._telemetry",
@@ -49,7 +49,6 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from studyhall.bridge._fallbacks import with_fallbacks
-    from studyhall.bridge._ratelimit import Decision, Limit, RateLimiter
     from studyhall.bridge._telemetry import TaskRecorder, current_recorder, recording
     from studyhall.bridge.llm._client import LLMClient
     from studyhall.bridge.llm._completion import Completion
@@ -57,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from studyhall.bridge.pool._core import PoolTimeouts
     from studyhall.bridge.pool._pool import WorkerPool
     from studyhall.bridge.pool._worker import worker_channel
+    from studyhall.bridge.ratelimit import Decision, Limit, RateLimiter
 
 
 def __getattr__(name: str) -> Any:

@@ -42,7 +42,7 @@ from studyhall.bridge.llm._completion import Completion, from_cache, to_cache
 from studyhall.bridge.llm._tokens import Messages
 
 if TYPE_CHECKING:
-    from studyhall.bridge._ratelimit import RateLimiter
+    from studyhall.bridge.ratelimit import RateLimiter
     from studyhall.storage import Storage
 
 
