@@ -43,6 +43,15 @@ def public_channel_call(payload: Any) -> Any:
     return public().call(payload)  # type: ignore[union-attr]
 
 
+def loaded() -> tuple[list[str], bool, str]:
+    """In a worker: the heavy modules loaded, whether ``studyhall.bridge.worker_channel``
+    finds this task's channel, and the module that runs the worker."""
+    from studyhall.bridge import worker_channel as public
+
+    heavy = sorted(m for m in ("sqlalchemy", "optuna", "numpy", "httpx", "tenacity", "asyncio") if m in sys.modules)
+    return heavy, public() is not None, public.__module__
+
+
 def double(x: int) -> int:
     return 2 * x
 

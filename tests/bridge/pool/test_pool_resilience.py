@@ -25,7 +25,7 @@ from studyhall.bridge import (
 )
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = HERE.parents[2]
 
 
 def gone(pid: int) -> bool:
