@@ -1,6 +1,9 @@
 """bridge's exceptions: what can go wrong across a process or network boundary.
 
-The whole tree, with every package's branch, is drawn in ``studyhall.storage._errors``.
+Those of the pool, the LLM client, the rate limiter and fallbacks, all exported
+by ``studyhall.bridge``. They load with ``studyhall.bridge`` itself (and in every
+pool worker), so this module imports nothing but the root from ``storage``. The
+whole tree, with every package's branch, is drawn in ``studyhall.storage._errors``.
 """
 
 from __future__ import annotations
