@@ -2,9 +2,11 @@
 
 The pool side of one task: ``Task`` (the future, the pickled call, the deadline,
 the channel callbacks), ``encode_call`` before it leaves, ``settle`` when the
-worker answers DONE, ``answer_call`` / ``deliver_send`` for channel messages,
-and the errors a task can end with besides its own. ``run_inline`` runs the same
-task code in this process with a channel, for callers that want no subprocess.
+worker answers DONE, ``answer_call`` / ``deliver_send`` for channel messages, and
+``RemoteTraceback``, the worker's traceback attached to a task's exception (the
+errors themselves, ``SerializationError`` and ``ChannelError``, are in
+``bridge/_errors.py``). ``run_inline`` runs the same task code in this process
+with a channel, for callers that want no subprocess.
 """
 
 from __future__ import annotations
