@@ -167,7 +167,7 @@ def _telemetry(path: str) -> Any:
 def run_trial(job: dict[str, Any], call: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Run one trial (in a pool worker unless ``call`` is given); a dict describes what came of it."""
     if call is None:
-        channel = sys.modules["studyhall.bridge._worker"].worker_channel()
+        channel = sys.modules["studyhall.bridge.pool._worker"].worker_channel()
         # The trial may have waited in the pool's queue since it was asked: its true start.
         channel.send({"studyhall": STARTED, "at": time.time()})
         call = channel.call
