@@ -37,6 +37,7 @@ _HOME = {
     "retrying": "storage",
     "tables": "storage",
     # studyhall.bridge
+    "ChannelError": "bridge",
     "Completion": "bridge",
     "Decision": "bridge",
     "FakeProvider": "bridge",
@@ -45,11 +46,13 @@ _HOME = {
     "LLMTimeout": "bridge",
     "Limit": "bridge",
     "PoolClosed": "bridge",
+    "PoolTimeouts": "bridge",
     "ProviderError": "bridge",
     "RateLimitTimeout": "bridge",
     "RateLimited": "bridge",
     "RateLimiter": "bridge",
     "RestartStorm": "bridge",
+    "SerializationError": "bridge",
     "TaskRecorder": "bridge",
     "TaskTimeout": "bridge",
     "WorkerCrashed": "bridge",
@@ -90,6 +93,7 @@ _HOME = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from studyhall.bridge import (
+        ChannelError,
         Completion,
         Decision,
         FakeProvider,
@@ -98,11 +102,13 @@ if TYPE_CHECKING:  # pragma: no cover
         LLMClient,
         LLMTimeout,
         PoolClosed,
+        PoolTimeouts,
         ProviderError,
         RateLimited,
         RateLimiter,
         RateLimitTimeout,
         RestartStorm,
+        SerializationError,
         TaskRecorder,
         TaskTimeout,
         WorkerCrashed,
@@ -160,26 +166,24 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        # Read on first use: importlib.metadata costs ~30 ms, paid by every pool worker
-        # that imports studyhall.bridge (or the trial runner) if it were read at import.
-        return _version()
-    home = _HOME.get(name)
-    if home is None:
+        value: Any = _version()
+    elif name in _HOME:
+        value = getattr(importlib.import_module(f"studyhall.{_HOME[name]}"), name)
+    else:
         raise AttributeError(f"module 'studyhall' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"studyhall.{home}"), name)
     globals()[name] = value
     return value
 
 
 def _version() -> str:
+    # On first access only: importlib.metadata costs a pool worker, which imports
+    # studyhall on every start, some 25 ms.
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        found = version("studyhall")
+        return version("studyhall")
     except PackageNotFoundError:  # pragma: no cover - a checkout on sys.path without an install
-        found = "0+unknown"
-    globals()["__version__"] = found
-    return found
+        return "0+unknown"
 
 
 def __dir__() -> list[str]:
@@ -188,6 +192,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Categorical",
+    "ChannelError",
     "Client",
     "Completion",
     "Conflict",
@@ -208,12 +213,14 @@ __all__ = [
     "OptimizeReport",
     "Orchestrator",
     "PoolClosed",
+    "PoolTimeouts",
     "ProviderError",
     "RateLimitTimeout",
     "RateLimited",
     "RateLimiter",
     "RemoteStudy",
     "RestartStorm",
+    "SerializationError",
     "ServiceError",
     "Storage",
     "StorageError",

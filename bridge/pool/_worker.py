@@ -1,6 +1,6 @@
-"""The worker side of ``bridge.WorkerPool``: one subprocess, one task at a time.
+"""The worker side of ``WorkerPool``: one subprocess, one task at a time.
 
-A worker is started by the pool as ``python -c WORKER_BOOT <this file> <fd> <parent pid>``
+A worker is started by the pool as ``python -P -c WORKER_BOOT <root> <fd> <parent pid>``
 in a session (and so a process group) of its own. It talks to the pool over one
 Unix socket, with length-prefixed pickled tuples::
 
@@ -17,12 +17,13 @@ for them). Plain tasks thus pay no thread hand-off. End-of-file on the socket, o
 SIGHUP (PR_SET_PDEATHSIG), means the pool's process is gone: the worker kills its
 whole process group, itself and whatever its task started.
 
-This module imports only the standard library (and cloudpickle once configured):
-``import bridge`` would pull in ``storage`` and SQLAlchemy, a third of a second on
-every worker start, and a replacement worker should be ready in a few tens of ms.
-The pool therefore loads this file by path (see ``WORKER_BOOT``), registered as
-``bridge._worker`` so that ``bridge.worker_channel()`` in a task finds the same
-module state.
+``WORKER_BOOT`` imports this module the ordinary way, never runs it as
+``__main__``: it is then the very module ``studyhall.bridge.worker_channel`` names,
+so a task sees the channel the worker set. That import is cheap because
+``studyhall``, ``studyhall.bridge`` and ``studyhall.bridge.pool`` load their names
+lazily (only the exceptions at once), and this module imports only the standard
+library (cloudpickle when a task needs it): a replacement worker is ready in a few
+tens of ms.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import socket
 import struct
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -51,12 +51,15 @@ OK, RAISED, UNPICKLABLE = "ok", "raised", "unpicklable"
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 _HEADER = struct.Struct("!Q")
 
-# What the pool runs: ``python -c WORKER_BOOT /path/to/_worker.py FD PARENT_PID``.
+# What the pool runs: ``python -P -c WORKER_BOOT ROOT FD PARENT_PID``. ROOT is the
+# directory the pool's own ``studyhall`` was imported from, appended (not prepended:
+# it must shadow nothing) so that a worker finds studyhall even where only the
+# pool's process had it on sys.path.
 WORKER_BOOT = (
-    "import importlib.util as u,sys\n"
-    "s=u.spec_from_file_location('studyhall.bridge._worker',sys.argv[1])\n"
-    "m=u.module_from_spec(s);sys.modules[s.name]=m;s.loader.exec_module(m)\n"
-    "m.main(sys.argv[2:])\n"
+    "import sys\n"
+    "sys.path.append(sys.argv[1])\n"
+    "from studyhall.bridge.pool import _worker\n"
+    "_worker.main(sys.argv[2:])\n"
 )
 
 
@@ -319,10 +322,21 @@ class _Worker:
         try:
             answer = self.health_check()
         except BaseException as exc:  # noqa: BLE001
-            return False, "health_check raised " + "".join(traceback.format_exception_only(exc)).strip()
+            return False, "health_check raised " + _format(exc, only=True)
         if not answer:
             return False, f"health_check returned {answer!r}"
         return True, ""
+
+
+def _format(exc: BaseException, *, only: bool = False) -> str:
+    """The exception's traceback as text (or with ``only``, its last line)."""
+    # Imported on the first failure: traceback (with linecache and tokenize) is a
+    # tenth of this module's import time, and most workers never need it.
+    import traceback
+
+    if only:
+        return "".join(traceback.format_exception_only(exc)).strip()
+    return "".join(traceback.format_exception(exc))
 
 
 def _type_name(obj: object) -> str:
@@ -349,7 +363,7 @@ def _returned(task_id: int, result: object) -> tuple[Any, ...]:
 
 
 def _raised(task_id: int, exc: BaseException) -> tuple[Any, ...]:
-    text = "".join(traceback.format_exception(exc))
+    text = _format(exc)
     try:
         blob: bytes | None = _dumps(exc)
     except Exception:  # noqa: BLE001 - the pool reports the type and message instead
@@ -399,7 +413,7 @@ def _initialize(wire: Wire, blob: bytes) -> None:
         init = pickle.loads(blob)
         (resolve(init) if isinstance(init, str) else init)()
     except BaseException as exc:  # noqa: BLE001 - whatever it is, this worker cannot serve
-        sys.stderr.write("studyhall worker: the pool's initializer raised:\n" + "".join(traceback.format_exception(exc)))
+        sys.stderr.write("studyhall worker: the pool's initializer raised:\n" + _format(exc))
         _flush_stdio()
         wire.send((INIT_FAILED, f"{type(exc).__name__}: {exc}"[:500]))
         try:  # exit once the pool has read why (it answers with STOP)

@@ -12,8 +12,16 @@ import pool_helpers as h
 import pytest
 
 from studyhall import bridge
-from studyhall.bridge import InvalidRequest, PoolClosed, StudyhallError, WorkerPool, worker_channel
-from studyhall.bridge._pool import ChannelError, PoolState, RemoteTraceback, SerializationError, run_inline
+from studyhall.bridge import (
+    ChannelError,
+    InvalidRequest,
+    PoolClosed,
+    SerializationError,
+    StudyhallError,
+    WorkerPool,
+    worker_channel,
+)
+from studyhall.bridge.pool import PoolState, RemoteTraceback, run_inline
 
 STATS_KEYS = {
     "workers", "busy", "idle", "queued", "completed", "failed", "timeouts",
@@ -130,6 +138,15 @@ def test_on_call_may_block_without_stalling_other_workers(pool: WorkerPool) -> N
     finally:
         release.set()
     assert blocked.result(timeout=30) > 0
+
+
+def test_a_worker_starts_light_and_shares_the_public_channel(pool: WorkerPool) -> None:
+    # The worker imports studyhall.bridge.pool._worker the ordinary way (not as
+    # __main__, not by path): the public name is the module whose channel is set.
+    heavy, has_channel, module = pool.submit(h.loaded).result(timeout=30)
+    assert heavy == []
+    assert has_channel
+    assert module == "studyhall.bridge.pool._worker"
 
 
 def test_worker_channel_is_none_outside_tasks() -> None:

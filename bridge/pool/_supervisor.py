@@ -16,11 +16,11 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
-from studyhall.bridge import _worker
 from studyhall.bridge._errors import PoolClosed, RestartStorm
-from studyhall.bridge._pool_core import CAPACITY, INF, Actions, Fail, PoolCore, PoolState, live_pools
-from studyhall.bridge._pool_tasks import fail
-from studyhall.bridge._pool_workers import WorkerProcess, WorkerState
+from studyhall.bridge.pool import _worker
+from studyhall.bridge.pool._core import CAPACITY, INF, Actions, Fail, PoolCore, PoolState, live_pools
+from studyhall.bridge.pool._tasks import fail
+from studyhall.bridge.pool._workers import WorkerProcess, WorkerState
 
 logger = logging.getLogger("studyhall.bridge.pool")
 

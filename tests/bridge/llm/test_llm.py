@@ -25,7 +25,7 @@ from studyhall.bridge import (
     StudyhallError,
     recording,
 )
-from studyhall.bridge._llm import estimate_prompt_tokens, parse_duration, retry_delay
+from studyhall.bridge.llm import estimate_prompt_tokens, parse_duration, retry_delay
 from studyhall.storage import tables
 
 Q = [{"role": "user", "content": "2+2?"}]

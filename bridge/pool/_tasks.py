@@ -2,9 +2,11 @@
 
 The pool side of one task: ``Task`` (the future, the pickled call, the deadline,
 the channel callbacks), ``encode_call`` before it leaves, ``settle`` when the
-worker answers DONE, ``answer_call`` / ``deliver_send`` for channel messages,
-and the errors a task can end with besides its own. ``run_inline`` runs the same
-task code in this process with a channel, for callers that want no subprocess.
+worker answers DONE, ``answer_call`` / ``deliver_send`` for channel messages, and
+``RemoteTraceback``, the worker's traceback attached to a task's exception (the
+errors themselves, ``SerializationError`` and ``ChannelError``, are in
+``bridge/_errors.py``). ``run_inline`` runs the same task code in this process
+with a channel, for callers that want no subprocess.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 
 import cloudpickle
 
-from studyhall.bridge import _worker
-from studyhall.bridge._errors import InvalidRequest, StudyhallError
+from studyhall.bridge._errors import ChannelError, InvalidRequest, SerializationError
+from studyhall.bridge.pool import _worker
 
 logger = logging.getLogger("studyhall.bridge.pool")
 
@@ -37,14 +39,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\n" + "".join(f"    {line}\n" for line in self.text.rstrip().splitlines())
-
-
-class SerializationError(StudyhallError):
-    """A task's call, result, exception or channel payload could not cross the process boundary."""
-
-
-class ChannelError(StudyhallError):
-    """A channel message could not be answered (no ``on_call``, or an error that could not be pickled)."""
 
 
 @dataclass(eq=False)

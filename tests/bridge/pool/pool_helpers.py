@@ -2,9 +2,8 @@
 
 pytest puts this directory on sys.path and pool workers inherit the parent's
 sys.path, so these run in workers by reference. Also ``wait_until`` for the tests.
-Most tasks reach the channel through ``bridge._worker`` so that a fresh worker does
-not import ``bridge`` (and SQLAlchemy through ``storage``) for every test;
-``public_channel_call`` checks the public ``bridge.worker_channel`` path.
+Tasks reach the channel through the public ``studyhall.bridge.worker_channel``: a
+worker has imported ``studyhall.bridge`` already (it starts with that import).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ def wait_until(pred: Callable[[], T], timeout: float = 20.0, what: str = "condit
 
 
 def worker_channel() -> Any:
-    from studyhall.bridge._worker import worker_channel as current
+    from studyhall.bridge import worker_channel as current
 
     return current()
 
@@ -42,6 +41,15 @@ def public_channel_call(payload: Any) -> Any:
     from studyhall.bridge import worker_channel as public
 
     return public().call(payload)  # type: ignore[union-attr]
+
+
+def loaded() -> tuple[list[str], bool, str]:
+    """In a worker: the heavy modules loaded, whether ``studyhall.bridge.worker_channel``
+    finds this task's channel, and the module that runs the worker."""
+    from studyhall.bridge import worker_channel as public
+
+    heavy = sorted(m for m in ("sqlalchemy", "optuna", "numpy", "httpx", "tenacity", "asyncio") if m in sys.modules)
+    return heavy, public() is not None, public.__module__
 
 
 def double(x: int) -> int:

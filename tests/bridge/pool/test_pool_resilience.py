@@ -14,11 +14,18 @@ import pool_helpers as h
 import psutil
 import pytest
 
-from studyhall.bridge import InvalidRequest, PoolClosed, RestartStorm, TaskTimeout, WorkerCrashed, WorkerPool
-from studyhall.bridge._pool import PoolTimeouts
+from studyhall.bridge import (
+    InvalidRequest,
+    PoolClosed,
+    PoolTimeouts,
+    RestartStorm,
+    TaskTimeout,
+    WorkerCrashed,
+    WorkerPool,
+)
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = HERE.parents[2]
 
 
 def gone(pid: int) -> bool:

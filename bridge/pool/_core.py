@@ -1,8 +1,8 @@
 """The state a ``WorkerPool`` shares between its threads, and what ends a task or a worker.
 
-``bridge._pool`` is the front (public API and lifecycle); ``bridge._pool_dispatch``
-hands tasks to workers and handles what the lanes read; ``bridge._pool_supervisor``
-watches processes and deadlines. All three work on the attributes declared on
+``_pool.py`` is the front (public API and lifecycle); ``_dispatch.py`` hands tasks
+to workers and handles what the lanes read; ``_supervisor.py`` watches processes
+and deadlines. All three work on the attributes declared on
 ``PoolCore`` here, under ``PoolCore._lock``.
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from studyhall.bridge._errors import InvalidRequest, PoolClosed, RestartStorm, TaskTimeout, WorkerCrashed
-from studyhall.bridge._pool_tasks import Task, fail
-from studyhall.bridge._pool_workers import WorkerProcess, WorkerState
+from studyhall.bridge.pool._tasks import Task, fail
+from studyhall.bridge.pool._workers import WorkerProcess, WorkerState
 
 if TYPE_CHECKING:
     import itertools
@@ -195,5 +195,5 @@ def close_fds(*fds: int) -> None:
             pass
 
 
-# Pools still running at interpreter exit: stopped by an atexit hook in bridge._pool.
+# Pools still running at interpreter exit: stopped by an atexit hook in _pool.py.
 live_pools: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -7,7 +7,7 @@ Data flow (one lock, ``WorkerPool._lock``, guards every piece of state below)::
                                   ▼                                             ▼
                           pending (deque) ──► the next free worker ──► socket: TASK(id, call)
                                                                                │
-      bridge._worker (own process group): main thread runs fn(*args) ◄────────┘
+      pool/_worker.py (own process group): main thread runs fn(*args) ◄────────┘
                           │  Channel.call / Channel.send / the result
                           ▼
       lane thread, one per worker, reads its socket in order:
@@ -24,12 +24,12 @@ Data flow (one lock, ``WorkerPool._lock``, guards every piece of state below)::
         └─ scaling ─► spawn (min, demand, replacements; restart-storm guard),
                       stop idle workers after idle_shrink_after, resize()
 
-Where each piece lives: this module, the public API and lifecycle;
-``bridge._pool_dispatch``, handing tasks to workers and the lanes' handlers;
-``bridge._pool_supervisor``, the supervisor thread (worker management);
-``bridge._pool_core``, the shared state and what ends a task; ``bridge._pool_tasks``,
-one task (pickling, results, errors, ``run_inline``); ``bridge._pool_workers``, one
-worker process; ``bridge._worker``, the worker's side and ``worker_channel()``.
+Where each piece lives, in ``bridge/pool/``: ``_pool.py`` (this module), the public
+API and lifecycle; ``_dispatch.py``, handing tasks to workers and the lanes'
+handlers; ``_supervisor.py``, the supervisor thread (worker management);
+``_core.py``, the shared state and what ends a task; ``_tasks.py``, one task
+(pickling, results, errors, ``run_inline``); ``_workers.py``, one worker process;
+``_worker.py``, the worker's side and ``worker_channel()``.
 
 Reserved keyword names of ``submit``: ``timeout``, ``on_call`` and ``on_send``
 go to the pool, every other keyword argument to the task.
@@ -49,24 +49,12 @@ from typing import Any
 
 import cloudpickle
 
-from studyhall.bridge._errors import InvalidRequest, PoolClosed, RestartStorm
-from studyhall.bridge._pool_core import INF, PoolState, PoolTimeouts, close_fds, live_pools
-from studyhall.bridge._pool_dispatch import TaskDispatch
-from studyhall.bridge._pool_supervisor import Supervisor
-from studyhall.bridge._pool_tasks import (
-    ChannelError,
-    OnCall,
-    OnSend,
-    RemoteTraceback,
-    SerializationError,
-    Task,
-    check_target,
-    encode_call,
-    fail,
-    run_inline,
-)
-from studyhall.bridge._pool_workers import WorkerProcess, WorkerState
-from studyhall.bridge._worker import Channel, worker_channel
+from studyhall.bridge._errors import InvalidRequest, PoolClosed, RestartStorm, SerializationError
+from studyhall.bridge.pool._core import INF, PoolState, PoolTimeouts, close_fds, live_pools
+from studyhall.bridge.pool._dispatch import TaskDispatch
+from studyhall.bridge.pool._supervisor import Supervisor
+from studyhall.bridge.pool._tasks import OnCall, OnSend, Task, check_target, encode_call, fail
+from studyhall.bridge.pool._workers import WorkerProcess, WorkerState
 
 MAX_PREFETCH = 64
 
@@ -381,19 +369,6 @@ def _stop_live_pools() -> None:
             pass
 
 
-__all__ = [
-    "Channel",
-    "ChannelError",
-    "PoolState",
-    "PoolTimeouts",
-    "RemoteTraceback",
-    "SerializationError",
-    "WorkerPool",
-    "run_inline",
-    "worker_channel",
-]
-
-
 def _ship(what: str, fn: Callable[[], Any] | str | None) -> bytes | None:
     """``fn`` pickled for the workers (checked first), or None."""
     if fn is None:
@@ -409,3 +384,6 @@ def _ship(what: str, fn: Callable[[], Any] | str | None) -> bytes | None:
             f"{what} {fn!r} cannot be pickled for the workers ({type(exc).__name__}: {exc}); "
             "pass a module-level function or a 'module:function' string"
         ) from exc
+
+
+__all__ = ["MAX_PREFETCH", "WorkerPool"]

@@ -1,6 +1,6 @@
 """Worker management for ``bridge.WorkerPool``: one ``WorkerProcess`` per subprocess.
 
-A ``WorkerProcess`` starts ``python -c WORKER_BOOT`` in a new session (so it leads
+A ``WorkerProcess`` starts ``python -P -c WORKER_BOOT`` in a new session (so it leads
 its own process group), owns the parent's end of the worker's socket, a pidfd
 that becomes readable when the process exits, and the *lane* thread that reads
 the socket in order and hands every message to the pool. It knows how to signal
@@ -22,14 +22,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from studyhall.bridge import _worker
+import studyhall
+from studyhall.bridge.pool import _worker
 
 if TYPE_CHECKING:
-    from studyhall.bridge._pool_tasks import Task
+    from studyhall.bridge.pool._tasks import Task
 
 logger = logging.getLogger("studyhall.bridge.pool")
 
-WORKER_FILE = _worker.__file__
+# Where this process imported studyhall from; the workers fall back to it (see WORKER_BOOT).
+STUDYHALL_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(studyhall.__file__)))
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -63,7 +65,7 @@ class WorkerProcess:
             # project's own queue.py or socket.py would shadow what the worker imports
             # before it takes the parent's sys.path.
             self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-c", _worker.WORKER_BOOT, WORKER_FILE, str(theirs.fileno()), str(os.getpid())],
+                [sys.executable, "-P", "-c", _worker.WORKER_BOOT, STUDYHALL_ROOT, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,  # its own process group: killing it kills what it started
                 stdin=subprocess.DEVNULL,

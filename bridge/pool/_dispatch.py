@@ -1,6 +1,6 @@
 """Task dispatch for ``WorkerPool``: handing tasks to workers, and what each lane reads.
 
-A lane thread (one per worker, see ``bridge._pool_workers``) calls ``_on_message``
+A lane thread (one per worker, see ``_workers.py``) calls ``_on_message``
 for every message, in the order the worker sent it: channel calls and sends go to
 the task's callbacks, DONE resolves the future after giving the worker its next
 task, READY and PONG make a worker available.
@@ -12,10 +12,10 @@ import logging
 import time
 from typing import Any
 
-from studyhall.bridge import _worker
-from studyhall.bridge._pool_core import CAPACITY, PoolCore, PoolState
-from studyhall.bridge._pool_tasks import Task, answer_call, deliver_send, settle
-from studyhall.bridge._pool_workers import WorkerProcess, WorkerState
+from studyhall.bridge.pool import _worker
+from studyhall.bridge.pool._core import CAPACITY, PoolCore, PoolState
+from studyhall.bridge.pool._tasks import Task, answer_call, deliver_send, settle
+from studyhall.bridge.pool._workers import WorkerProcess, WorkerState
 
 logger = logging.getLogger("studyhall.bridge.pool")
 

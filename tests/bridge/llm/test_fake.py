@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from studyhall.bridge import FakeProvider, InvalidRequest
-from studyhall.bridge._fake import format_reset, prompt_tokens
-from studyhall.bridge._llm import retry_delay
+from studyhall.bridge.llm import retry_delay
+from studyhall.bridge.llm._fake import format_reset, prompt_tokens
 
 Q = [{"role": "user", "content": "2+2?"}]
 

@@ -169,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, f"no route GET {self.path}; FakeProvider serves POST /v1/chat/completions", "invalid_request_error")
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib's name
+        """Route and authenticate, read the request, admit it (or 429), fail it (seeded 5xx), or answer."""
         p = self.server.provider
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -180,6 +181,21 @@ class _Handler(BaseHTTPRequestHandler):
             p._count("bad_requests")
             self._error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
             return
+        request = self._read(raw)
+        if request is None:
+            return
+        messages, model, max_tokens = request
+        prompt = prompt_tokens(messages)
+        headers = self._admission(prompt + max_tokens)
+        if headers is None:
+            return
+        text = self._respond(messages, model, headers)
+        if text is not None:
+            self._answer(text, model, prompt, max_tokens, headers)
+
+    def _read(self, raw: bytes) -> tuple[list[dict[str, Any]], str, int] | None:
+        """The request's messages, model and max_tokens; None after answering 400."""
+        p = self.server.provider
         try:
             body = json.loads(raw or b"{}")
             messages = body["messages"]
@@ -195,36 +211,47 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, TypeError, KeyError) as exc:
             p._count("bad_requests")
             self._error(400, f"invalid request body: {exc}", "invalid_request_error")
-            return
-        prompt = prompt_tokens(messages)
-        status, headers = p._admit(prompt + max_tokens)
+            return None
+        return messages, model, max_tokens
+
+    def _admission(self, cost: int) -> dict[str, str] | None:
+        """The rate-limit headers of an admitted request; None after answering 429."""
+        status, headers = self.server.provider._admit(cost)
         if status == 429:
             msg = headers.pop("_message")
             self._error(429, msg, "requests" if "requests" in msg else "tokens", "rate_limit_exceeded", headers)
-            return
-        if status == 413:
+            return None
+        if status == 413:  # larger than the bucket: OpenAI says so with a 429 that is not worth retrying
             msg = headers.pop("_message")
             headers["x-should-retry"] = "false"
             self._error(429, msg, "tokens", "rate_limit_exceeded", headers)
-            return
+            return None
+        return headers
+
+    def _respond(self, messages: list[dict[str, Any]], model: str, headers: dict[str, str]) -> str | None:
+        """The answer's text after the latency; None after answering a (seeded or responder's) 5xx."""
+        p = self.server.provider
         delay, fail = p._draw(messages, model)
         if delay > 0:
             time.sleep(delay)
         if fail:
             p._count("server_errors")
             self._error(fail, "The server had an error while processing your request.", "server_error", None, headers)
-            return
+            return None
         try:
-            text = str(p.responder(messages, model))
+            return str(p.responder(messages, model))
         except Exception as exc:  # noqa: BLE001 - a broken responder is the provider's 500
             p._count("server_errors")
             self._error(500, f"responder failed: {type(exc).__name__}: {exc}", "server_error", None, headers)
-            return
+            return None
+
+    def _answer(self, text: str, model: str, prompt: int, max_tokens: int, headers: dict[str, str]) -> None:
+        """200 with the completion, cut to ``max_tokens`` (finish_reason "length")."""
         finish = "stop"
         if count_tokens(text) > max_tokens:
             text, finish = text[: max_tokens * 4], "length"
         completion = count_tokens(text)
-        p._count("completed")
+        self.server.provider._count("completed")
         self._send(
             200,
             {
