@@ -6,6 +6,10 @@ studyhall writes the ``trial_user_attributes`` rows (Optuna's stable table), its
 own ``studyhall_trial_metrics`` rows and, when told, the trial's state and values
 together: a finished trial always has its telemetry, and a tell with a thousand
 scores costs one transaction, like a tell with a value.
+
+Also a trial's other rows: back to the queue (``requeue_trial``), its study
+(``study_of_trial``), its distributions read back (``read_trial_metrics``,
+``read_study_samples``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import sqlalchemy as sa
@@ -25,6 +29,9 @@ from studyhall.storage._sql import upsert
 from studyhall.storage._storage import Storage
 
 _STAT_COLUMNS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
+
+InTransaction: TypeAlias = Callable[[sa.Connection], None]
+"""More work for ``finish_trial``'s transaction (``extra=``), e.g. :func:`storage._notes.note_writer`."""
 
 
 class _NotRunning(Exception):
@@ -41,7 +48,7 @@ def finish_trial(
     values: Sequence[float] | None = None,
     user_attrs: Mapping[str, Any],
     metrics: Iterable[tuple[str, Mapping[str, Any], np.ndarray | None]] = (),
-    extra: Callable[[sa.Connection], None] | None = None,
+    extra: InTransaction | None = None,
     completed_at: datetime | None = None,
     started_at: datetime | None = None,
 ) -> bool:
@@ -121,6 +128,13 @@ def requeue_trial(st: Storage, trial_id: int) -> bool:
         return True
 
     return st.transaction(write)
+
+
+def study_of_trial(st: Storage, trial_id: int) -> int | None:
+    """The id of the study trial ``trial_id`` belongs to; None if there is no such trial."""
+    t = table("TrialModel")
+    query = sa.select(t.c.study_id).where(t.c.trial_id == trial_id)
+    return st.transaction(lambda conn: conn.execute(query).scalar_one_or_none())
 
 
 def read_trial_metrics(st: Storage, trial_id: int) -> dict[str, dict[str, Any]]:
