@@ -9,6 +9,8 @@ Every pool gets the same 2 workers and the same stdlib tasks (``abs``, ``os._exi
 Measures:
   throughput     tiny tasks per second (submit N, wait for all), best of 5 rounds
   latency        median round trip of one tiny task, one at a time
+  start->result  a new 1-worker pool's first result: what starting a worker costs
+                 (the interpreter, the worker's imports, the first task)
   crash->result  a task kills its worker (os._exit); time from submitting it to the
                  result of a task submitted right after, on a 1-worker pool so that
                  the result must come from the replacement (what "recovery" costs)
@@ -161,6 +163,17 @@ def latency(c: Contender, n: int) -> float:
     return statistics.median(samples)
 
 
+def start_to_result(c: Contender, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        c.start(1)
+        c.submit(abs, -1).result(timeout=60)
+        samples.append(time.perf_counter() - start)
+        c.stop()
+    return statistics.median(samples)
+
+
 def crash_to_result(c: Contender, rounds: int) -> float:
     samples = []
     for _ in range(rounds):
@@ -196,6 +209,7 @@ def main() -> None:
     opts = parser.parse_args()
     n_tasks, n_latency, n_rounds, n_repeats = (500, 50, 3, 1) if opts.quick else (5000, 300, 10, 5)
     n_overshoot = 5 if opts.quick else 20
+    n_starts = 5 if opts.quick else 20
 
     ours_all: list[Contender] = [Studyhall(), StudyhallPrefetch()]
     contenders: list[Contender] = [*ours_all, Pebble(), Loky(), Stdlib()]
@@ -222,6 +236,7 @@ def main() -> None:
         results[c.name]["throughput"] = best[c.name]
 
     for c in contenders:
+        results[c.name]["start"] = start_to_result(c, n_starts)
         c.start(1)
         warm(c, 1)
         results[c.name]["crash"] = crash_to_result(c, n_rounds)
@@ -232,14 +247,18 @@ def main() -> None:
         c.stop()
 
     print(f"\nWorker pools, {WORKERS} workers, tiny tasks ({n_tasks} per throughput round), {os.cpu_count()} cores\n")
-    header = f"{'pool':32} {'tasks/s':>10} {'latency ms':>11} {'crash->result s':>16} {'overshoot ms':>13}"
+    header = (
+        f"{'pool':32} {'tasks/s':>10} {'latency ms':>11} {'start->result s':>16} {'crash->result s':>16}"
+        f" {'overshoot ms':>13}"
+    )
     print(header)
     print("-" * len(header))
     for c in contenders:
         r = results[c.name]
         over = "no timeouts" if r["overshoot"] is None else f"{r['overshoot'] * 1000:.1f}"
         print(
-            f"{c.name:32} {r['throughput']:>10.0f} {r['latency'] * 1000:>11.2f} {r['crash']:>16.3f} {over:>13}"  # type: ignore[operator]
+            f"{c.name:32} {r['throughput']:>10.0f} {r['latency'] * 1000:>11.2f} {r['start']:>16.3f}"  # type: ignore[operator]
+            f" {r['crash']:>16.3f} {over:>13}"
         )
     print("\nRatios (studyhall / other; throughput: higher is better, latency: lower is better)")
     for mine in ours_all:

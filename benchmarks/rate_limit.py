@@ -38,7 +38,7 @@ import tenacity
 from pyrate_limiter import Duration, Limiter, Rate
 
 from studyhall.bridge import FakeProvider, Limit, LLMClient, RateLimiter
-from studyhall.bridge._fake import prompt_tokens
+from studyhall.bridge.llm._fake import prompt_tokens
 
 CONCURRENCY = 16
 

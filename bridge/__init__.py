@@ -1,9 +1,11 @@
 """Everything that crosses a process or network boundary.
 
-The worker pool (``WorkerPool``), the LLM client (``LLMClient``), the rate limiter
-(``RateLimiter``) and the fake OpenAI-compatible provider (``FakeProvider``).
-Heavy modules load on first use, so a pool worker that only runs a task never
-imports httpx.
+The worker pool (``WorkerPool``, in ``bridge.pool``), the LLM client and the fake
+OpenAI-compatible provider (``LLMClient``, ``FakeProvider``, in ``bridge.llm``), the
+rate limiter (``RateLimiter``), fallbacks, and the per-task telemetry recorder.
+Only the exceptions load at once; every other name loads on first access, so a
+pool worker that only runs a task never imports httpx, and nothing here imports
+SQLAlchemy until a limiter or cache is given a storage.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from studyhall.bridge._errors import (
+    ChannelError,
+    FallbackError,
     InvalidRequest,
     LLMTimeout,
     PoolClosed,
@@ -19,32 +23,40 @@ from studyhall.bridge._errors import (
     RateLimited,
     RateLimitTimeout,
     RestartStorm,
+    SerializationError,
     StudyhallError,
     TaskTimeout,
     WorkerCrashed,
 )
-from studyhall.bridge._telemetry import TaskRecorder, current_recorder, recording
 
 # Public name -> the private module that defines it (imported on first access).
 _LAZY = {
-    "WorkerPool": "studyhall.bridge._pool",
-    "worker_channel": "studyhall.bridge._pool",
-    "RateLimiter": "studyhall.bridge._ratelimit",
-    "Limit": "studyhall.bridge._ratelimit",
-    "Decision": "studyhall.bridge._ratelimit",
-    "LLMClient": "studyhall.bridge._llm",
-    "Completion": "studyhall.bridge._llm",
-    "FakeProvider": "studyhall.bridge._fake",
+    "Completion": "studyhall.bridge.llm._completion",
+    "Decision": "studyhall.bridge.ratelimit",
+    "FakeProvider": "studyhall.bridge.llm._fake",
+    "LLMClient": "studyhall.bridge.llm._client",
+    "Limit": "studyhall.bridge.ratelimit",
+    "PoolTimeouts": "studyhall.bridge.pool._core",
+    "RateLimiter": "studyhall.bridge.ratelimit",
+    "TaskRecorder": "studyhall.bridge._telemetry",
+    "WorkerPool": "studyhall.bridge.pool._pool",
+    "current_recorder": "studyhall.bridge._telemetry",
+    "recording": "studyhall.bridge._telemetry",
     "with_fallbacks": "studyhall.bridge._fallbacks",
-    "FallbackError": "studyhall.bridge._fallbacks",
+    # The worker's own module, not the pool's front: a task in a worker asks for it.
+    "worker_channel": "studyhall.bridge.pool._worker",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from studyhall.bridge._fake import FakeProvider
-    from studyhall.bridge._fallbacks import FallbackError, with_fallbacks
-    from studyhall.bridge._llm import Completion, LLMClient
-    from studyhall.bridge._pool import WorkerPool, worker_channel
-    from studyhall.bridge._ratelimit import Decision, Limit, RateLimiter
+    from studyhall.bridge._fallbacks import with_fallbacks
+    from studyhall.bridge._telemetry import TaskRecorder, current_recorder, recording
+    from studyhall.bridge.llm._client import LLMClient
+    from studyhall.bridge.llm._completion import Completion
+    from studyhall.bridge.llm._fake import FakeProvider
+    from studyhall.bridge.pool._core import PoolTimeouts
+    from studyhall.bridge.pool._pool import WorkerPool
+    from studyhall.bridge.pool._worker import worker_channel
+    from studyhall.bridge.ratelimit import Decision, Limit, RateLimiter
 
 
 def __getattr__(name: str) -> Any:
@@ -61,6 +73,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ChannelError",
     "Completion",
     "Decision",
     "FakeProvider",
@@ -70,11 +83,13 @@ __all__ = [
     "LLMTimeout",
     "Limit",
     "PoolClosed",
+    "PoolTimeouts",
     "ProviderError",
     "RateLimitTimeout",
     "RateLimited",
     "RateLimiter",
     "RestartStorm",
+    "SerializationError",
     "StudyhallError",
     "TaskRecorder",
     "TaskTimeout",

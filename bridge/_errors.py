@@ -1,10 +1,14 @@
 """bridge's exceptions: what can go wrong across a process or network boundary.
 
-The whole tree, with every package's branch, is drawn in ``studyhall.storage._errors``.
+Those of the pool, the LLM client, the rate limiter and fallbacks, all exported
+by ``studyhall.bridge``. They load with ``studyhall.bridge`` itself (and in every
+pool worker), so this module imports nothing but the root from ``storage``. The
+whole tree, with every package's branch, is drawn in ``studyhall.storage._errors``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from studyhall.storage import InvalidRequest, StudyhallError
@@ -31,6 +35,14 @@ class WorkerCrashed(StudyhallError):
 
 def _rebuild_crash(message: str, exitcode: int | None, signal: int | None, pid: int | None) -> WorkerCrashed:
     return WorkerCrashed(message, exitcode=exitcode, signal=signal, pid=pid)
+
+
+class SerializationError(StudyhallError):
+    """A task's call, result, exception or channel payload could not cross the process boundary."""
+
+
+class ChannelError(StudyhallError):
+    """A channel message could not be answered (no ``on_call``, or an error that could not be pickled)."""
 
 
 class PoolClosed(StudyhallError, RuntimeError):
@@ -69,7 +81,20 @@ class LLMTimeout(ProviderError, TimeoutError):
     """An LLM call (with its retries) ran out of time."""
 
 
+class FallbackError(StudyhallError):
+    """Every alternative failed; ``errors`` holds each cause in order (chained to the last)."""
+
+    def __init__(self, message: str, errors: Sequence[BaseException] = ()) -> None:
+        super().__init__(message)
+        self.errors: list[BaseException] = list(errors)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FallbackError, (str(self), self.errors))
+
+
 __all__ = [
+    "ChannelError",
+    "FallbackError",
     "InvalidRequest",
     "LLMTimeout",
     "PoolClosed",
@@ -77,6 +102,7 @@ __all__ = [
     "RateLimitTimeout",
     "RateLimited",
     "RestartStorm",
+    "SerializationError",
     "StudyhallError",
     "TaskTimeout",
     "WorkerCrashed",

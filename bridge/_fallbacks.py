@@ -19,20 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from studyhall.bridge._errors import InvalidRequest, StudyhallError
+from studyhall.bridge._errors import FallbackError, InvalidRequest
 
 T = TypeVar("T")
-
-
-class FallbackError(StudyhallError):
-    """Every alternative failed; ``errors`` holds each cause in order (chained to the last)."""
-
-    def __init__(self, message: str, errors: Sequence[BaseException] = ()) -> None:
-        super().__init__(message)
-        self.errors: list[BaseException] = list(errors)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (FallbackError, (str(self), self.errors))
 
 
 @dataclass(frozen=True)
@@ -143,4 +132,4 @@ def with_fallbacks(
     return Fallbacks(fns, classes, names)
 
 
-__all__ = ["FallbackError", "Fallbacks", "Served", "with_fallbacks"]
+__all__ = ["Fallbacks", "Served", "with_fallbacks"]

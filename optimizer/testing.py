@@ -36,6 +36,7 @@ MARKER = "studyhall_fake_provider"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--studyhall-pg URL``."""
     group = parser.getgroup("studyhall")
     group.addoption(
         "--studyhall-pg",
@@ -47,6 +48,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Declare the ``studyhall_fake_provider`` marker."""
     config.addinivalue_line(
         "markers", f"{MARKER}(**kwargs): keyword arguments for the fake_provider fixture's FakeProvider"
     )

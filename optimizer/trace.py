@@ -37,8 +37,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from studyhall.optimizer import events
+from studyhall.optimizer import _optuna, events
+from studyhall.optimizer.events._channel import MESSAGE_KEY, send
+from studyhall.optimizer.events._record import check_correlation, record_row, trial_ids
+from studyhall.optimizer.events._steps import TRIAL_STEPS
 from studyhall.storage import InvalidRequest, Storage, StudyhallError
+from studyhall.storage._events import Placed
 
 __all__ = ["Scope", "attach", "current", "last_steps", "scope", "span", "step", "summarize_value"]
 
@@ -59,9 +63,9 @@ class Scope:
     correlation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     parent: int | str | None = None
     trial_id: int | None = None
-    steps: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=events.TRIAL_STEPS))
-    # rows of this trace's spans (id -> (id, path, depth, correlation)): children skip a lookup
-    rows: dict[int, tuple[int, str, int, str]] = field(default_factory=dict, repr=False)
+    steps: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=TRIAL_STEPS))
+    # where this trace's spans were written, by event id: their children skip a lookup
+    rows: dict[int, Placed] = field(default_factory=dict, repr=False)
 
     def child(self, parent: int | str | None) -> Scope:
         """The same trace one level down (children of event ``parent``)."""
@@ -122,13 +126,13 @@ def scope(
     channel = None if st is not None else events.worker_channel()
     trial_id = None
     if trial is not None:
-        trial_id = events._trial_ids(st, trial)[1] if st is not None else events._plain_trial_id(trial)
+        trial_id = trial_ids(st, trial)[1] if st is not None else _optuna.trial_id_of(trial)
     if parent_id is not None and correlation_id is None and st is not None:
         correlation_id = events.get(st, parent_id).correlation_id  # children join their parent's trace
     new = Scope(
         storage=st,
         channel=channel,
-        correlation_id=events._check_correlation(correlation_id) or uuid.uuid4().hex,
+        correlation_id=check_correlation(correlation_id) or uuid.uuid4().hex,
         parent=parent_id,
         trial_id=trial_id,
     )
@@ -202,13 +206,12 @@ def _emit(s: Scope, event_type: str, name: str, data: Any, *, kind: str, **extra
     try:
         if s.storage is not None:
             parent_row = s.rows.get(s.parent) if isinstance(s.parent, int) else None
-            row = events._record_row(s.storage, event_type, payload, s.correlation_id, s.parent, s.trial_id, parent_row)
+            row = record_row(s.storage, event_type, payload, s.correlation_id, s.parent, s.trial_id, parent_row)
             if kind != "step":
-                s.rows[row[0]] = row
-            return row[0]
-        return events._send(s.channel, "record", event_type=event_type, data=payload,
-                            correlation_id=s.correlation_id, parent=s.parent, trial_id=s.trial_id,
-                            created_at=time.time(), step=entry)
+                s.rows[row.id] = row
+            return row.id
+        return send(s.channel, "record", event_type=event_type, data=payload, correlation_id=s.correlation_id,
+                    parent=s.parent, trial_id=s.trial_id, created_at=time.time(), step=entry)
     except StudyhallError as exc:  # tracing must never break the traced code
         log.warning("could not record trace %s %r (%s: %s)", kind, name, type(exc).__name__, exc)
         return None
@@ -222,7 +225,7 @@ def close(s: Scope, event_id: int | str | None, data: Mapping[str, Any]) -> None
         if s.storage is not None:
             events.finish(s.storage, event_id, data)
         elif s.channel is not None:
-            s.channel.send({events.MESSAGE_KEY: "event", "op": "finish", "local_id": event_id, "data": dict(data)})
+            s.channel.send({MESSAGE_KEY: "event", "op": "finish", "local_id": event_id, "data": dict(data)})
     except StudyhallError as exc:
         log.warning("could not close trace span %r (%s: %s)", event_id, type(exc).__name__, exc)
 

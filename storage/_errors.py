@@ -30,6 +30,9 @@ defined beside the code that raises it and exported by that package (in brackets
 
 A trial that times out or crashes inside ``Study.optimize`` raises nothing: it is
 told FAIL with the reason, and the run goes on (see ``OptimizeReport``).
+
+``studyhall.optimizer`` also exports the [storage] classes, which its Orchestrator
+and Study raise.
 """
 
 from __future__ import annotations

@@ -1,10 +1,16 @@
-"""Whole-study reads and deletes that Optuna's storage API would do in one query per study."""
+"""Whole-study reads and deletes that Optuna's storage API would do with a query per trial or per study.
+
+Each read is a few aggregate queries on Optuna's tables, safe to run from any
+thread beside an ``optimize`` loop (Optuna's own ``get_all_trials`` would read and
+copy every trial).
+"""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import sqlalchemy as sa
+from optuna.trial import TrialState
 
 from studyhall.storage._optuna import table
 from studyhall.storage._schema import events, leases, trial_metrics
@@ -53,6 +59,65 @@ def study_rows(st: Storage) -> list[StudyRow]:
                 bv = best[sid][1] if dd[0] == "maximize" else best[sid][0]
             out.append(StudyRow(name, dd, int(counts.get(sid, 0)), None if bv is None else float(bv)))
         return out
+
+    return st.transaction(read)
+
+
+def finished_and_running(st: Storage, study_id: int) -> tuple[int, list[int]]:
+    """How many trials of the study finished (complete, fail, pruned), and the ids of the RUNNING ones."""
+    t = table("TrialModel")
+    finished_q = (
+        sa.select(sa.func.count())
+        .select_from(t)
+        .where(t.c.study_id == study_id, t.c.state.in_((TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
+    )
+    running_q = sa.select(t.c.trial_id).where(t.c.study_id == study_id, t.c.state == TrialState.RUNNING)
+
+    def read(conn: sa.Connection) -> tuple[int, list[int]]:
+        return int(conn.execute(finished_q).scalar_one()), [r[0] for r in conn.execute(running_q)]
+
+    return st.transaction(read)
+
+
+def state_counts(st: Storage, study_id: int) -> tuple[dict[str, int], float | None]:
+    """Trials of the study per state name (``"COMPLETE"``, ...) and the highest value of a COMPLETE one."""
+    t, v = table("TrialModel"), table("TrialValueModel")
+    counts_q = sa.select(t.c.state, sa.func.count()).where(t.c.study_id == study_id).group_by(t.c.state)
+    best_q = (
+        sa.select(sa.func.max(v.c.value))
+        .select_from(t.join(v, v.c.trial_id == t.c.trial_id))
+        .where(t.c.study_id == study_id, t.c.state == TrialState.COMPLETE)
+    )
+
+    def read(conn: sa.Connection) -> tuple[dict[str, int], float | None]:
+        counts = {(s.name if hasattr(s, "name") else str(s)): int(c) for s, c in conn.execute(counts_q)}
+        best = conn.execute(best_q).scalar()
+        return counts, None if best is None else float(best)
+
+    return st.transaction(read)
+
+
+def complete_values(st: Storage, study_id: int, n_objectives: int) -> tuple[int, int, list[list[float]]]:
+    """The study's number of trials, of COMPLETE ones, and each objective's finite values in trial order."""
+    t, v = table("TrialModel"), table("TrialValueModel")
+
+    def read(conn: sa.Connection) -> tuple[int, int, list[list[float]]]:
+        total = conn.execute(sa.select(sa.func.count()).select_from(t).where(t.c.study_id == study_id)).scalar_one()
+        complete = conn.execute(
+            sa.select(sa.func.count()).select_from(t).where(t.c.study_id == study_id, t.c.state == TrialState.COMPLETE)
+        ).scalar_one()
+        rows = conn.execute(
+            sa.select(v.c.objective, v.c.value, v.c.value_type)
+            .select_from(v.join(t, t.c.trial_id == v.c.trial_id))
+            .where(t.c.study_id == study_id, t.c.state == TrialState.COMPLETE)
+            .order_by(t.c.number)  # a fixed order: the same study always sums to the same last bit
+        )
+        out: list[list[float]] = [[] for _ in range(n_objectives)]
+        for objective, value, value_type in rows:
+            kind = getattr(value_type, "name", str(value_type))
+            if kind == "FINITE" and value is not None and 0 <= objective < n_objectives:
+                out[objective].append(float(value))
+        return int(total), int(complete), out
 
     return st.transaction(read)
 

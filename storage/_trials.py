@@ -6,13 +6,17 @@ studyhall writes the ``trial_user_attributes`` rows (Optuna's stable table), its
 own ``studyhall_trial_metrics`` rows and, when told, the trial's state and values
 together: a finished trial always has its telemetry, and a tell with a thousand
 scores costs one transaction, like a tell with a value.
+
+Also a trial's other rows: back to the queue (``requeue_trial``), its study
+(``study_of_trial``), its distributions read back (``read_trial_metrics``,
+``read_study_samples``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import sqlalchemy as sa
@@ -23,6 +27,9 @@ from studyhall.storage._sql import upsert
 from studyhall.storage._storage import Storage
 
 _STAT_COLUMNS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
+
+InTransaction: TypeAlias = Callable[[sa.Connection], None]
+"""More work for ``finish_trial``'s transaction (``extra=``), e.g. :func:`storage._notes.note_writer`."""
 
 
 def finish_trial(
@@ -35,7 +42,7 @@ def finish_trial(
     values: Sequence[float] | None = None,
     user_attrs: Mapping[str, Any],
     metrics: Iterable[tuple[str, Mapping[str, Any], np.ndarray | None]] = (),
-    extra: Callable[[sa.Connection], None] | None = None,
+    extra: InTransaction | None = None,
     completed_at: datetime | None = None,
     started_at: datetime | None = None,
 ) -> bool:
@@ -78,6 +85,13 @@ def finish_trial(
 def requeue_trial(st: Storage, trial_id: int) -> bool:
     """Put a RUNNING trial that never ran back in the study's queue (WAITING); False if it is not RUNNING."""
     return st.optuna.requeue_trial(trial_id)
+
+
+def study_of_trial(st: Storage, trial_id: int) -> int | None:
+    """The id of the study trial ``trial_id`` belongs to; None if there is no such trial."""
+    t = table("TrialModel")
+    query = sa.select(t.c.study_id).where(t.c.trial_id == trial_id)
+    return st.transaction(lambda conn: conn.execute(query).scalar_one_or_none())
 
 
 def read_trial_metrics(st: Storage, trial_id: int) -> dict[str, dict[str, Any]]:

@@ -18,13 +18,7 @@ The exceptions form one tree rooted at ``StudyhallError``; it is drawn in
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
-
-try:
-    __version__ = version("studyhall")
-except PackageNotFoundError:  # pragma: no cover - a checkout on sys.path without an install
-    __version__ = "0+unknown"
 
 # Public name -> the sub-package that exports it.
 _HOME = {
@@ -43,6 +37,7 @@ _HOME = {
     "retrying": "storage",
     "tables": "storage",
     # studyhall.bridge
+    "ChannelError": "bridge",
     "Completion": "bridge",
     "Decision": "bridge",
     "FakeProvider": "bridge",
@@ -51,11 +46,13 @@ _HOME = {
     "LLMTimeout": "bridge",
     "Limit": "bridge",
     "PoolClosed": "bridge",
+    "PoolTimeouts": "bridge",
     "ProviderError": "bridge",
     "RateLimitTimeout": "bridge",
     "RateLimited": "bridge",
     "RateLimiter": "bridge",
     "RestartStorm": "bridge",
+    "SerializationError": "bridge",
     "TaskRecorder": "bridge",
     "TaskTimeout": "bridge",
     "WorkerCrashed": "bridge",
@@ -67,6 +64,7 @@ _HOME = {
     # studyhall.optimizer
     "Categorical": "optimizer",
     "Client": "optimizer",
+    "Conflict": "optimizer",
     "Evaluation": "optimizer",
     "Float": "optimizer",
     "Int": "optimizer",
@@ -79,6 +77,7 @@ _HOME = {
     "Study": "optimizer",
     "StudyInfo": "optimizer",
     "Summary": "optimizer",
+    "TooManyErrors": "optimizer",
     "TrialHandle": "optimizer",
     "Workflow": "optimizer",
     "WorkflowError": "optimizer",
@@ -94,6 +93,7 @@ _HOME = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from studyhall.bridge import (
+        ChannelError,
         Completion,
         Decision,
         FakeProvider,
@@ -102,11 +102,13 @@ if TYPE_CHECKING:  # pragma: no cover
         LLMClient,
         LLMTimeout,
         PoolClosed,
+        PoolTimeouts,
         ProviderError,
         RateLimited,
         RateLimiter,
         RateLimitTimeout,
         RestartStorm,
+        SerializationError,
         TaskRecorder,
         TaskTimeout,
         WorkerCrashed,
@@ -119,6 +121,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from studyhall.optimizer import (
         Categorical,
         Client,
+        Conflict,
         Evaluation,
         Float,
         Int,
@@ -131,6 +134,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Study,
         StudyInfo,
         Summary,
+        TooManyErrors,
         TrialHandle,
         Workflow,
         WorkflowError,
@@ -161,12 +165,25 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _HOME:
+        value = getattr(importlib.import_module(f"studyhall.{_HOME[name]}"), name)
+    else:
         raise AttributeError(f"module 'studyhall' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"studyhall.{home}"), name)
     globals()[name] = value
     return value
+
+
+def _version() -> str:
+    # On first access only: importlib.metadata costs a pool worker, which imports
+    # studyhall on every start, some 25 ms.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("studyhall")
+    except PackageNotFoundError:  # pragma: no cover - a checkout on sys.path without an install
+        return "0+unknown"
 
 
 def __dir__() -> list[str]:
@@ -175,8 +192,10 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Categorical",
+    "ChannelError",
     "Client",
     "Completion",
+    "Conflict",
     "DEFAULT_URL",
     "Decision",
     "DuplicateStudy",
@@ -194,12 +213,14 @@ __all__ = [
     "OptimizeReport",
     "Orchestrator",
     "PoolClosed",
+    "PoolTimeouts",
     "ProviderError",
     "RateLimitTimeout",
     "RateLimited",
     "RateLimiter",
     "RemoteStudy",
     "RestartStorm",
+    "SerializationError",
     "ServiceError",
     "Storage",
     "StorageError",
@@ -210,6 +231,7 @@ __all__ = [
     "Summary",
     "TaskRecorder",
     "TaskTimeout",
+    "TooManyErrors",
     "TransientStorageError",
     "TrialHandle",
     "TrialNotFound",

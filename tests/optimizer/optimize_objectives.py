@@ -88,3 +88,14 @@ def pid(trial) -> float:  # type: ignore[no-untyped-def]
     """The process it ran in, as the value."""
     trial.suggest_float("x", 0, 1)
     return float(os.getpid())
+
+
+def heavy_modules(trial) -> object:  # type: ignore[no-untyped-def]
+    """Reports which heavy libraries the process running the trial has loaded (an Evaluation, as objectives may)."""
+    import sys
+
+    from studyhall.optimizer import Evaluation
+
+    x = trial.suggest_float("x", 0, 1)
+    heavy = sorted(m for m in ("optuna", "sqlalchemy", "fastapi", "httpx") if m in sys.modules)
+    return Evaluation(value=x, user_attrs={"heavy": heavy})

@@ -10,8 +10,10 @@ import pytest
 
 from studyhall.bridge import Completion, ProviderError
 from studyhall.optimizer import InvalidRequest, MiproLoop, MiproResult, Orchestrator
-from studyhall.optimizer._mipro import FULL_EVAL_ATTR, _Candidates, evaluate_batch, labeled_demo_sets, minibatch_indices
-from studyhall.optimizer._simtask import (
+from studyhall.optimizer.mipro._candidates import Candidates, labeled_demo_sets, minibatch_indices
+from studyhall.optimizer.mipro._evaluate import evaluate_batch
+from studyhall.optimizer.mipro._loop import FULL_EVAL_ATTR
+from studyhall.optimizer.mipro._simtask import (
     INSTRUCTIONS,
     SimResponder,
     answer_probability,
@@ -109,14 +111,14 @@ def test_simulated_landscape_has_a_clear_best() -> None:
 
 
 def test_candidates_one_and_several_predictors() -> None:
-    one = _Candidates(["a", "b"], [[], [{"q": 1}]])
+    one = Candidates(["a", "b"], [[], [{"q": 1}]])
     assert one.single and set(one.space()) == {"0_instruction", "0_demos"}
     assert one.program_args({"0_instruction": 1, "0_demos": 1}) == ("b", [{"q": 1}])
-    two = _Candidates([["a", "b"], ["c"]], [[[], [1]], [[2]]])
+    two = Candidates([["a", "b"], ["c"]], [[[], [1]], [[2]]])
     # predictor 1 has one demo set: no choice, so no parameter for it
     assert not two.single and set(two.space()) == {"0_instruction", "0_demos", "1_instruction"}
     assert two.program_args({"0_instruction": 1, "0_demos": 1, "1_instruction": 0, "1_demos": 0}) == (["b", "c"], [[1], [2]])
-    no_demos = _Candidates(["a"], None)
+    no_demos = Candidates(["a"], None)
     assert set(no_demos.space()) == {"0_instruction"}
 
 
@@ -127,7 +129,7 @@ def test_candidates_one_and_several_predictors() -> None:
 )
 def test_bad_candidates_say_what_to_pass(instructions, demos, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidRequest, match=match):
-        _Candidates(instructions, demos)
+        Candidates(instructions, demos)
 
 
 def test_minibatches_are_seeded_per_trial() -> None:
@@ -260,9 +262,9 @@ def test_bad_arguments() -> None:
 
 
 def test_wilcoxon_pruner_construction_is_quiet() -> None:
-    from studyhall.optimizer._mipro import _QuietWilcoxon
+    from studyhall.optimizer.mipro._evaluate import QuietWilcoxon
 
-    assert isinstance(_QuietWilcoxon(0.1)._inner, optuna.pruners.WilcoxonPruner)
+    assert isinstance(QuietWilcoxon(0.1)._inner, optuna.pruners.WilcoxonPruner)
 
 
 def test_parallel_trials_in_pool_workers_share_one_limiter(sqlite_url: str, study_name: str) -> None:

@@ -195,6 +195,14 @@ def test_a_trial_queued_ahead_records_when_it_really_started(study, monkeypatch)
         assert after.datetime_complete - after.datetime_start >= timedelta(seconds=0.3)
 
 
+def test_a_pool_worker_runs_a_trial_without_loading_optuna_or_sqlalchemy(study):
+    # The worker imports the trial runner and studyhall.bridge by their names; neither
+    # (nor returning an Evaluation) may pull in the parent's libraries.
+    report = study.optimize(f"{OBJ}:heavy_modules", n_trials=2, workers=1, progress=False)
+    assert report.completed == 2
+    assert [t.user_attrs["heavy"] for t in study.trials()] == [[], []]
+
+
 def test_trial_timeout_does_not_count_the_import_of_the_objectives_module(study, monkeypatch):
     monkeypatch.setenv("STUDYHALL_TEST_IMPORT_S", "2.5")  # each worker imports it before its first trial
     report = study.optimize("tests.optimizer.slow_import_objective:objective", n_trials=3, workers=1,
@@ -254,7 +262,7 @@ def test_bad_arguments_are_invalid_requests(study):
 
 
 def test_a_workers_call_goes_before_the_parents_own_work(monkeypatch):
-    from studyhall.optimizer._remote_trial import CallsFirst
+    from studyhall.optimizer.optimize._remote_trial import CallsFirst
     from tests._util import wait_until
 
     monkeypatch.setattr(CallsFirst, "MAX_DEFER_S", 30.0)  # only quiet, never the deadline, lets the parent in

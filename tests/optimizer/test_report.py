@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from studyhall.optimizer import Float, Orchestrator
-from studyhall.optimizer._report import render_report
 from studyhall.optimizer.cli import _register_commands, app
+from studyhall.optimizer.telemetry._report import render_report
 from studyhall.storage import InvalidRequest
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

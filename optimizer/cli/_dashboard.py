@@ -1,0 +1,32 @@
+"""``studyhall dashboard``: optuna-dashboard on the same storage (it has no authentication: loopback by default)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from studyhall.optimizer.cli._app import StorageOpt, app, console, err_console, is_loopback, quiet_optuna, user_errors
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+) -> None:
+    """Run optuna-dashboard on the same storage (trials show their score and latency summaries)."""
+    from optuna_dashboard import run_server
+
+    from studyhall.storage import connect
+
+    quiet_optuna()
+    with user_errors():
+        st = connect(storage)
+    if not is_loopback(host):
+        err_console.print(
+            f"[bold yellow]warning:[/] optuna-dashboard has no authentication and {host} is not loopback; "
+            "anyone who can reach it can read and edit your studies"
+        )
+    console.print(f"optuna-dashboard for {st!r} on http://{host}:{port}", highlight=False)
+    run_server(st.optuna, host=host, port=port)

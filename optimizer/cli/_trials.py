@@ -1,0 +1,72 @@
+"""``studyhall trials NAME``: a study's trials with their values, parameters and telemetry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from studyhall.optimizer.cli._app import JsonOpt, StorageOpt, app, console, fmt, print_json, quiet_optuna, user_errors
+
+# user_attr -> column header for the telemetry shown by `studyhall trials`.
+TRIAL_COLUMNS = {
+    "score.n": "n",
+    "score.p50": "p50",
+    "score.p90": "p90",
+    "score.std": "std",
+    "llm.latency_s.p50": "lat p50 s",
+    "llm.latency_s.p90": "lat p90 s",
+    "llm.tokens": "tokens",
+}
+
+
+@app.command()
+def trials(
+    name: Annotated[str, typer.Argument(help="The study's name.")],
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+    state: Annotated[str | None, typer.Option(help="Only trials in this state (complete, fail, pruned, running, waiting).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many trials (the newest).")] = 200,
+) -> None:
+    """List a study's trials with their values, parameters and telemetry."""
+    from studyhall.optimizer import Orchestrator
+
+    quiet_optuna()
+    with user_errors():
+        study = Orchestrator(storage).load_study(name)
+        rows = study.trials(states=[state] if state else None)[-limit:]
+        summary = study.metrics()
+    if as_json:
+        print_json(
+            {
+                "summary": summary.as_dict(),
+                "trials": [
+                    {
+                        "number": t.number,
+                        "state": t.state.name.lower(),
+                        "values": t.values,
+                        "params": t.params,
+                        "user_attrs": t.user_attrs,
+                        "duration_s": t.duration.total_seconds() if t.duration else None,
+                    }
+                    for t in rows
+                ],
+            }
+        )
+        return
+    present = [c for c in TRIAL_COLUMNS if any(c in t.user_attrs for t in rows)]
+    table = Table("#", "state", "value", "params", *(TRIAL_COLUMNS[c] for c in present), "error", title=f"study {name}")
+    for t in rows:
+        value = ", ".join(fmt(v) for v in t.values) if t.values else "-"
+        params = " ".join(f"{k}={fmt(v, 3)}" for k, v in t.params.items())
+        err = str(t.user_attrs.get("error", ""))[:40]
+        table.add_row(str(t.number), t.state.name.lower(), value, params, *(fmt(t.user_attrs.get(c)) for c in present), err)
+    console.print(table)
+    from studyhall.optimizer.telemetry._report import summary_rows
+
+    stats = ("n", "mean", "std", "p50", "p90", "p99")
+    block = Table("study summary", *stats, title=f"{summary.n_complete} of {summary.n_trials} trials complete")
+    for label, s in summary_rows(summary):
+        block.add_row(label, *((fmt(getattr(s, k)) for k in stats) if s else ["-"] * len(stats)))
+    console.print(block)

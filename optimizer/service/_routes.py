@@ -1,0 +1,265 @@
+"""The service's routes: studies, leased trials, trials, and the unversioned health and metrics.
+
+Each group is a function that adds its routes; ``create_app`` (``_app.py``) wires
+them to one Orchestrator, one lease keeper and one set of request metrics. The
+routes only translate: validation is the pydantic models' (``_models.py``) and the
+Study's own, errors become the envelope in ``_http.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRouter
+from optuna.trial import FrozenTrial
+
+from studyhall.optimizer.service import _models as m
+from studyhall.optimizer.service._http import Conflict, Metrics, StrictJSONRoute, errors
+from studyhall.optimizer.service._leases import Leases
+from studyhall.optimizer.study._orchestrator import Orchestrator
+from studyhall.optimizer.study._study import Study
+from studyhall.optimizer.study._summary import Summary
+from studyhall.storage import InvalidRequest, Storage, StudyNotFound, retrying
+from studyhall.storage._leases import EXPIRED, Lease
+
+MAX_TRIAL_NUMBER = 2**31 - 1  # Optuna's integer column
+
+StudyName = Annotated[str, Path(min_length=1, max_length=m.MAX_NAME, pattern=r"^[^\x00/]+$")]
+TrialNumber = Annotated[int, Path(ge=0, le=MAX_TRIAL_NUMBER)]
+
+
+class Studies:
+    """Study objects by name, re-validated against the database on every use."""
+
+    def __init__(self, orch: Orchestrator) -> None:
+        self.orch = orch
+        self._by_name: dict[str, Study] = {}
+
+    def get(self, name: str) -> Study:
+        """The study ``name`` (StudyNotFound naming the known ones if there is none)."""
+        sid = self.orch.storage.study_id(name)
+        cached = self._by_name.get(name)
+        if cached is not None and cached._study_id == sid:
+            return cached
+        # load_study raises StudyNotFound naming the known studies when sid is None.
+        study = self.orch.load_study(name)
+        self._by_name[name] = study
+        return study
+
+    def by_id(self, study_id: int) -> Study:
+        """The study with Optuna id ``study_id`` (the lease keeper's lookup)."""
+        try:
+            name = retrying(self.orch.storage.optuna.get_study_name_from_id, study_id)
+        except KeyError as exc:
+            raise StudyNotFound(f"no study with id {study_id}") from exc
+        return self.get(name)
+
+    def put(self, study: Study) -> None:
+        """Cache a study just created."""
+        self._by_name[study.name] = study
+
+    def forget(self, name: str) -> None:
+        """Drop a deleted study from the cache."""
+        self._by_name.pop(name, None)
+
+
+def study_out(study: Study) -> dict[str, Any]:
+    """A study as the StudyOut JSON: directions, trial count, best trial so far, retries."""
+    trials = study.trials()
+    best = None
+    if len(study.directions) == 1 and any(t.state.name == "COMPLETE" for t in trials):
+        with contextlib.suppress(InvalidRequest):
+            best = study.best_trial
+    return {
+        "name": study.name,
+        "directions": study.directions,
+        "n_trials": len(trials),
+        "best_value": m.finite(best.value) if best is not None else None,
+        "best_params": m.finite(best.params) if best is not None else None,
+        "best_trial": best.number if best is not None else None,
+        "retries": study.retries,
+    }
+
+
+def api_router(studies: Studies, leases: Leases, metrics: Metrics) -> APIRouter:
+    """Everything under /v1; each request first gives expired leases a chance to be swept."""
+
+    async def sweep() -> None:
+        if leases.due():  # checked here so that most requests skip the thread hop
+            await run_in_threadpool(leases.maybe_sweep)
+
+    api = APIRouter(prefix="/v1", route_class=StrictJSONRoute, dependencies=[Depends(sweep)])
+    add_study_routes(api, studies)
+    add_leased_trial_routes(api, studies, leases, metrics)
+    add_trial_routes(api, studies)
+    return api
+
+
+def add_study_routes(api: APIRouter, studies: Studies) -> None:
+    """Create, list, read and delete studies."""
+    orch = studies.orch
+
+    @api.post("/studies", status_code=201, response_model=m.StudyOut, responses=errors(400, 409, 413, 422))
+    def create_study(body: m.CreateStudy) -> dict[str, Any]:
+        """Create a study (or load it with load_if_exists)."""
+        study = orch.create_study(
+            body.name,
+            body.direction,
+            directions=body.directions,
+            sampler=body.sampler,
+            seed=body.seed,
+            load_if_exists=body.load_if_exists,
+            retries=body.retries,
+        )
+        studies.put(study)
+        return study_out(study)
+
+    @api.get("/studies", response_model=list[m.StudyInfoOut], responses=errors())
+    def list_studies() -> list[dict[str, Any]]:
+        """Every study with its directions, trial count and best value."""
+        return [{**i.__dict__, "best_value": m.finite(i.best_value)} for i in orch.list_studies()]
+
+    @api.get("/studies/{name}", response_model=m.StudyOut, responses=errors(404, 422))
+    def get_study(name: StudyName) -> dict[str, Any]:
+        """One study and its best trial so far."""
+        return study_out(studies.get(name))
+
+    @api.delete("/studies/{name}", status_code=204, responses=errors(404, 422))
+    def delete_study(name: StudyName) -> Response:
+        """Delete a study, its trials and their telemetry."""
+        orch.delete_study(name)
+        studies.forget(name)
+        return Response(status_code=204)
+
+
+def add_leased_trial_routes(api: APIRouter, studies: Studies, leases: Leases, metrics: Metrics) -> None:
+    """Ask (a lease starts), tell (it ends) and heartbeat (it is renewed)."""
+    st = studies.orch.storage
+
+    @api.post("/studies/{name}/ask", response_model=m.AskResponse, responses=errors(400, 404, 413, 422))
+    def ask(name: StudyName, body: m.AskRequest) -> dict[str, Any]:
+        """Start ``k`` trials; each must be told or renewed within ``lease_s`` or it fails (and is retried)."""
+        study = studies.get(name)
+        space = m.space_from_spec(body.space) if body.space is not None else None
+        handles, expires = leases.ask(study, space, body.k, body.lease_s)
+        metrics.asked.inc(len(handles))
+        return {"trials": [{"number": h.number, "params": m.finite(h.params), "lease_expires_at": expires} for h in handles]}
+
+    @api.post(
+        "/studies/{name}/trials/{number}/tell", response_model=m.TrialOut, responses=errors(400, 404, 409, 413, 422)
+    )
+    def tell(name: StudyName, number: TrialNumber, body: m.TellRequest) -> dict[str, Any]:
+        """Finish a trial with value(s), per-example scores, or a fail/pruned state."""
+        frozen = _tell(studies.get(name), number, body, leases, st)
+        metrics.told.labels(frozen.state.name.lower()).inc()
+        return m.trial_out(frozen)
+
+    @api.post(
+        "/studies/{name}/trials/{number}/heartbeat",
+        response_model=m.LeaseOut,
+        responses=errors(400, 404, 409, 413, 422),
+    )
+    def heartbeat(name: StudyName, number: TrialNumber, body: m.HeartbeatRequest | None = None) -> dict[str, Any]:
+        """Renew a trial's lease (by its length, or by ``lease_s`` if given)."""
+        trial_id = studies.get(name).trial_id(number)
+        expires = leases.renew(trial_id, body.lease_s if body is not None else None)
+        if isinstance(expires, float):
+            return {"number": number, "lease_expires_at": expires}
+        if expires is EXPIRED:
+            raise Conflict("LeaseExpired", f"the lease of trial {number} of study {name!r} already expired; ask again")
+        state = retrying(st.optuna.get_trial, trial_id).state
+        if state.is_finished():
+            raise Conflict("TrialFinished", f"trial {number} of study {name!r} is already {state.name.lower()}")
+        raise Conflict(
+            "NotLeased",
+            f"trial {number} of study {name!r} was not asked over HTTP; the process that asked it keeps it alive",
+        )
+
+
+def _tell(study: Study, number: int, body: m.TellRequest, leases: Leases, st: Storage) -> FrozenTrial:
+    # The lease is claimed first, so that an expiry sweep cannot fail the trial while it is told.
+    trial_id = study.trial_id(number)
+    claim = leases.claim(trial_id)
+    if claim is EXPIRED:
+        raise Conflict(
+            "LeaseExpired",
+            f"the lease of trial {number} of study {study.name!r} expired before this tell; it is "
+            "failed and retried per the study's retries. Renew leases with /heartbeat or ask for a longer lease_s",
+        )
+    try:
+        return study.tell(
+            number,
+            body.value,
+            values=body.values,
+            scores=body.scores,
+            metrics=body.metrics,
+            state=body.state,
+            error=body.error,
+            user_attrs=body.user_attrs,
+        )
+    except InvalidRequest as exc:
+        if retrying(st.optuna.get_trial, trial_id).state.is_finished():
+            raise Conflict("TrialFinished", str(exc)) from exc
+        if isinstance(claim, Lease):
+            leases.restore(claim)  # the tell was rejected: the client may correct it and tell again
+        raise
+
+
+def add_trial_routes(api: APIRouter, studies: Studies) -> None:
+    """Read trials and their distributions; queue parameters for the next ask."""
+
+    @api.get("/studies/{name}/trials", response_model=m.TrialsPage, responses=errors(404, 422))
+    def list_trials(
+        name: StudyName,
+        state: m.TrialStateName | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=MAX_TRIAL_NUMBER)] = 0,
+    ) -> dict[str, Any]:
+        """A study's trials ordered by number, optionally only those in ``state``."""
+        trials = studies.get(name).trials(states=[state] if state else None)
+        page = trials[offset : offset + limit]
+        return {"trials": [m.trial_out(t) for t in page], "total": len(trials), "offset": offset, "limit": limit}
+
+    @api.get("/studies/{name}/trials/{number}", response_model=m.TrialOut, responses=errors(404, 422))
+    def get_trial(name: StudyName, number: TrialNumber) -> dict[str, Any]:
+        """One trial."""
+        return m.trial_out(studies.get(name).trial(number))
+
+    @api.get(
+        "/studies/{name}/trials/{number}/metrics",
+        response_model=dict[str, m.SummaryOut],
+        responses=errors(404, 422),
+    )
+    def trial_metrics(name: StudyName, number: TrialNumber) -> dict[str, Any]:
+        """Every distribution stored for the trial (score, llm.latency_s, ...)."""
+        summaries: dict[str, Summary] = studies.get(name).trial_metrics(number)
+        return {k: m.summary_out(s) for k, s in summaries.items()}
+
+    @api.post("/studies/{name}/enqueue", status_code=202, response_model=m.Queued, responses=errors(400, 404, 413, 422))
+    def enqueue(name: StudyName, body: m.EnqueueRequest) -> dict[str, Any]:
+        """Queue parameters for the next ask (checked against the study's last space)."""
+        studies.get(name).enqueue(body.params, user_attrs=body.user_attrs)
+        return {"queued": True}
+
+
+def add_health_routes(app: FastAPI, st: Storage, metrics: Metrics) -> None:
+    """/healthz (no token needed) and the Prometheus /metrics, outside /v1."""
+
+    @app.get("/healthz", response_model=m.Health, responses={503: {"model": m.ErrorResponse}})
+    def healthz() -> dict[str, str]:
+        """Liveness and database reachability; never needs a token."""
+        st.now()
+        return {"status": "ok"}
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **errors()},
+    )
+    def prometheus() -> Response:
+        """Prometheus exposition: studyhall's telemetry and this service's request counters."""
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")

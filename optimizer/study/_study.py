@@ -1,0 +1,415 @@
+"""Study: create/ask/tell on an Optuna study, with distributions and no stuck trials.
+
+::
+
+    ask ──> optuna.ask (retried) ──> heartbeat.add ──> TrialHandle
+    tell ─> read the running trial ──> check_tell (_tell.py; nothing written on bad input)
+            ──> sampler.after_trial ──> state + values + user_attrs + telemetry rows + note
+            (one transaction) ──> heartbeat.discard
+    a trial whose process died (no heartbeat) ──> FAIL and retry, or back to the queue
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from studyhall.optimizer import _optuna
+from studyhall.optimizer.study._space import Space, check_params, space_from_json, space_to_json, to_distributions
+from studyhall.optimizer.study._summary import Summary
+from studyhall.optimizer.study._tell import Told, check_tell, frozen_after, parse_state
+from studyhall.optimizer.telemetry._notes import before_tell
+from studyhall.optimizer.telemetry._registry import after_tell
+from studyhall.optimizer.telemetry._study import study_metrics
+from studyhall.storage import InvalidRequest, Storage, TrialNotFound, retrying
+from studyhall.storage._trials import finish_trial, read_trial_metrics, requeue_trial
+
+if TYPE_CHECKING:
+    from studyhall.optimizer.optimize._report import OptimizeReport
+    from studyhall.optimizer.telemetry._study import StudyMetrics
+
+SPACE_ATTR = "studyhall:space"
+RETRIES_ATTR = "studyhall:retries"
+SAMPLER_ATTR = "studyhall:sampler"
+_MAX_CACHED_IDS = 100_000  # number -> trial id of asked trials, a cache (tell reads the database without it)
+
+
+@dataclass(frozen=True)
+class TrialHandle:
+    """A trial handed out by ``ask``: its number and the parameters to evaluate."""
+
+    number: int
+    params: dict[str, Any]
+    trial_id: int = field(default=-1, repr=False, compare=False)
+
+
+class Study:
+    """One optimization study: ask for trials, tell their results, read what was learned.
+
+    Get one from :meth:`optimizer.Orchestrator.create_study` or ``load_study``.
+
+    Example:
+        >>> study = Orchestrator().create_study("qa", direction="maximize")  # doctest: +SKIP
+        >>> t = study.ask({"x": Float(0, 1)})  # doctest: +SKIP
+        >>> study.tell(t, scores=[1, 0, 1])  # doctest: +SKIP
+    """
+
+    def __init__(self, storage: Storage, study: optuna.Study) -> None:
+        self.storage = storage
+        self.optuna = study
+        self.name: str = study.study_name
+        self._study_id = _optuna.study_id(study)
+        self._last_stale_check = 0.0
+        self._space_json: dict[str, str] | None = None
+        self._ids: dict[int, int] = {}  # number -> trial id of the trials this object asked for
+        # number -> when it really started, if later than its ask (optimize asks one ahead)
+        self._started: dict[int, datetime] = {}
+
+    def __repr__(self) -> str:
+        return f"Study({self.name!r}, directions={self.directions})"
+
+    # ---- facts -------------------------------------------------------------------------
+
+    @property
+    def directions(self) -> list[str]:
+        """``"maximize"``/``"minimize"`` for each objective."""
+        return [d.name.lower() for d in self.optuna.directions]
+
+    @property
+    def retries(self) -> int:
+        """How many times a crashed, hung or stale trial is re-run with the same parameters."""
+        return int(self._system_attrs().get(RETRIES_ATTR, 0))
+
+    @retries.setter
+    def retries(self, n: int) -> None:
+        if n < 0:
+            raise InvalidRequest(f"retries must be >= 0; got {n}")
+        retrying(self.storage.optuna.set_study_system_attr, self._study_id, RETRIES_ATTR, int(n))
+
+    def _system_attrs(self) -> dict[str, Any]:
+        return retrying(self.storage.optuna.get_study_system_attrs, self._study_id)
+
+    @property
+    def space(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """The last search space given to ``ask`` by any process (as Optuna distributions)."""
+        return space_from_json(self._system_attrs().get(SPACE_ATTR, {}))
+
+    @property
+    def best_trial(self) -> FrozenTrial:
+        """The best finished trial (single-objective studies)."""
+        self._single_objective("best_trial")
+        try:
+            return self.optuna.best_trial
+        except ValueError as exc:
+            raise InvalidRequest(f"study {self.name!r} has no completed trial yet; tell one first") from exc
+
+    @property
+    def best_value(self) -> float:
+        """The best objective value so far (single-objective studies)."""
+        return float(self.best_trial.value)  # type: ignore[arg-type]
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        """The parameters of the best trial (single-objective studies)."""
+        return dict(self.best_trial.params)
+
+    @property
+    def best_trials(self) -> list[FrozenTrial]:
+        """The Pareto front (multi-objective studies), or the best trial in a list."""
+        return list(self.optuna.best_trials)
+
+    def trials(self, states: Sequence[str | TrialState] | None = None) -> list[FrozenTrial]:
+        """Every trial (Optuna FrozenTrials), optionally only those in ``states``."""
+        st = None if states is None else tuple(parse_state(s, told=False) for s in states)
+        return retrying(self.optuna.get_trials, deepcopy=False, states=st)
+
+    def trial(self, number: int) -> FrozenTrial:
+        """One trial by number; TrialNotFound if there is none."""
+        return retrying(self.storage.optuna.get_trial, self._trial_id(number))
+
+    def metrics(self, name: str = "score") -> StudyMetrics:
+        """The study's distributions: trial values, ``name`` and LLM latency pooled over trials."""
+        return study_metrics(self, name)
+
+    def trial_metrics(self, number: int) -> dict[str, Summary]:
+        """Every distribution stored for trial ``number`` (``score``, ``llm.latency_s``, ...)."""
+        rows = read_trial_metrics(self.storage, self._trial_id(number))
+        return {name: Summary.from_dict(row) for name, row in rows.items()}
+
+    # ---- ask ---------------------------------------------------------------------------
+
+    def ask(self, space: Space | None = None, *, keepalive: bool = True) -> TrialHandle:
+        """Start a trial and sample its parameters from ``space`` (or the study's last space).
+
+        Enqueued parameters (``enqueue``, retries) are handed out first. The trial is
+        heartbeated by this process until it is told; with ``keepalive=False`` the
+        caller keeps it alive instead (the HTTP service's leases do).
+        """
+        dists = self._remember_space(space)
+        self._maybe_fail_stale()
+        return self._ask(dists, keepalive)
+
+    def ask_batch(self, space: Space | None = None, k: int = 1, *, keepalive: bool = True) -> list[TrialHandle]:
+        """``k`` trials at once; TPE's constant liar keeps them apart while they are pending."""
+        if not isinstance(k, int) or k < 1:
+            raise InvalidRequest(f"ask_batch needs k >= 1; got {k!r}")
+        dists = self._remember_space(space)
+        self._maybe_fail_stale()
+        return [self._ask(dists, keepalive) for _ in range(k)]
+
+    def _ask(self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True) -> TrialHandle:
+        trial = self._ask_trial(dists, keepalive)
+        return TrialHandle(trial.number, dict(trial.params), _optuna.trial_id(trial))
+
+    def _ask_trial(
+        self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True
+    ) -> optuna.Trial:
+        # The live optuna.Trial: optimize() answers a worker's suggest_* calls with it.
+        with _optuna.quiet_ask(self.optuna):
+            trial = retrying(self.optuna.ask, fixed_distributions=dists)
+        trial_id = _optuna.trial_id(trial)
+        if len(self._ids) >= _MAX_CACHED_IDS:  # trials asked and never told (abandoned leases) must not pile up
+            self._ids.clear()
+        self._ids[trial.number] = trial_id
+        if keepalive:
+            self.storage.heartbeat.add(trial_id)
+        return trial
+
+    def _remember_space(self, space: Space | None) -> dict[str, optuna.distributions.BaseDistribution]:
+        if space is None:
+            return self.space
+        dists = to_distributions(space)
+        encoded = space_to_json(dists)
+        if self._space_json is None:
+            self._space_json = self._system_attrs().get(SPACE_ATTR)
+        if self._space_json != encoded:  # persisted so other processes can check enqueues
+            retrying(self.storage.optuna.set_study_system_attr, self._study_id, SPACE_ATTR, encoded)
+            self._space_json = encoded
+        return dists
+
+    def enqueue(self, params: Mapping[str, Any], *, user_attrs: Mapping[str, Any] | None = None) -> None:
+        """Queue ``params`` to be handed out by the next ``ask`` (checked against the known space)."""
+        if not isinstance(params, Mapping):
+            raise InvalidRequest(f"enqueue takes a dict of parameters; got {type(params).__name__}")
+        dists = self.space
+        if dists:
+            check_params(params, dists)
+        retrying(self.optuna.enqueue_trial, dict(params), user_attrs=dict(user_attrs or {}), skip_if_exists=False)
+
+    # ---- tell --------------------------------------------------------------------------
+
+    def tell(
+        self,
+        trial: TrialHandle | int,
+        value: float | Sequence[float] | None = None,
+        *,
+        values: Sequence[float] | None = None,
+        scores: Sequence[float] | np.ndarray | None = None,
+        metrics: Mapping[str, Sequence[float]] | None = None,
+        state: str | TrialState | None = None,
+        error: str | None = None,
+        user_attrs: Mapping[str, Any] | None = None,
+    ) -> FrozenTrial:
+        """Finish a trial with its value(s), per-example ``scores``, or a ``fail``/``pruned`` state.
+
+        ``scores`` set the value to their mean and keep the distribution (Summary in
+        ``trial_metrics`` and ``score.*`` user_attrs); ``metrics`` are summarised the
+        same way under their own names. Bad input raises InvalidRequest and writes nothing.
+        """
+        number = self._number(trial)
+        # One read of the running trial: the sampler's after_trial hook, a pruned
+        # trial's last intermediate value and the returned FrozenTrial all come from it.
+        running = retrying(self.storage.optuna.get_trial, self._trial_id(number))
+        if running.state.is_finished():
+            raise InvalidRequest(
+                f"trial {number} of study {self.name!r} is already finished ({running.state.name}); "
+                "ask for a new trial instead"
+            )
+        told = check_tell(
+            running, self.directions, self.name, value=value, values=values, scores=scores, metrics=metrics,
+            state=state, error=error, user_attrs=user_attrs,
+        )
+        done_at, started_at = datetime.now(), self._started.get(number)
+        try:
+            _optuna.after_trial(self.optuna, running, told.state, told.values)
+        finally:
+            written = self._finish(running, told, done_at, started_at)
+        if not written:  # another process told it between our read and our write
+            raise InvalidRequest(f"trial {number} of study {self.name!r} was finished meanwhile")
+        after_tell(self.name, told.state, told.values, told.rows, told.user_attrs)
+        return frozen_after(running, told, started_at, done_at)
+
+    def _number(self, trial: TrialHandle | int) -> int:
+        number = trial.number if isinstance(trial, TrialHandle) else trial
+        if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
+            raise InvalidRequest(f"tell needs a TrialHandle or a trial number; got {trial!r:.60}")
+        return int(number)
+
+    def _finish(self, running: FrozenTrial, told: Told, done_at: datetime, started_at: datetime | None) -> bool:
+        """Write a checked tell: state, values, user_attrs, metrics rows and dashboard note in one transaction."""
+        trial_id = _optuna.trial_id(running)
+        # a failed trial's last trace steps join its user_attrs; the note rides in the same transaction
+        note = before_tell(self._study_id, trial_id, running.number, told.state, told.user_attrs, told.rows)
+        try:
+            return finish_trial(
+                self.storage,
+                study_id=self._study_id,
+                trial_id=trial_id,
+                trial_number=running.number,
+                state=told.state,
+                values=told.values,
+                user_attrs=told.user_attrs,
+                metrics=told.rows,
+                extra=note,
+                completed_at=done_at,
+                started_at=started_at,
+            )
+        finally:
+            self.storage.heartbeat.discard(trial_id)
+            self._ids.pop(running.number, None)
+            self._started.pop(running.number, None)
+
+    # ---- housekeeping ------------------------------------------------------------------
+
+    def trial_id(self, number: int) -> int:
+        """The storage id of trial ``number``; TrialNotFound if there is none."""
+        return self._trial_id(number)
+
+    def _trial_id(self, number: int) -> int:
+        if number in self._ids:
+            return self._ids[number]
+        try:
+            return retrying(self.storage.optuna.get_trial_id_from_study_id_trial_number, self._study_id, number)
+        except KeyError as exc:
+            raise TrialNotFound(f"study {self.name!r} has no trial number {number}") from exc
+
+    def _single_objective(self, what: str) -> None:
+        if len(self.optuna.directions) != 1:
+            raise InvalidRequest(f"{what} is for single-objective studies; use best_trials for the Pareto front")
+
+    def _maybe_fail_stale(self) -> None:
+        now = time.monotonic()
+        if now - self._last_stale_check >= self.storage.heartbeat_interval:
+            self._last_stale_check = now
+            self.fail_stale_trials()
+
+    def fail_stale_trials(self) -> list[int]:
+        """FAIL every trial whose process stopped heartbeating; re-enqueue it per ``retries``.
+
+        A stale trial that never began (no parameter, no report: e.g. the one a killed
+        ``optimize`` had queued for its next free worker) goes back to the queue
+        (WAITING) instead. Returns the numbers of the trials failed by this call.
+        """
+        mine = self.storage.heartbeat.tracked()
+        failed: list[int] = []
+        retries = None
+        for trial_id in self.storage.stale_trial_ids(self._study_id):
+            if trial_id in mine:
+                continue
+            frozen = retrying(self.storage.optuna.get_trial, trial_id)
+            if not frozen.params and not frozen.intermediate_values:
+                self._requeue(trial_id)  # (False: another process got there first)
+                continue
+            reason = (
+                f"stale: no heartbeat for over {self.storage.grace_period}s; the process "
+                "running this trial died or hung"
+            )
+            if retries is None:
+                retries = self.retries
+            if self.fail_abandoned(frozen, reason=reason, failure="stale", retries=retries):
+                failed.append(frozen.number)
+        return failed
+
+    def fail_abandoned(self, frozen: FrozenTrial, *, reason: str, failure: str, retries: int | None = None) -> bool:
+        """FAIL a RUNNING trial its owner abandoned and retry it per policy; False if another process did.
+
+        ``reason`` lands in the ``error`` user_attr and ``failure`` names the kind
+        ("stale", "lease"). Safe to race: only the process that changes the state retries.
+        """
+        changed = finish_trial(
+            self.storage,
+            study_id=self._study_id,
+            trial_id=_optuna.trial_id(frozen),
+            trial_number=frozen.number,
+            state=TrialState.FAIL,
+            user_attrs={"error": reason, "failure": failure},
+        )
+        if changed:  # the loser of a race (another process failed it first) leaves the retry to the winner
+            self.retry(frozen, self.retries if retries is None else retries)
+        return changed
+
+    def _requeue(self, trial_id: int) -> bool:
+        # A trial asked but never started goes back to the queue (WAITING): the next
+        # ask anywhere hands it out again, with whatever it was enqueued with.
+        self.storage.heartbeat.discard(trial_id)
+        return requeue_trial(self.storage, trial_id)
+
+    def retry(self, frozen: FrozenTrial, retries: int) -> bool:
+        """Re-enqueue a failed trial's parameters if it has retries left; True if it did."""
+        attempt = int(frozen.user_attrs.get("retry", 0))
+        if attempt >= retries or not frozen.params:
+            return False
+        origin = int(frozen.user_attrs.get("retry_of", frozen.number))
+        retrying(
+            self.optuna.enqueue_trial,
+            dict(frozen.params),
+            user_attrs={"retry_of": origin, "retry": attempt + 1},
+            skip_if_exists=False,
+        )
+        return True
+
+    def optimize(
+        self,
+        objective: Callable[..., Any] | str,
+        *,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        workers: int = 1,
+        trial_timeout: float | None = None,
+        retries: int = 0,
+        space: Space | None = None,
+        progress: bool = True,
+        max_total_trials: int | None = None,
+        catch: tuple[type[BaseException], ...] = (Exception,),
+    ) -> OptimizeReport:
+        """Run ``objective`` on trials of this study in ``workers`` subprocesses (0: in this thread).
+
+        Only this process touches the storage; the workers' ``suggest_*`` calls are
+        answered here (see ``optimizer/optimize/_optimize.py`` for the loop).
+
+        Args:
+            objective: a callable taking an Optuna-style trial, or ``"package.module:function"``;
+                it returns a float, per-example scores (a sequence), or an ``Evaluation``.
+            n_trials: stop after this call finished this many trials (retries included).
+            timeout: seconds after which no new trial starts (the trial queued for the
+                next free worker goes back to the study's queue, WAITING).
+            workers: trials running at once, each in its own worker process, plus one
+                asked ahead and queued so that a free worker starts at once; 0 runs
+                them in this thread (then ``trial_timeout`` is not available).
+            trial_timeout: seconds a trial may run before its worker is killed (FAIL).
+            retries: re-runs of a timed-out or crashed trial's parameters; also the
+                study's policy for trials left stale by dead processes.
+            space: parameters sampled up front (no round trip for their ``suggest_*``).
+            progress: a progress bar on stderr when it is a terminal.
+            max_total_trials: stop once the study as a whole (every process and host)
+                has this many finished trials.
+            catch: exceptions that fail a trial and let the run go on; any other stops
+                asking, lets the running trials finish, and is raised here.
+
+        Raises:
+            InvalidRequest: a bad argument, or an objective that cannot reach a worker.
+            KeyboardInterrupt: after Ctrl-C, once no trial of this call is left RUNNING.
+        """
+        from studyhall.optimizer.optimize._optimize import optimize
+
+        return optimize(
+            self, objective, n_trials=n_trials, timeout=timeout, workers=workers, trial_timeout=trial_timeout,
+            retries=retries, space=space, progress=progress, max_total_trials=max_total_trials, catch=catch,
+        )
