@@ -22,6 +22,7 @@ import numpy as np
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from studyhall.storage._optuna import table
 from studyhall.storage._schema import trial_metrics
 from studyhall.storage._sql import upsert
 from studyhall.storage._storage import Storage

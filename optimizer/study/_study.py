@@ -2,7 +2,8 @@
 
 ::
 
-    ask ──> optuna.ask (retried) ──> heartbeat.add ──> TrialHandle
+    ask ──> claim a WAITING trial, or sample in memory and write the trial with its
+            parameters and first beat in one transaction ──> heartbeat.add ──> TrialHandle
     tell ─> read the running trial ──> check_tell (_tell.py; nothing written on bad input)
             ──> sampler.after_trial ──> state + values + user_attrs + telemetry rows + note
             (one transaction) ──> heartbeat.discard
@@ -172,14 +173,16 @@ class Study:
         self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True
     ) -> optuna.Trial:
         # The live optuna.Trial: optimize() answers a worker's suggest_* calls with it.
+        # No retry around it: each write inside retries itself, and a retried whole ask
+        # is what used to leave orphan trials behind.
         with _optuna.quiet_ask(self.optuna):
-            trial = retrying(self.optuna.ask, fixed_distributions=dists)
+            trial = _optuna.ask(self.optuna, self.storage.optuna, dists, heartbeat=keepalive)
         trial_id = _optuna.trial_id(trial)
         if len(self._ids) >= _MAX_CACHED_IDS:  # trials asked and never told (abandoned leases) must not pile up
             self._ids.clear()
         self._ids[trial.number] = trial_id
         if keepalive:
-            self.storage.heartbeat.add(trial_id)
+            self.storage.heartbeat.add(trial_id, beaten=True)
         return trial
 
     def _remember_space(self, space: Space | None) -> dict[str, optuna.distributions.BaseDistribution]:
