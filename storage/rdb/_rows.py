@@ -154,20 +154,27 @@ def load_trials(
     if not rows:
         return []
     trials = {r[0]: new_frozen(r[0], r[1], r[2], to_local(r[3]), to_local(r[4])) for r in rows}
+    # Each query sees the database as of its own start (read committed): a trial committed
+    # after the first one can show up in the later ones. It is skipped; the next refresh
+    # reads it whole (its id is above the watermark).
     for trial_id, name, value, text in conn.execute(params_q, args):
-        dist = parse(text)
-        frozen = trials[trial_id]
-        frozen.distributions[name] = dist
-        frozen.params[name] = dist.to_external_repr(value)
+        frozen = trials.get(trial_id)
+        if frozen is not None:
+            dist = parse(text)
+            frozen.distributions[name] = dist
+            frozen.params[name] = dist.to_external_repr(value)
     values: dict[int, dict[int, float]] = {}
     for trial_id, objective, value, kind in conn.execute(values_q, args):
         values.setdefault(trial_id, {})[objective] = value_from(value, kind)
     for trial_id, by_objective in values.items():
-        trials[trial_id].values = [by_objective[k] for k in sorted(by_objective)]
+        if trial_id in trials:
+            trials[trial_id].values = [by_objective[k] for k in sorted(by_objective)]
     for trial_id, step, value, kind in conn.execute(inter_q, args):
-        trials[trial_id].intermediate_values[step] = intermediate_from(value, kind)
-    for trial_id, key, text in conn.execute(user_q, args):
-        trials[trial_id].user_attrs[key] = json.loads(text)
-    for trial_id, key, text in conn.execute(system_q, args):
-        trials[trial_id].system_attrs[key] = json.loads(text)
+        if trial_id in trials:
+            trials[trial_id].intermediate_values[step] = intermediate_from(value, kind)
+    for query, attr in ((user_q, "user_attrs"), (system_q, "system_attrs")):
+        for trial_id, key, text in conn.execute(query, args):
+            frozen = trials.get(trial_id)
+            if frozen is not None:
+                getattr(frozen, attr)[key] = json.loads(text)
     return list(trials.values())
