@@ -13,10 +13,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# Optuna's own tests (in its sdist, not its wheel), run on studyhall's storage by
+# tests/storage/test_optuna_upstream.py; fetched once per Optuna version.
+OPTUNA_TESTS := $(VENV)/optuna-tests/.fetched
+$(OPTUNA_TESTS): $(STAMP)
+	rm -rf $(VENV)/optuna-tests && mkdir -p $(VENV)/optuna-tests
+	v=$$($(BIN)/python -c "import optuna; print(optuna.__version__)") && \
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: "optuna==$$v" -d $(VENV)/optuna-tests && \
+	tar xzf $(VENV)/optuna-tests/optuna-$$v.tar.gz -C $(VENV)/optuna-tests optuna-$$v/tests optuna-$$v/pyproject.toml
+	@touch $@
+
 demo: $(STAMP)
 	$(BIN)/studyhall demo
 
-test: $(STAMP)
+test: $(STAMP) $(OPTUNA_TESTS)
 	$(BIN)/python -m pytest -q
 
 # The packages pass mypy --strict and everything passes ruff (settings in pyproject.toml).

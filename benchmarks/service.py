@@ -12,58 +12,22 @@ with 1 and 8 concurrent clients and HTTP's rate as a fraction of in-process.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import optuna
 
+from _serve import serve
 from studyhall.optimizer import Client, Float, Int, Orchestrator
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"x": Float(-5.0, 5.0), "y": Float(0.0, 1.0), "k": Int(1, 8)}
-
-
-@contextlib.contextmanager
-def serve(url: str) -> Iterator[str]:
-    """`studyhall serve` on a free loopback port until the block ends."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "STUDYHALL_TOKEN"}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from studyhall.optimizer.cli import main; main()", "serve", "--storage", url,
-         "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"studyhall serve exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("studyhall serve did not answer /healthz within 60 s")
-            time.sleep(0.05)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def loop(study: object, n: int) -> None:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:
+    from studyhall.storage.rdb import SQLStorage
 
 
 def study_id(study: optuna.Study) -> int:
@@ -55,6 +58,38 @@ def quiet_ask(study: optuna.Study) -> Iterator[None]:
         yield
     finally:
         tl.in_optimize_loop = before
+
+
+def ask(study: optuna.Study, storage: SQLStorage, dists: dict[str, BaseDistribution], *, heartbeat: bool) -> optuna.Trial:
+    """``optuna.Study.ask(fixed_distributions=dists)``, with a new trial written in one transaction.
+
+    An enqueued (WAITING) trial is claimed first, as Optuna does. Otherwise the
+    trial is begun in memory (``SQLStorage.begin_trial``), Optuna's ``Trial`` and the
+    sampler fill in its parameters, and ``commit_trial`` writes the row, the
+    parameters and (``heartbeat``) its first beat together. A failure before the
+    commit writes nothing.
+    """
+    sid = study._study_id
+    study._thread_local.cached_all_trials = None  # Optuna syncs with the storage once per ask
+    waiting = storage.pop_waiting_trial(sid)
+    if waiting is not None:
+        if heartbeat:
+            storage.record_heartbeat(waiting)
+        trial = optuna.Trial(study, waiting)
+        for name, dist in dists.items():
+            trial._suggest(name, dist)
+        return trial
+    provisional = storage.begin_trial(sid)
+    try:
+        trial = optuna.Trial(study, provisional)
+        for name, dist in dists.items():
+            trial._suggest(name, dist)
+        frozen = storage.commit_trial(provisional, heartbeat=heartbeat)
+    except BaseException:
+        storage.discard_trial(provisional)
+        raise
+    trial._trial_id = frozen._trial_id  # the storage also maps the provisional id, but say the truth
+    return trial
 
 
 def after_trial(study: optuna.Study, running: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:

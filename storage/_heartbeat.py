@@ -13,8 +13,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from studyhall.storage._retry import retrying
-
 if TYPE_CHECKING:
     from studyhall.storage._storage import Storage
 
@@ -33,18 +31,23 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, trial_id: int) -> None:
-        """Keep ``trial_id`` alive until :meth:`discard`; its first beat is written at once."""
+    def add(self, trial_id: int, *, beaten: bool = False) -> None:
+        """Keep ``trial_id`` alive until :meth:`discard`; its first beat is written at once.
+
+        ``beaten``: the trial's first beat was written with it (``SQLStorage.commit_trial``).
+        """
         with self._lock:
             self._trials.add(trial_id)
-            self._fresh.add(trial_id)
+            if not beaten:
+                self._fresh.add(trial_id)
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._thread = threading.Thread(
                     target=self._loop, name="studyhall-heartbeat", daemon=True
                 )
                 self._thread.start()
-        self._wake.set()
+        if not beaten:
+            self._wake.set()
 
     def discard(self, trial_id: int) -> None:
         """Stop beating for ``trial_id`` (it was told, or handed to another owner)."""
@@ -64,6 +67,12 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def _beat(self, trial_ids: list[int]) -> None:
+        try:
+            self._storage.optuna.record_heartbeats(trial_ids)  # one transaction for all of them
+        except Exception:  # a missed beat is retried next round; never kill the thread
+            _log.warning("heartbeat for trials %s failed", trial_ids, exc_info=True)
+
     def _loop(self) -> None:
         interval = self._storage.heartbeat_interval
         last_full = float("-inf")
@@ -76,9 +85,6 @@ class Heartbeat:
                     due, last_full = set(self._trials), now
                 else:
                     due = fresh & self._trials
-            for trial_id in due:
-                try:
-                    retrying(self._storage.optuna.record_heartbeat, trial_id)
-                except Exception:  # a missed beat is retried next round; never kill the thread
-                    _log.warning("heartbeat for trial %s failed", trial_id, exc_info=True)
+            if due:
+                self._beat(sorted(due))
             self._wake.wait(max(0.0, last_full + interval - time.monotonic()))

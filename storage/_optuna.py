@@ -11,7 +11,7 @@ moves them, this is the one module to change.
 from __future__ import annotations
 
 import functools
-from typing import Any, cast
+from typing import cast
 
 import sqlalchemy as sa
 
@@ -25,9 +25,19 @@ def table(model: str) -> sa.Table:
     return cast(sa.Table, getattr(models, model).__table__)
 
 
-def stored_value(value: float) -> tuple[float | None, Any]:
-    """How Optuna stores an objective value: (finite value or None, its kind: finite/inf/-inf)."""
-    from optuna.storages._rdb.models import TrialValueModel
+def ensure_optuna_schema(engine: sa.Engine, url: str) -> None:
+    """Create Optuna's tables if missing and refuse a schema this Optuna cannot use.
 
-    return cast(tuple[float | None, Any], TrialValueModel.value_to_stored_repr(float(value)))
+    Optuna's own ``RDBStorage`` set-up does exactly this; running its version manager
+    on our engine keeps the schema, its version rows and alembic stamp identical.
+    """
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _VersionManager
+    from sqlalchemy import orm
 
+    models.BaseModel.metadata.create_all(engine)
+    sessions = orm.scoped_session(orm.sessionmaker(bind=engine))
+    try:
+        _VersionManager(url, engine, sessions).check_table_schema_compatibility()
+    finally:
+        sessions.remove()

@@ -3,7 +3,7 @@
 ::
 
     connect(url) ──> Storage ──┬── .engine    one pool of connections
-                               ├── .optuna    optuna RDBStorage on that engine
+                               ├── .optuna    SQLStorage: an Optuna storage on that engine
                                ├── .transaction(fn)  fn(conn) in one transaction, retried
                                ├── .session()        one transaction, not retried
                                └── .heartbeat one daemon thread a process
@@ -20,9 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -30,11 +29,9 @@ from sqlalchemy.engine import make_url
 from studyhall.storage import _sqlite
 from studyhall.storage._errors import InvalidRequest, StorageError
 from studyhall.storage._heartbeat import Heartbeat
-from studyhall.storage._optuna import table
+from studyhall.storage._optuna import ensure_optuna_schema, table
 from studyhall.storage._retry import is_transient, retrying, setup_retry
-
-if TYPE_CHECKING:
-    import optuna
+from studyhall.storage.rdb import SQLStorage
 
 T = TypeVar("T")
 
@@ -79,8 +76,6 @@ class Storage:
     def __init__(
         self, url: str, *, heartbeat_interval: int = 1, grace_period: int = 10
     ) -> None:
-        import optuna
-
         parsed = _normalise_url(url)
         self.url = parsed.render_as_string(hide_password=False)
         self.dialect = parsed.get_backend_name()
@@ -93,21 +88,17 @@ class Storage:
             engine_kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
             engine_kwargs.update(pool_recycle=1800)
-        with warnings.catch_warnings():
-            # heartbeat_interval is marked experimental in Optuna; we rely on it knowingly.
-            warnings.simplefilter("ignore")
-            self.optuna: optuna.storages.RDBStorage = retrying(
-                optuna.storages.RDBStorage,
-                self.url,
-                retry_on=setup_retry,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-            )
-        self.engine: sa.Engine = self.optuna.engine
+        self.engine: sa.Engine = sa.create_engine(self.url, **engine_kwargs)
+        # Optuna's own tables, created and version-checked by Optuna's own code. Before
+        # the SQLite hooks: Optuna's version check opens a second connection inside its
+        # session, which an IMMEDIATE transaction would lock out.
+        retrying(ensure_optuna_schema, self.engine, self.url, retry_on=setup_retry)
         if self.dialect == "sqlite":
             _sqlite.install_hooks(self.engine)
             self.engine.dispose()  # connections opened before the hooks must not be reused
+        self.optuna = SQLStorage(
+            self.engine, self.url, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+        )
         retrying(self._migrate, retry_on=setup_retry)
         self.heartbeat = Heartbeat(self)
         if self.dialect == "sqlite":
@@ -166,14 +157,10 @@ class Storage:
 
     def study_id(self, name: str) -> int | None:
         """The Optuna study id of ``name``, or None when there is no such study."""
-        import optuna
-
         try:
-            return retrying(self.optuna.get_study_id_from_name, name)
+            return self.optuna.get_study_id_from_name(name)
         except KeyError:
             return None
-        except optuna.exceptions.StorageInternalError as exc:  # pragma: no cover
-            raise StorageError(str(exc)) from exc
 
     def stale_trial_ids(self, study_id: int) -> list[int]:
         """RUNNING trials of ``study_id`` whose process stopped heartbeating.

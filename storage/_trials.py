@@ -14,7 +14,6 @@ Also a trial's other rows: back to the queue (``requeue_trial``), its study
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -23,7 +22,7 @@ import numpy as np
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from studyhall.storage._optuna import stored_value, table
+from studyhall.storage._optuna import table
 from studyhall.storage._schema import trial_metrics
 from studyhall.storage._sql import upsert
 from studyhall.storage._storage import Storage
@@ -32,10 +31,6 @@ _STAT_COLUMNS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
 
 InTransaction: TypeAlias = Callable[[sa.Connection], None]
 """More work for ``finish_trial``'s transaction (``extra=``), e.g. :func:`storage._notes.note_writer`."""
-
-
-class _NotRunning(Exception):
-    """Rolls the transaction back: the trial was finished by someone else first."""
 
 
 def finish_trial(
@@ -59,75 +54,38 @@ def finish_trial(
     replaces the ask time (a trial that waited in a queue). Returns False, having
     written nothing, when the trial was no longer RUNNING.
     """
-    rows = list(metrics)
-    attrs = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in user_attrs.items()]
-    trials = table("TrialModel")
-    # A conditional UPDATE is both the check and the lock: of two processes telling
-    # the same trial, the second matches no row, on every dialect.
-    times = {"datetime_complete": completed_at or datetime.now()}
-    if started_at is not None:
-        times["datetime_start"] = started_at
-    end = (
-        sa.update(trials)
-        .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
-        .values(state=state, **times)
-    )
-    stored = [stored_value(v) for v in values or ()]
+    rows = [
+        {
+            "study_id": study_id,
+            "trial_id": trial_id,
+            "trial_number": trial_number,
+            "name": name,
+            **{c: summary[c] for c in _STAT_COLUMNS},
+            "histogram": [list(b) for b in summary["histogram"]],
+            "samples": None if samples is None else np.ascontiguousarray(samples, dtype="<f8").tobytes(),
+        }
+        for name, summary, samples in metrics
+    ]
 
-    def write(conn: sa.Connection) -> None:
-        if conn.execute(end).rowcount != 1:
-            raise _NotRunning
-        upsert(
-            conn,
-            table("TrialValueModel"),
-            [{"trial_id": trial_id, "objective": i, "value": v, "value_type": kind} for i, (v, kind) in enumerate(stored)],
-            keys=("trial_id", "objective"),
-        )
-        upsert(conn, table("TrialUserAttributeModel"), attrs, keys=("trial_id", "key"))
-        upsert(
-            conn,
-            trial_metrics,
-            [
-                {
-                    "study_id": study_id,
-                    "trial_id": trial_id,
-                    "trial_number": trial_number,
-                    "name": name,
-                    **{c: summary[c] for c in _STAT_COLUMNS},
-                    "histogram": [list(b) for b in summary["histogram"]],
-                    "samples": None if samples is None else np.ascontiguousarray(samples, dtype="<f8").tobytes(),
-                }
-                for name, summary, samples in rows
-            ],
-            keys=("trial_id", "name"),
-        )
+    def telemetry(conn: sa.Connection) -> None:
+        upsert(conn, trial_metrics, rows, keys=("trial_id", "name"))
         if extra is not None:
             extra(conn)
 
-    try:
-        st.transaction(write)
-    except _NotRunning:
-        return False
-    return True
+    return st.optuna.finish_trial(
+        trial_id,
+        state,
+        values,
+        user_attrs=dict(user_attrs),
+        extra=telemetry,
+        completed_at=completed_at,
+        started_at=started_at,
+    )
 
 
 def requeue_trial(st: Storage, trial_id: int) -> bool:
     """Put a RUNNING trial that never ran back in the study's queue (WAITING); False if it is not RUNNING."""
-    trials, beats = table("TrialModel"), table("TrialHeartbeatModel")
-    back = (
-        sa.update(trials)
-        .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
-        .values(state=TrialState.WAITING, datetime_start=None)
-    )
-
-    def write(conn: sa.Connection) -> bool:
-        if conn.execute(back).rowcount != 1:
-            return False
-        # An old beat would make the trial look stale the moment it is handed out again.
-        conn.execute(sa.delete(beats).where(beats.c.trial_id == trial_id))
-        return True
-
-    return st.transaction(write)
+    return st.optuna.requeue_trial(trial_id)
 
 
 def study_of_trial(st: Storage, trial_id: int) -> int | None:

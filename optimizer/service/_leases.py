@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 from optuna.trial import TrialState
 
 from studyhall.optimizer.study._study import TrialHandle
-from studyhall.storage import Storage, retrying
+from studyhall.storage import Storage
 from studyhall.storage import _leases as lease_rows
 from studyhall.storage._leases import Lease, LeaseExpired
 
@@ -173,7 +173,7 @@ class Leases:
     def _expire(self, lease: Lease) -> tuple[str, int] | None:
         try:
             study = self._study_of(lease.study_id)
-            frozen = retrying(self.storage.optuna.get_trial, lease.trial_id)
+            frozen = self.storage.optuna.get_trial(lease.trial_id)
         except KeyError:  # the study or trial was deleted meanwhile
             lease_rows.drop(self.storage, lease.trial_id)
             return None

@@ -171,7 +171,7 @@ def add_leased_trial_routes(api: APIRouter, studies: Studies, leases: Leases, me
             return {"number": number, "lease_expires_at": expires}
         if expires is EXPIRED:
             raise Conflict("LeaseExpired", f"the lease of trial {number} of study {name!r} already expired; ask again")
-        state = retrying(st.optuna.get_trial, trial_id).state
+        state = st.optuna.get_trial(trial_id).state
         if state.is_finished():
             raise Conflict("TrialFinished", f"trial {number} of study {name!r} is already {state.name.lower()}")
         raise Conflict(
@@ -202,7 +202,7 @@ def _tell(study: Study, number: int, body: m.TellRequest, leases: Leases, st: St
             user_attrs=body.user_attrs,
         )
     except InvalidRequest as exc:
-        if retrying(st.optuna.get_trial, trial_id).state.is_finished():
+        if st.optuna.get_trial(trial_id).state.is_finished():
             raise Conflict("TrialFinished", str(exc)) from exc
         if isinstance(claim, Lease):
             leases.restore(claim)  # the tell was rejected: the client may correct it and tell again

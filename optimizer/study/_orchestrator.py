@@ -160,7 +160,7 @@ class Orchestrator:
             hint = f"known studies: {', '.join(known[:20])}" if known else "the storage has no studies yet"
             raise StudyNotFound(f"no study named {name!r} in {self.storage!r}; {hint}")
         if sampler is None:
-            saved = retrying(self.storage.optuna.get_study_system_attrs, study_id).get(SAMPLER_ATTR) or {}
+            saved = self.storage.optuna.get_study_system_attrs(study_id).get(SAMPLER_ATTR) or {}
             sampler = saved.get("name", "tpe")
         ostudy = retrying(
             optuna.load_study,
@@ -189,6 +189,6 @@ class Orchestrator:
             known = self.study_names()
             raise StudyNotFound(f"no study named {name!r} to delete; known studies: {', '.join(known[:20]) or 'none'}")
         delete_study_rows(self.storage, study_id)
-        retrying(optuna.delete_study, study_name=name, storage=self.storage.optuna)
+        optuna.delete_study(study_name=name, storage=self.storage.optuna)
 
 

@@ -2,7 +2,8 @@
 
 ::
 
-    ask ──> optuna.ask (retried) ──> heartbeat.add ──> TrialHandle
+    ask ──> claim a WAITING trial, or sample in memory and write the trial with its
+            parameters and first beat in one transaction ──> heartbeat.add ──> TrialHandle
     tell ─> read the running trial ──> check_tell (_tell.py; nothing written on bad input)
             ──> sampler.after_trial ──> state + values + user_attrs + telemetry rows + note
             (one transaction) ──> heartbeat.discard
@@ -91,10 +92,10 @@ class Study:
     def retries(self, n: int) -> None:
         if n < 0:
             raise InvalidRequest(f"retries must be >= 0; got {n}")
-        retrying(self.storage.optuna.set_study_system_attr, self._study_id, RETRIES_ATTR, int(n))
+        self.storage.optuna.set_study_system_attr(self._study_id, RETRIES_ATTR, int(n))
 
     def _system_attrs(self) -> dict[str, Any]:
-        return retrying(self.storage.optuna.get_study_system_attrs, self._study_id)
+        return self.storage.optuna.get_study_system_attrs(self._study_id)
 
     @property
     def space(self) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -128,11 +129,11 @@ class Study:
     def trials(self, states: Sequence[str | TrialState] | None = None) -> list[FrozenTrial]:
         """Every trial (Optuna FrozenTrials), optionally only those in ``states``."""
         st = None if states is None else tuple(parse_state(s, told=False) for s in states)
-        return retrying(self.optuna.get_trials, deepcopy=False, states=st)
+        return self.optuna.get_trials(deepcopy=False, states=st)
 
     def trial(self, number: int) -> FrozenTrial:
         """One trial by number; TrialNotFound if there is none."""
-        return retrying(self.storage.optuna.get_trial, self._trial_id(number))
+        return self.storage.optuna.get_trial(self._trial_id(number))
 
     def metrics(self, name: str = "score") -> StudyMetrics:
         """The study's distributions: trial values, ``name`` and LLM latency pooled over trials."""
@@ -172,14 +173,16 @@ class Study:
         self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True
     ) -> optuna.Trial:
         # The live optuna.Trial: optimize() answers a worker's suggest_* calls with it.
+        # No retry around it: each write inside retries itself, and a retried whole ask
+        # is what used to leave orphan trials behind.
         with _optuna.quiet_ask(self.optuna):
-            trial = retrying(self.optuna.ask, fixed_distributions=dists)
+            trial = _optuna.ask(self.optuna, self.storage.optuna, dists, heartbeat=keepalive)
         trial_id = _optuna.trial_id(trial)
         if len(self._ids) >= _MAX_CACHED_IDS:  # trials asked and never told (abandoned leases) must not pile up
             self._ids.clear()
         self._ids[trial.number] = trial_id
         if keepalive:
-            self.storage.heartbeat.add(trial_id)
+            self.storage.heartbeat.add(trial_id, beaten=True)
         return trial
 
     def _remember_space(self, space: Space | None) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -190,7 +193,7 @@ class Study:
         if self._space_json is None:
             self._space_json = self._system_attrs().get(SPACE_ATTR)
         if self._space_json != encoded:  # persisted so other processes can check enqueues
-            retrying(self.storage.optuna.set_study_system_attr, self._study_id, SPACE_ATTR, encoded)
+            self.storage.optuna.set_study_system_attr(self._study_id, SPACE_ATTR, encoded)
             self._space_json = encoded
         return dists
 
@@ -201,7 +204,7 @@ class Study:
         dists = self.space
         if dists:
             check_params(params, dists)
-        retrying(self.optuna.enqueue_trial, dict(params), user_attrs=dict(user_attrs or {}), skip_if_exists=False)
+        self.optuna.enqueue_trial(dict(params), user_attrs=dict(user_attrs or {}), skip_if_exists=False)
 
     # ---- tell --------------------------------------------------------------------------
 
@@ -226,7 +229,7 @@ class Study:
         number = self._number(trial)
         # One read of the running trial: the sampler's after_trial hook, a pruned
         # trial's last intermediate value and the returned FrozenTrial all come from it.
-        running = retrying(self.storage.optuna.get_trial, self._trial_id(number))
+        running = self.storage.optuna.get_trial(self._trial_id(number))
         if running.state.is_finished():
             raise InvalidRequest(
                 f"trial {number} of study {self.name!r} is already finished ({running.state.name}); "
@@ -286,7 +289,7 @@ class Study:
         if number in self._ids:
             return self._ids[number]
         try:
-            return retrying(self.storage.optuna.get_trial_id_from_study_id_trial_number, self._study_id, number)
+            return self.storage.optuna.get_trial_id_from_study_id_trial_number(self._study_id, number)
         except KeyError as exc:
             raise TrialNotFound(f"study {self.name!r} has no trial number {number}") from exc
 
@@ -313,7 +316,7 @@ class Study:
         for trial_id in self.storage.stale_trial_ids(self._study_id):
             if trial_id in mine:
                 continue
-            frozen = retrying(self.storage.optuna.get_trial, trial_id)
+            frozen = self.storage.optuna.get_trial(trial_id)
             if not frozen.params and not frozen.intermediate_values:
                 self._requeue(trial_id)  # (False: another process got there first)
                 continue

@@ -1,0 +1,5 @@
+"""studyhall's Optuna storage: Optuna's RDB schema, written with SQLAlchemy Core, read through a cache."""
+
+from studyhall.storage.rdb._storage import SQLStorage
+
+__all__ = ["SQLStorage"]

@@ -1,0 +1,125 @@
+"""The storage's statements, built once with bind parameters.
+
+Building a SQLAlchemy statement and its cache key costs about 90 µs; a prebuilt one
+costs under 1 µs to look up. A trial's ask and tell run a dozen statements, so
+every statement on a hot path is built here, once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from studyhall.storage._optuna import table
+
+
+@dataclass(frozen=True)
+class Statements:
+    """Every prebuilt statement, by what it does."""
+
+    lock_trial: Any
+    trial_number: Any
+    lock_study: Any
+    study_exists: Any
+    count_trials: Any
+    insert_trial: Any
+    first_beat: Any
+    param_exists: Any
+    insert_param: Any
+    first_distribution: Any
+    set_trial: Any
+    finish_running: Any
+    requeue_running: Any
+    drop_beat: Any
+    find_token: Any
+    state_and_end: Any
+    study_name: Any
+    study_id: Any
+    directions: Any
+    refresh_newer: Any
+    refresh_with_ids: Any
+    refresh_with_states: Any
+    db_now: Any
+    running_beats: Any
+
+
+@functools.cache
+def statements() -> Statements:
+    """The statements (built on first use: Optuna's models import lazily)."""
+    t, s, d = table("TrialModel"), table("StudyModel"), table("StudyDirectionModel")
+    p, hb, sys_attrs = table("TrialParamModel"), table("TrialHeartbeatModel"), table("TrialSystemAttributeModel")
+    tid: sa.BindParameter[int] = sa.bindparam("tid")
+    sid: sa.BindParameter[int] = sa.bindparam("sid")
+    n_params = sa.select(sa.func.count()).where(p.c.trial_id == t.c.trial_id).scalar_subquery()
+    refresh = sa.select(t.c.trial_id, t.c.state, n_params)
+    newer = t.c.trial_id > sa.bindparam("watermark")
+    t2 = t.alias("owner")
+    return Statements(
+        # FOR UPDATE is a no-op on SQLite, whose IMMEDIATE transactions already exclude writers.
+        lock_trial=sa.select(t.c.state).where(t.c.trial_id == tid).with_for_update(),
+        trial_number=sa.select(t.c.number).where(t.c.trial_id == tid),
+        lock_study=sa.select(s.c.study_id).where(s.c.study_id == sid).with_for_update(),
+        study_exists=sa.select(s.c.study_id).where(s.c.study_id == sid),
+        count_trials=sa.select(sa.func.count()).where(t.c.study_id == sid),
+        insert_trial=sa.insert(t),
+        first_beat=sa.insert(hb).values(trial_id=tid, heartbeat=sa.func.now()),
+        param_exists=sa.select(p.c.param_id).where(p.c.trial_id == tid, p.c.param_name == sa.bindparam("name")),
+        insert_param=sa.insert(p),
+        first_distribution=sa.select(p.c.distribution_json)
+        .select_from(p.join(t, t.c.trial_id == p.c.trial_id))
+        .where(
+            t.c.study_id == sa.select(t2.c.study_id).where(t2.c.trial_id == tid).scalar_subquery(),
+            p.c.param_name == sa.bindparam("name"),
+        )
+        .limit(1),
+        set_trial=sa.update(t).where(t.c.trial_id == tid),
+        # The check and the lock in one statement: of two processes ending one trial,
+        # the second matches no row, on every dialect.
+        finish_running=sa.update(t).where(t.c.trial_id == tid, t.c.state == TrialState.RUNNING),
+        requeue_running=sa.update(t)
+        .where(t.c.trial_id == tid, t.c.state == TrialState.RUNNING)
+        .values(state=TrialState.WAITING, datetime_start=None),
+        drop_beat=sa.delete(hb).where(hb.c.trial_id == tid),
+        find_token=sa.select(t.c.trial_id, t.c.number)
+        .select_from(t.join(sys_attrs, sys_attrs.c.trial_id == t.c.trial_id))
+        .where(t.c.study_id == sid, sys_attrs.c.key == sa.bindparam("key"), sys_attrs.c.value_json == sa.bindparam("value")),
+        state_and_end=sa.select(t.c.state, t.c.datetime_complete).where(t.c.trial_id == tid),
+        study_name=sa.select(s.c.study_name).where(s.c.study_id == sid),
+        study_id=sa.select(s.c.study_id).where(s.c.study_name == sa.bindparam("name")),
+        directions=sa.select(d.c.direction).where(d.c.study_id == sid).order_by(d.c.objective),
+        refresh_newer=refresh.where(t.c.study_id == sid, newer),
+        refresh_with_ids=refresh.where(
+            t.c.study_id == sid, sa.or_(newer, t.c.trial_id.in_(sa.bindparam("ids", expanding=True)))
+        ),
+        refresh_with_states=refresh.where(
+            t.c.study_id == sid, sa.or_(newer, t.c.state.in_((TrialState.RUNNING, TrialState.WAITING)))
+        ),
+        db_now=sa.select(sa.func.now()),
+        running_beats=sa.select(t.c.trial_id, hb.c.heartbeat)
+        .select_from(t.join(hb, hb.c.trial_id == t.c.trial_id))
+        .where(t.c.study_id == sid, t.c.state == TrialState.RUNNING),
+    )
+
+
+@functools.cache
+def beat_statement(dialect: str) -> Any:
+    """Insert or move forward a trial's heartbeat to the database's clock (``tid`` bound)."""
+    hb = table("TrialHeartbeatModel")
+    if dialect == "mysql":
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        m = mysql_insert(hb).values(trial_id=sa.bindparam("tid"), heartbeat=sa.func.now())
+        return m.on_duplicate_key_update(heartbeat=m.inserted.heartbeat)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        p = pg_insert(hb).values(trial_id=sa.bindparam("tid"), heartbeat=sa.func.now())
+        return p.on_conflict_do_update(index_elements=["trial_id"], set_={"heartbeat": p.excluded.heartbeat})
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    q = sqlite_insert(hb).values(trial_id=sa.bindparam("tid"), heartbeat=sa.func.now())
+    return q.on_conflict_do_update(index_elements=["trial_id"], set_={"heartbeat": q.excluded.heartbeat})
