@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench e2e clean
+.PHONY: demo test test-fast lint bench e2e clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+) on PATH"; exit 1; }
@@ -29,9 +29,13 @@ demo: $(STAMP)
 test: $(STAMP) $(OPTUNA_TESTS)
 	$(BIN)/python -m pytest -q
 
+# The unit-level tests while you work (about a minute): no integration, slow or browser tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x -m "not slow and not integration and not e2e"
+
 # The packages pass mypy --strict and everything passes ruff (settings in pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/ruff check storage bridge optimizer tests benchmarks examples
+	$(BIN)/ruff check storage bridge optimizer tests benchmarks examples studyhall
 	$(BIN)/mypy
 
 # The browser end-to-end test (the demo's telemetry as optuna-dashboard renders it in

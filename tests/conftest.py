@@ -25,6 +25,13 @@ BACKENDS = ["sqlite", "postgresql", "mysql"]
 SESSION_TAG = uuid.uuid4().hex[:10]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration is an integration test (``make test-fast`` leaves them out)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
 def _unavailable(what: str, exc: Exception) -> None:
     msg = f"{what} is not reachable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
     if IN_CI:
