@@ -61,6 +61,8 @@ class _CountingLM:
         self.latencies: list[float] = []
 
     def _count(self, c: Any) -> None:
+        if getattr(c, "cached", False) is True:  # the client's cache answered: no call was made
+            return
         with self._lock:
             self.calls += 1
             self.tokens += int(getattr(c, "prompt_tokens", 0) or 0) + int(getattr(c, "completion_tokens", 0) or 0)

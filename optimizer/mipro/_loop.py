@@ -12,10 +12,11 @@
     │                  index + should_prune with WilcoxonPruner when prune=True)
     │     trial: COMPLETE(value = minibatch mean, distribution kept) | PRUNED(mean so far) | FAIL
     ├─ callbacks(event "trial") for each trial the round finished
-    ├─ a full evaluation only where it can change the answer (_policy.py): the first
-    │  goes to the best minibatch mean; later ones only to a combination whose paired
-    │  upper confidence bound beats the incumbent's full score; examples its trials
-    │  already scored are reused ──> study user attr "mipro:full_eval:NNN" ──> callbacks
+    ├─ a full evaluation only where it can change the answer (_policy.py): the first,
+    │  at the end of the search, goes to the best minibatch mean; later ones only to a combination whose paired
+    │  upper confidence bound beats the incumbent's full score, scored in chunks and
+    │  dropped once it cannot win; examples its trials already scored are reused
+    │  ──> study user attr "mipro:full_eval:NNN" ──> callbacks
     ├─ token budget checked before each round and each full evaluation
     └─ at the end: full evaluations until no combination can beat the incumbent;
        _settle() picks the answer (the best full score)
@@ -60,11 +61,12 @@ from studyhall.optimizer.mipro._evaluate import (
     evaluate_batch,
     resolve_lm,
 )
-from studyhall.optimizer.mipro._policy import Pick, incumbent, pick_full_eval
+from studyhall.optimizer.mipro._policy import MARGIN, Pick, incumbent, paired_gain, pick_full_eval
 from studyhall.optimizer.mipro._progress import LoopProgress
 from studyhall.optimizer.mipro._results import (
     FullEval,
     MiproResult,
+    combo_key,
     combo_means,
     combo_scores,
     failing,
@@ -80,13 +82,13 @@ from studyhall.storage import InvalidRequest, Storage, retrying
 from studyhall.storage._trials import read_study_samples
 
 if TYPE_CHECKING:
-    from studyhall.optimizer.mipro._auto import Mode
+    from studyhall.optimizer.mipro._auto import Budget, Mode
 
 _log = logging.getLogger("studyhall.mipro")
 FULL_EVAL_ATTR = "mipro:full_eval:"
 CONFIG_ATTR = "mipro:config"
 BASELINE_ATTR = "mipro:baseline"  # set on studies whose first trial is the default program (not a search trial)
-DEFAULT_Z = 1.28  # one-sided 90%: the optimism a combination gets before it earns a full evaluation
+DEFAULT_Z = 1.0  # one-sided 84%: the optimism a combination gets before it earns a full evaluation
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ class MiproLoop:
         self.prune, self.prune_p, self.max_tokens_total = prune, prune_p, max_tokens_total
         self.trial_timeout, self.retries, self.sampler, self.progress = trial_timeout, retries, sampler, progress
         self.full_eval_z, self.callbacks, self.n_trials = float(full_eval_z), list(callbacks), n_trials
+        self.budget: Budget | None = None  # what auto() chose, if it made this loop
         self._latencies: list[float] = []
         self._stop = False
 
@@ -339,8 +342,10 @@ class MiproLoop:
                 if self._stop:
                     stopped = "callback"
                     break
-            if stopped not in ("failing", "max_tokens_total", "callback"):
-                while True:  # the last full evaluations: until no combination could beat the incumbent
+            if stopped not in ("failing", "callback"):
+                # the last full evaluations (the budget kept room for the first): until no
+                # combination could beat the incumbent
+                while True:
                     done = self._consider_full_eval(study, bar, final=True)
                     if not done or self._stop:
                         stopped = "max_tokens_total" if done is None else stopped
@@ -371,50 +376,70 @@ class MiproLoop:
         """
         trials = finished_trials(study)
         fulls = self.full_evals(study)
-        if not fulls and not final and scored(trials) < self.full_eval_every:
-            return False  # the first full evaluation waits for a round of trials to compare
+        if incumbent(fulls) is None and not final:
+            # The first full evaluation waits for the end of the search: it is not fed to
+            # TPE, so an earlier one would pay for an incumbent the search may still beat.
+            return False
         pick = pick_full_eval(combo_scores(trials), fulls, self.full_eval_z)
         if pick is None:
             return False
         return self._full_eval(study, trials, fulls, bar, pick)
 
     def _full_eval(self, study: Study, trials: list[FrozenTrial], fulls: list[FullEval], bar: LoopProgress, pick: Pick) -> bool | None:
-        """Score ``pick`` on the whole valset, reusing the examples its trials scored; None if over budget."""
+        """Score ``pick`` on the whole valset, reusing the examples its trials scored; None if over budget.
+
+        A challenger of the incumbent races it: scored in chunks of ``max_in_flight``
+        examples, and dropped as soon as its paired bound says it cannot win.
+        """
         known = combo_scores(trials).get(pick.key, ({}, 0))[0]
         todo = [i for i in range(len(self.valset)) if i not in known]
-        if self._over_budget(trials, fulls, len(todo)):
+        if self._over_budget(trials, fulls, len(todo), _per_example(trials, pick.key)):
             return None
         params = dict(pick.key)
         instruction, demos = self.candidates.program_args(params)
+        inc = incumbent(fulls)
+        chunk = len(todo) if inc is None else max(10, self.max_in_flight)
         bar.phase(f"full eval of {params}")
         t0 = time.monotonic()
-        with recording():
-            batch = evaluate_batch(
-                self.program, self.metric, resolve_lm(self.lm), self.valset, todo, instruction, demos,
-                concurrency=self.max_in_flight,
-            )
-        self._latencies.extend(batch.latencies)
         per: list[float | None] = [known.get(i) for i in range(len(self.valset))]
-        for pos, score in batch.scores.items():
-            per[batch.indices[pos]] = score
+        calls = tokens = 0
+        complete = True
+        for at in range(0, len(todo), max(1, chunk)):
+            part = todo[at : at + chunk]
+            with recording():
+                batch = evaluate_batch(
+                    self.program, self.metric, resolve_lm(self.lm), self.valset, part, instruction, demos,
+                    concurrency=self.max_in_flight,
+                )
+            self._latencies.extend(batch.latencies)
+            calls, tokens = calls + batch.calls, tokens + batch.tokens
+            for pos, score in batch.scores.items():
+                per[batch.indices[pos]] = score
+            if inc is not None and at + chunk < len(todo):
+                got = {i: x for i, x in enumerate(per) if x is not None}
+                g = paired_gain(got, inc, self.full_eval_z)
+                if g is not None and g[1] <= MARGIN:
+                    complete = False  # it can no longer beat the incumbent: stop paying for it
+                    break
         scores = [x for x in per if x is not None]
         summary = summarize(scores) if scores else None
         fe = FullEval(
             params=params,
             score=float(summary.mean) if summary else 0.0,
             n=len(scores),
-            errors=len(self.valset) - len(scores),
+            errors=(len(self.valset) - len(scores)) if complete else 0,
             minibatch_mean=pick.minibatch_mean,
             after_trials=scored(trials),
-            llm_calls=batch.calls,
-            tokens=batch.tokens,
+            llm_calls=calls,
+            tokens=tokens,
             elapsed_s=time.monotonic() - t0,
             summary={k: v for k, v in summary.as_dict().items() if k != "histogram"} if summary else {},
-            study_calls=llm_calls(trials, fulls) + batch.calls,
-            study_tokens=spent_tokens(trials, fulls) + batch.tokens,
+            study_calls=llm_calls(trials, fulls) + calls,
+            study_tokens=spent_tokens(trials, fulls) + tokens,
             scores=per,
             reused=len(self.valset) - len(todo),
             reason=pick.reason,
+            complete=complete,
         )
         retrying(study.optuna.set_user_attr, f"{FULL_EVAL_ATTR}{len(fulls):03d}", fe.as_dict())
         bar.phase("")
@@ -426,10 +451,10 @@ class MiproLoop:
 
     # ---- the token budget --------------------------------------------------------------
 
-    def _over_budget(self, trials: list[FrozenTrial], fulls: list[FullEval], examples: int) -> bool:
+    def _over_budget(self, trials: list[FrozenTrial], fulls: list[FullEval], examples: int, per: float | None) -> bool:
         if self.max_tokens_total is None:
             return False
-        per = tokens_per_example(trials, fulls)
+        per = per or tokens_per_example(trials, fulls)
         if per is None:
             return False
         return spent_tokens(trials, fulls) + per * examples * 1.1 > self.max_tokens_total
@@ -442,9 +467,10 @@ class MiproLoop:
         if not costs:
             return 1 if spent_tokens(trials, fulls) < self.max_tokens_total else 0
         # keep room for a full evaluation after the round, or its trials are wasted
-        per = tokens_per_example(trials, fulls) or 0.0
-        left = self.max_tokens_total - spent_tokens(trials, fulls) - per * (len(self.valset) - self.minibatch_size) * 1.1
-        return max(0, min(k, int(left // (max(costs) * 1.1))))
+        # the dearest prompt seen, with room for a dearer one not seen yet (a longer demo set)
+        per = 1.5 * max((_per_example([t]) or 0.0 for t in trials), default=0.0)
+        left = self.max_tokens_total - spent_tokens(trials, fulls) - per * (len(self.valset) - self.minibatch_size)
+        return max(0, min(k, int(left // (max(costs) * 1.5))))
 
     # ---- reading back ------------------------------------------------------------------
 
@@ -475,6 +501,9 @@ class MiproLoop:
         ins, dem = self.candidates.chosen(params)
         samples = [float(x) for arr in read_study_samples(study.storage, study._study_id, "llm.latency_s").values() for x in arr]
         samples += self._latencies
+        from studyhall.optimizer.mipro._auto import setup_cost
+
+        setup_calls, setup_tokens = setup_cost(study)
         return MiproResult(
             best_params=params,
             best_instructions=ins,
@@ -493,7 +522,20 @@ class MiproLoop:
             elapsed_s=elapsed,
             latency=summarize(samples) if samples else None,
             full_evals_skipped=skipped,
+            setup_calls=setup_calls,
+            setup_tokens=setup_tokens,
         )
+
+
+def _per_example(trials: Sequence[FrozenTrial], key: Any = None) -> float | None:
+    """Tokens per example of the trials (of combination ``key`` only, if given); None without any."""
+    n = tokens = 0
+    for t in trials:
+        if key is not None and (not t.params or combo_key(t.params) != key):
+            continue
+        n += len(t.user_attrs.get("mipro.scores", [])) + int(t.user_attrs.get("mipro.errors", 0))
+        tokens += int(t.user_attrs.get("mipro.tokens", 0))
+    return tokens / n if n and tokens else None
 
 
 def startup_trials(n_trials: int) -> int:

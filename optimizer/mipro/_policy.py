@@ -7,7 +7,9 @@
         for each combination not fully evaluated, on the examples its trials scored:
             d_i = its score - the incumbent's score on the same example   (paired)
             gain = mean(d), ucb = gain + z * sd(d) / sqrt(n)
-        ucb > 0 (it may beat F) ──> the highest estimated score F + gain       reason "gain"
+        ucb > MARGIN (it may beat F by more) ──> the highest estimate F + gain  reason "gain"
+            scored in chunks (a race): after each, the same bound on everything it
+            scored; once it is <= MARGIN the challenger is dropped unfinished
         none ──> no full evaluation: nothing could change the answer
 
 DSPy's MIPROv2 full-evaluates the best-mean combination not yet evaluated every few
@@ -26,6 +28,9 @@ from studyhall.optimizer.mipro._results import Combo, FullEval, combo_key
 
 # The fewest paired examples on which a combination may be judged against the incumbent.
 MIN_PAIRED = 5
+# A gain worth a full evaluation: a challenger must possibly beat the incumbent's full
+# score by more than this (a closer one would change the answer by less than its cost).
+MARGIN = 0.03
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,9 @@ class Pick:
 
 
 def incumbent(fulls: Sequence[FullEval]) -> FullEval | None:
-    """The best full evaluation so far (the earliest on ties), or None."""
-    return max(fulls, key=lambda f: (f.score, -f.after_trials)) if fulls else None
+    """The best complete full evaluation so far (the earliest on ties), or None."""
+    done = [f for f in fulls if f.complete]
+    return max(done, key=lambda f: (f.score, -f.after_trials)) if done else None
 
 
 def paired_gain(per: dict[int, float], inc: FullEval, z: float) -> tuple[float, float, int] | None:
@@ -72,14 +78,14 @@ def pick_full_eval(
         return None
     inc = incumbent(fulls)
     if inc is None or not inc.scores:  # (a full evaluation stored by an older version has no per-example scores)
-        if inc is not None:
+        if inc is not None or fulls:
             return None
         mean, _, key = max((sum(per.values()) / len(per), -first, k) for k, (per, first) in todo.items())
         return Pick(key, "first", mean)
     best: Pick | None = None
     for key, (per, _) in todo.items():
         g = paired_gain(per, inc, z)
-        if g is None or g[1] <= 0:
+        if g is None or g[1] <= MARGIN:
             continue
         pick = Pick(key, "gain", sum(per.values()) / len(per), inc.score + g[0], inc.score + g[1])
         if best is None or (pick.estimate, pick.ucb) > (best.estimate, best.ucb):

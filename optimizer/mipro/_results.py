@@ -29,7 +29,9 @@ class FullEval:
     compared with it example by example. ``reused`` examples were already scored
     with this combination by its trials (the same prompt on the same example) and
     cost nothing again; ``reason`` says why it was run (``first``, or ``gain``: its
-    minibatch upper confidence bound beat the best full score).
+    minibatch upper confidence bound beat the best full score). A challenger is
+    scored in chunks and dropped (``complete`` False, ``score`` its mean so far) as
+    soon as its paired bound falls below the incumbent: it can no longer win.
     """
 
     params: dict[str, int]
@@ -47,6 +49,7 @@ class FullEval:
     scores: list[float | None] = field(default_factory=list)
     reused: int = 0
     reason: str = ""
+    complete: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (what is stored as the study user attribute)."""
@@ -60,6 +63,9 @@ class MiproResult:
     ``best_*`` come from the best full evaluation (``best_full_score``); without any
     full evaluation they come from the best minibatch mean and ``best_full_score``
     is None. ``best_instructions``/``best_demos`` have one entry per predictor.
+    ``llm_calls``/``tokens`` are the search's (trials and full evaluations);
+    ``setup_calls``/``setup_tokens`` what making the candidates cost (proposals and
+    bootstrapping, by :meth:`MiproLoop.auto`).
     Counts cover the whole study, including earlier (resumed) runs (except
     ``full_evals_skipped``: this run's consideration points at which no combination
     could beat the best full score, so no full evaluation was spent).
@@ -82,6 +88,8 @@ class MiproResult:
     elapsed_s: float = 0.0
     latency: Summary | None = None
     full_evals_skipped: int = 0
+    setup_calls: int = 0
+    setup_tokens: int = 0
 
     @property
     def best_instruction(self) -> str:
