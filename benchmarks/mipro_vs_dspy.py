@@ -161,8 +161,10 @@ def main() -> None:
     q_d = statistics.mean(r["dspy"]["quality"] for r in rows)
     q_s = statistics.mean(r["sh"]["quality"] for r in rows)
     print("\n== 1. complete loops (proposals, bootstrapping, search)")
-    print(f"DSPy MIPROv2(auto='light'): {spread([r['dspy']['calls'] for r in rows])} calls; reaches 90% of the ceiling in {reach_d}/{n}; mean quality {q_d:.3f}")
-    print(f"studyhall optimize_dspy(auto='light'): {spread([r['sh']['calls'] for r in rows])} calls; reaches 90% in {reach_s}/{n}; mean quality {q_s:.3f}")
+    print(f"DSPy MIPROv2(auto='light'): {spread([r['dspy']['calls'] for r in rows])} calls; "
+          f"reaches 90% of the ceiling in {reach_d}/{n}; mean quality {q_d:.3f}")
+    print(f"studyhall optimize_dspy(auto='light'): {spread([r['sh']['calls'] for r in rows])} calls; "
+          f"reaches 90% in {reach_s}/{n}; mean quality {q_s:.3f}")
     print(f"studyhall's calls / DSPy's: {spread(ratios, '{:.2f}')}")
     print(f"target 90% of the ceiling in >= {int(0.9 * n + 0.999)}/{n}: {'MET' if reach_s >= 0.9 * n else 'NOT MET'} ({reach_s}/{n})")
     print(f"target <= 60% of DSPy's calls: {'MET' if max(ratios) <= 0.6 else ('MET on the median' if statistics.median(ratios) <= 0.6 else 'NOT MET')} "
