@@ -7,6 +7,7 @@ served by FakeProvider, a real OpenAI-compatible HTTP server on loopback. Point
 
     python examples/miprov2_loop.py                       # 20 trials, 2 workers
     python examples/miprov2_loop.py --trials 6 --val 20 --prune
+    python examples/miprov2_loop.py --auto light          # proposes and bootstraps its own candidates
     STUDYHALL_STORAGE=postgresql+psycopg://... python examples/miprov2_loop.py
 """
 
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--storage", default=os.environ.get("STUDYHALL_STORAGE", "sqlite:///examples.db"))
     ap.add_argument("--base-url", help="an OpenAI-compatible API instead of the simulated one")
     ap.add_argument("--model", default="sim-small")
+    ap.add_argument("--auto", choices=["light", "medium", "heavy"], help="make the candidates and pick the budget")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -60,22 +62,22 @@ def main() -> None:
         # One limiter in the database: every worker process (and host) shares its buckets.
         limiter = RateLimiter(f"example:{args.model}", rpm=3000, tpm=1_000_000, storage=args.storage)
         lm = LLMClient(args.model, base_url=base_url, api_key=None if args.base_url else "sk-studyhall-simulated", limiter=limiter)
-        loop = MiproLoop(
-            solve,
-            exact_match,
-            instructions=task.instructions,  # candidate 0 is the default
-            demos=task.demos,  # demo set 0 is zero-shot
-            valset=task.valset,
-            lm=lm,
-            study=args.study,
-            storage=args.storage,
-            minibatch_size=args.minibatch,
-            full_eval_every=5,
-            workers=args.workers,
-            prune=args.prune,
-            progress=True,
-        )
-        result = loop.run(n_trials=args.trials)  # run again with a larger --trials to extend it
+        common = dict(valset=task.valset, lm=lm, study=args.study, storage=args.storage, workers=args.workers, progress=True)
+        if args.auto:  # proposals (the simulated model answers them too) and bootstrapped demos
+            loop = MiproLoop.auto(args.auto, solve, exact_match, trainset=task.trainset, instruction=task.instructions[0],
+                                  program_description="solve(question) -> a number", **common)
+        else:
+            loop = MiproLoop(
+                solve,
+                exact_match,
+                instructions=task.instructions,  # candidate 0 is the default
+                demos=task.demos,  # demo set 0 is zero-shot
+                minibatch_size=args.minibatch,
+                full_eval_every=5,
+                prune=args.prune,
+                **common,
+            )
+        result = loop.run(n_trials=None if args.auto else args.trials)  # run again with a larger --trials to extend it
     finally:
         if provider is not None:
             provider.stop()
@@ -83,7 +85,8 @@ def main() -> None:
     print(f"best instruction: {result.best_instruction}")
     print(f"best demos: {len(result.best_demos[0])} examples; full-valset score {result.best_full_score}")
     for f in result.full_evals:
-        print(f"  full eval after trial {f.after_trials}: {f.params} -> {f.score:.3f} (minibatch mean {f.minibatch_mean:.3f})")
+        print(f"  full eval ({f.reason}{'' if f.complete else ', dropped'}) after trial {f.after_trials}: {f.params} -> "
+              f"{f.score:.3f} (minibatch mean {f.minibatch_mean:.3f}, {f.llm_calls} calls)")
     print(f"{result.trials} trials ({result.completed} complete, {result.pruned} pruned, {result.failed} failed), "
           f"{result.llm_calls} LLM calls, {result.tokens} tokens, {result.calls_saved} calls saved by pruning")
 

@@ -6,7 +6,8 @@ fastapi or httpx. The sub-packages, one per idea::
 
     study/      Orchestrator, Study (ask/tell), search spaces, Summary
     optimize/   Study.optimize: the parent loop, where trials run, the remote trial
-    mipro/      MiproLoop: candidates, minibatch evaluation, the simulated task
+    mipro/      MiproLoop: candidates, minibatch evaluation, proposals, bootstrapping, the simulated task
+    dspy/       the DSPy bridge: dspy_lm, optimize_dspy (DSPy loaded only when used)
     service/    the HTTP service (create_app) and its Client
     events/     events.record, query, trace_tree   (a public module)
     telemetry/  Prometheus registry, study distributions, the study report (a public module)
@@ -50,7 +51,14 @@ _LAZY = {
     "Evaluation": "studyhall.optimizer.optimize._evaluation",
     "OptimizeReport": "studyhall.optimizer.optimize._report",
     "MiproLoop": "studyhall.optimizer.mipro._loop",
+    "MiproEvent": "studyhall.optimizer.mipro._loop",
     "MiproResult": "studyhall.optimizer.mipro._results",
+    "FullEval": "studyhall.optimizer.mipro._results",
+    "propose_instructions": "studyhall.optimizer.mipro._propose",
+    "bootstrap_demos": "studyhall.optimizer.mipro._bootstrap",
+    "optimize_dspy": "studyhall.optimizer.dspy._optimize",
+    "dspy_lm": "studyhall.optimizer.dspy._lm",
+    "StudyhallMIPRO": "studyhall.optimizer.dspy._optimize",
     "TooManyErrors": "studyhall.optimizer.mipro._evaluate",
     "arith_task": "studyhall.optimizer.mipro._simtask",
     "create_app": "studyhall.optimizer.service._app",
@@ -71,9 +79,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from studyhall.bridge import FallbackError, with_fallbacks
     from studyhall.optimizer import events, telemetry, trace
     from studyhall.optimizer._workflow import Workflow, WorkflowError, WorkflowResult
+    from studyhall.optimizer.dspy._lm import dspy_lm
+    from studyhall.optimizer.dspy._optimize import StudyhallMIPRO, optimize_dspy
+    from studyhall.optimizer.mipro._bootstrap import bootstrap_demos
     from studyhall.optimizer.mipro._evaluate import TooManyErrors
-    from studyhall.optimizer.mipro._loop import MiproLoop
-    from studyhall.optimizer.mipro._results import MiproResult
+    from studyhall.optimizer.mipro._loop import MiproEvent, MiproLoop
+    from studyhall.optimizer.mipro._propose import propose_instructions
+    from studyhall.optimizer.mipro._results import FullEval, MiproResult
     from studyhall.optimizer.mipro._simtask import arith_task
     from studyhall.optimizer.optimize._evaluation import Evaluation
     from studyhall.optimizer.optimize._report import OptimizeReport
@@ -110,8 +122,10 @@ __all__ = [
     "Evaluation",
     "FallbackError",
     "Float",
+    "FullEval",
     "Int",
     "InvalidRequest",
+    "MiproEvent",
     "MiproLoop",
     "MiproResult",
     "OptimizeReport",
@@ -123,6 +137,7 @@ __all__ = [
     "StudyInfo",
     "StudyNotFound",
     "StudyhallError",
+    "StudyhallMIPRO",
     "Summary",
     "TooManyErrors",
     "TransientStorageError",
@@ -132,9 +147,13 @@ __all__ = [
     "WorkflowError",
     "WorkflowResult",
     "arith_task",
+    "bootstrap_demos",
     "create_app",
+    "dspy_lm",
     "events",
     "make_sampler",
+    "optimize_dspy",
+    "propose_instructions",
     "summarize",
     "telemetry",
     "trace",

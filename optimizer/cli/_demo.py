@@ -42,7 +42,7 @@ CLIENT_REQUESTS_FACTOR = 1.03
 @app.command()
 def demo(
     storage: StorageOpt = None,
-    trials: Annotated[int, typer.Option(min=1, help="Trials (minibatch evaluations) in the study.")] = 30,
+    trials: Annotated[int, typer.Option(min=1, help="Search trials (minibatch evaluations) in the study, besides the default program's.")] = 30,
     workers: Annotated[int, typer.Option(min=0, help="Trials in flight at once, each in a pool worker (0: in this process).")] = 2,
     seed: Annotated[int, typer.Option(help="Seeds the sampler, the minibatches and the simulated model.")] = 0,
     study: Annotated[str, typer.Option(help="The study's name.")] = "demo",
@@ -94,7 +94,8 @@ def demo(
             lm = LLMClient(model, base_url=url, api_key=api_key or ("sk-studyhall-simulated" if fake else None), limiter=limiter, timeout=120.0)
             console.print(
                 f"MIPROv2-style search: {len(task.instructions)} instructions x {len(task.demos)} demo sets, "
-                f"{trials} trials of {min(minibatch, val)} examples, full evaluation on {val} every 5 trials, "
+                f"{trials} search trials (and the default program's) of {min(minibatch, val)} examples, full evaluations on {val} "
+                f"only where they can change the answer, "
                 f"{workers} workers, model [bold]{model}[/] on {where}; limiter: "
                 + ", ".join(f"{lim.amount:g} {lim.kind}/{lim.per:g}s" for lim in limits)
             )
@@ -132,7 +133,8 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
     fe = Table("after trial", "params", "full-valset score", "its minibatch mean", "calls", title="full evaluations (kept apart from the trials TPE sees)")
     for f in result.full_evals:
         mark = " *" if f.params == result.best_params else ""
-        fe.add_row(str(f.after_trials), " ".join(f"{k}={v}" for k, v in f.params.items()), fmt(f.score) + mark, fmt(f.minibatch_mean), str(f.llm_calls))
+        shown = fmt(f.score) + mark + ("" if f.complete else f" (dropped after {f.n})")
+        fe.add_row(str(f.after_trials), " ".join(f"{k}={v}" for k, v in f.params.items()), shown, fmt(f.minibatch_mean), str(f.llm_calls))
     console.print(fe)
 
     rows: list[tuple[str, Any]] = []

@@ -1,8 +1,11 @@
 """The candidates MIPRO chooses among: instructions and few-shot demo sets per predictor.
 
 A combination is one index per choice (``0_instruction``, ``0_demos``, ...): the
-categorical space TPE samples. Also the seeded pieces of a trial: which demo sets
-to build from labeled examples, which examples a trial's minibatch holds.
+categorical space TPE samples. Duplicate candidates are dropped (with a warning):
+they would split one candidate's trials between two indices. Also the seeded
+pieces of a trial: which demo sets to build from labeled examples, which examples
+a trial's minibatch holds (half of every minibatch is shared by all trials, so
+that paired comparisons pair the same examples).
 """
 
 from __future__ import annotations
@@ -10,20 +13,27 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from studyhall.optimizer.study._space import Categorical
 from studyhall.storage import InvalidRequest
 
+# Examples every minibatch shares at least (or all of a smaller one): the pruner's
+# paired test needs this many in common with the best trial (see _evaluate.PRUNE_START).
+SHARED_MIN = 15
+
 
 class Candidates:
     """Instruction and demo-set candidates per predictor, and the categorical space over them."""
 
     def __init__(self, instructions: Any, demos: Any) -> None:
-        self.instructions = _per_predictor_instructions(instructions)
+        self.instructions = [_unique(ins, f"instruction candidates of predictor {i}", _norm_text) for i, ins in
+                             enumerate(_per_predictor_instructions(instructions))]
         n = len(self.instructions)
-        self.demos = _per_predictor_demos(demos, n)
+        self.demos = [_unique(sets, f"demo sets of predictor {i}", _norm_demos) for i, sets in
+                      enumerate(_per_predictor_demos(demos, n))]
         self.single = n == 1 and (isinstance(instructions, Sequence) and all(isinstance(x, str) for x in instructions))
 
     @property
@@ -63,6 +73,35 @@ class Candidates:
         """A short hash of every candidate: a resumed study must have been run with the same ones."""
         blob = json.dumps([self.instructions, self.demos], sort_keys=True, default=repr)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _norm_text(text: Any) -> str:
+    return " ".join(str(text).split()).casefold()
+
+
+def _norm_demos(demos: Any) -> str:
+    return json.dumps(demos, sort_keys=True, default=repr)
+
+
+def _unique(items: list[Any], what: str, key: Any) -> list[Any]:
+    """``items`` without repeats (first one kept, order kept); a warning names what was dropped."""
+    seen: set[str] = set()
+    out, dropped = [], []
+    for i, item in enumerate(items):
+        k = key(item)
+        if k in seen:
+            dropped.append(i)
+            continue
+        seen.add(k)
+        out.append(item)
+    if dropped:
+        warnings.warn(
+            f"{what}: dropped {len(dropped)} duplicate(s) (indices {dropped}); the candidates are renumbered "
+            "without them. Pass distinct candidates to silence this",
+            UserWarning,
+            stacklevel=4,
+        )
+    return out
 
 
 def _per_predictor_instructions(instructions: Any) -> list[list[str]]:
@@ -113,5 +152,18 @@ def labeled_demo_sets(trainset: Sequence[Any], n_sets: int = 5, max_demos: int =
 
 
 def minibatch_indices(seed: int, trial_number: int, n: int, size: int) -> list[int]:
-    """The valset indices trial ``trial_number`` evaluates: a seeded sample without replacement."""
-    return random.Random(f"minibatch:{seed}:{trial_number}").sample(range(n), min(size, n))
+    """The valset indices trial ``trial_number`` evaluates, in the order it evaluates them.
+
+    The first half is the same for every trial of a study (a seeded draw, the
+    "shared core"), the rest a seeded sample per trial. Trials thus share examples:
+    the pruner's paired test compares two trials on the same examples from the start
+    (scores are reported at the example's index), and combinations are compared on
+    common ground; the per-trial half still spreads the search over the valset.
+    The shared part is at least ``SHARED_MIN`` examples: the paired test needs that
+    many in common with the best trial before it may prune.
+    """
+    size = min(size, n)
+    order = random.Random(f"minibatch:{seed}").sample(range(n), n)
+    core = min(size, max(size // 2, SHARED_MIN))
+    rest = random.Random(f"minibatch:{seed}:{trial_number}").sample(order[core:], size - core)
+    return order[:core] + rest

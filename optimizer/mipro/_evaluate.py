@@ -5,8 +5,18 @@
     MinibatchObjective(trial)          (shipped to a pool worker with optimize)
       ── Candidates.suggest(trial) ──> instruction, demos
       ── evaluate_batch(seeded minibatch, concurrency threads, LLM calls counted)
-           each score: trial.report(score, position); every PRUNE_EVERY: should_prune()
-      ── Evaluation(scores, mipro.* user_attrs)  |  TrialPruned  |  TooManyErrors (FAIL)
+           each score: trial.report(score, step=the example's valset index);
+           every PRUNE_EVERY scores, while examples are still to be started: should_prune()
+      ── Evaluation(scores, mipro.* user_attrs)
+         | pruned: report(mean so far, step=MEAN_STEP) then TrialPruned
+         | TooManyErrors (FAIL)
+
+Why the steps are example indices: Optuna's WilcoxonPruner pairs the current trial
+with the best one step by step, so a step must name the same example in both
+(minibatches share a core of examples, see ``minibatch_indices``). Why the mean
+is reported last: a PRUNED trial's value is its last intermediate value (Optuna's
+rule, kept by ``Study.tell``), which must be the mean of what was scored, never one
+example's score; TPE then ranks pruned trials by it.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from optuna.trial import FrozenTrial
 
 from studyhall.bridge import current_recorder
 from studyhall.optimizer import services
-from studyhall.optimizer.mipro._candidates import Candidates, minibatch_indices
+from studyhall.optimizer.mipro._candidates import SHARED_MIN, Candidates, minibatch_indices
 from studyhall.optimizer.optimize._evaluation import Evaluation
 from studyhall.storage import StudyhallError
 
@@ -33,7 +43,7 @@ from studyhall.storage import StudyhallError
 # from the storage (~20 ms on SQLite). And not before 15: on 13 or fewer tied 0/1
 # differences scipy's signed-rank test runs an exact permutation test (~0.25 s each).
 PRUNE_EVERY = 5
-PRUNE_START = 15
+PRUNE_START = SHARED_MIN
 
 
 class TooManyErrors(StudyhallError):
@@ -51,6 +61,8 @@ class _CountingLM:
         self.latencies: list[float] = []
 
     def _count(self, c: Any) -> None:
+        if getattr(c, "cached", False) is True:  # the client's cache answered: no call was made
+            return
         with self._lock:
             self.calls += 1
             self.tokens += int(getattr(c, "prompt_tokens", 0) or 0) + int(getattr(c, "completion_tokens", 0) or 0)
@@ -77,6 +89,11 @@ class _CountingLM:
 def resolve_lm(lm: Any) -> Any:
     """The LM itself, or the registered service it names."""
     return services.get(lm) if isinstance(lm, str) else lm
+
+
+def mean_step(n_examples: int) -> int:
+    """The step a pruned trial reports its mean at: after every example index of the valset."""
+    return n_examples
 
 
 @dataclass
@@ -131,9 +148,11 @@ def evaluate_batch(
 
     An example whose program or metric raised (e.g. an LLM call that failed after
     the client's retries) is an error, not a score. With ``trial``, each score is
-    reported at its position in the batch and every ``prune_every`` scores the
-    trial's pruner is asked; once it says prune, examples not yet started are
-    skipped (those in flight finish). Past ``max_errors`` errors the rest is skipped too.
+    reported at its example's index (``indices[pos]``: the same step in every trial)
+    and every ``prune_every`` scores the trial's pruner is asked, but only while
+    examples remain to be started (after that, pruning would save nothing); once it
+    says prune, examples not yet started are skipped (those in flight finish and
+    are kept). Past ``max_errors`` errors the rest is skipped too.
     """
     batch = Batch(list(indices))
     counting = _CountingLM(lm)
@@ -165,9 +184,10 @@ def evaluate_batch(
                     continue
                 batch.scores[pos] = fut.result()
                 if trial is not None and not stop:
-                    trial.report(batch.scores[pos], pos)
+                    trial.report(batch.scores[pos], batch.indices[pos])
                     n = len(batch.scores)
-                    if n >= PRUNE_START and n % prune_every == 0 and trial.should_prune():
+                    left = len(batch.indices) - len(futures)  # examples not started yet: what pruning saves
+                    if left > 0 and n >= PRUNE_START and n % prune_every == 0 and trial.should_prune():
                         batch.pruned = stop = True
             if not stop:
                 before = len(futures)
@@ -234,6 +254,8 @@ class MinibatchObjective:
             for k, v in attrs.items():  # a FAIL/PRUNED trial keeps only attributes set on the trial
                 trial.set_user_attr(k, v)
             if batch.pruned:
+                # the trial's value is its last intermediate value: make it the mean so far
+                trial.report(sum(scores) / len(scores), mean_step(len(self.valset)))
                 raise optuna.TrialPruned(f"pruned after {len(scores)} of {len(idx)} examples")
             first = next(iter(batch.errors.values()))
             raise TooManyErrors(

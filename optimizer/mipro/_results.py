@@ -24,7 +24,14 @@ class FullEval:
     """One evaluation of a combination on the whole valset (kept apart from the trials).
 
     ``llm_calls``/``tokens`` are this evaluation's; ``study_calls``/``study_tokens``
-    the study's totals once it finished (what it cost to get here).
+    the study's totals once it finished (what it cost to get here). ``scores`` has
+    one entry per valset example (None where it errored): the next candidates are
+    compared with it example by example. ``reused`` examples were already scored
+    with this combination by its trials (the same prompt on the same example) and
+    cost nothing again; ``reason`` says why it was run (``first``, or ``gain``: its
+    minibatch upper confidence bound beat the best full score). A challenger is
+    scored in chunks and dropped (``complete`` False, ``score`` its mean so far) as
+    soon as its paired bound falls below the incumbent: it can no longer win.
     """
 
     params: dict[str, int]
@@ -39,6 +46,10 @@ class FullEval:
     summary: dict[str, Any] = field(default_factory=dict)
     study_calls: int = 0
     study_tokens: int = 0
+    scores: list[float | None] = field(default_factory=list)
+    reused: int = 0
+    reason: str = ""
+    complete: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (what is stored as the study user attribute)."""
@@ -52,7 +63,12 @@ class MiproResult:
     ``best_*`` come from the best full evaluation (``best_full_score``); without any
     full evaluation they come from the best minibatch mean and ``best_full_score``
     is None. ``best_instructions``/``best_demos`` have one entry per predictor.
-    Counts cover the whole study, including earlier (resumed) runs.
+    ``llm_calls``/``tokens`` are the search's (trials and full evaluations);
+    ``setup_calls``/``setup_tokens`` what making the candidates cost (proposals and
+    bootstrapping, by :meth:`MiproLoop.auto`).
+    Counts cover the whole study, including earlier (resumed) runs (except
+    ``full_evals_skipped``: this run's consideration points at which no combination
+    could beat the best full score, so no full evaluation was spent).
     """
 
     best_params: dict[str, int]
@@ -71,6 +87,9 @@ class MiproResult:
     stopped: str = "n_trials"
     elapsed_s: float = 0.0
     latency: Summary | None = None
+    full_evals_skipped: int = 0
+    setup_calls: int = 0
+    setup_tokens: int = 0
 
     @property
     def best_instruction(self) -> str:
@@ -102,18 +121,31 @@ def combo_key(params: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((k, int(v)) for k, v in params.items()))
 
 
-def combo_means(trials: Sequence[FrozenTrial]) -> dict[tuple[tuple[str, int], ...], tuple[float, int, int]]:
-    """Per combination: the mean over every example any of its trials scored, the count, the first trial."""
-    pooled: dict[tuple[tuple[str, int], ...], tuple[list[float], int]] = {}
+Combo = tuple[tuple[str, int], ...]
+
+
+def combo_scores(trials: Sequence[FrozenTrial]) -> dict[Combo, tuple[dict[int, float], int]]:
+    """Per combination: its score on each valset example any of its trials scored, and its first trial.
+
+    An example scored by several trials of the combination counts once (their mean).
+    """
+    pooled: dict[Combo, tuple[dict[int, list[float]], int]] = {}
     for t in trials:
         scores = t.user_attrs.get("mipro.scores")
-        if t.state == TrialState.FAIL or not scores or not t.params:
+        examples = t.user_attrs.get("mipro.examples")
+        if t.state == TrialState.FAIL or not scores or not examples or not t.params:
             continue
         key = combo_key(t.params)
-        xs, first = pooled.setdefault(key, ([], t.number))
-        xs.extend(float(s) for s in scores)
-        pooled[key] = (xs, min(first, t.number))
-    return {k: (sum(xs) / len(xs), len(xs), first) for k, (xs, first) in pooled.items()}
+        per, first = pooled.setdefault(key, ({}, t.number))
+        for i, x in zip(examples, scores):
+            per.setdefault(int(i), []).append(float(x))
+        pooled[key] = (per, min(first, t.number))
+    return {k: ({i: sum(xs) / len(xs) for i, xs in per.items()}, first) for k, (per, first) in pooled.items()}
+
+
+def combo_means(trials: Sequence[FrozenTrial]) -> dict[Combo, tuple[float, int, int]]:
+    """Per combination: the mean over the examples its trials scored, how many, and its first trial."""
+    return {k: (sum(per.values()) / len(per), len(per), first) for k, (per, first) in combo_scores(trials).items() if per}
 
 
 # ---- what the study spent -------------------------------------------------------------------

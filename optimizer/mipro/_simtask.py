@@ -96,8 +96,10 @@ class SimTask:
     metric: Any = field(default=None, repr=False)
 
     def responder(self) -> SimResponder:
-        """The FakeProvider responder that plays the model for this task."""
-        return SimResponder(seed=self.seed)
+        """The FakeProvider responder that plays the model for this task (and proposes instructions)."""
+        from studyhall.optimizer.mipro._simmodel import SimModel
+
+        return SimModel(seed=self.seed)
 
 
 def arith_task(n_train: int = 40, n_val: int = 100, seed: int = 0) -> SimTask:
@@ -171,26 +173,63 @@ def _coin(*parts: object) -> float:
     return int(digest[:13], 16) / 16**13
 
 
-def prompt_logit(system: str, user: str, model: str = "sim-small") -> float:
-    """The simulated model's log-odds of answering right, before the problem's difficulty."""
-    s = system.lower()
+def logit(instruction: str, n_demos: int, worked: float, model: str = "sim-small") -> float:
+    """The simulated model's log-odds of a right answer, before the problem's difficulty.
+
+    ``instruction`` is read for its wording; ``n_demos`` few-shot demos, a fraction
+    ``worked`` of them with worked reasoning. The same for every prompt format
+    (studyhall's ``solve`` and DSPy's chat adapter), so qualities compare across them.
+    """
+    s = instruction.lower()
     step = "step by step" in s
-    logit = 0.8 if "large" in model.lower() else -0.2
-    logit += 1.0 * step
-    logit += 0.3 * ("answer:" in s)
-    logit += 0.3 * ("double-check" in s or "verify" in s)
-    logit -= 0.8 * any(w in s for w in ("guess", "quickly", "brief"))
+    out = 0.8 if "large" in model.lower() else -0.2
+    out += 1.0 * step
+    out += 0.3 * ("answer:" in s)
+    out += 0.3 * ("double-check" in s or "verify" in s)
+    out -= 0.8 * any(w in s for w in ("guess", "quickly", "brief"))
+    used = min(n_demos, 4) / 4
+    out += 0.6 * used + 0.5 * worked * used + 0.3 * worked * step
+    out -= 0.15 * max(0, n_demos - 6)  # a long prompt distracts
+    return out
+
+
+def prompt_logit(system: str, user: str, model: str = "sim-small") -> float:
+    """The simulated model's log-odds for a prompt of ``solve`` (system = instruction, user = demos + question)."""
     k = max(0, user.count("Question:") - 1)
-    worked = user.count("Reasoning:") / k if k else 0.0
-    used = min(k, 4) / 4
-    logit += 0.6 * used + 0.5 * worked * used + 0.3 * worked * step
-    logit -= 0.15 * max(0, k - 6)  # a long prompt distracts
-    return logit
+    return logit(system, k, user.count("Reasoning:") / k if k else 0.0, model)
 
 
 def answer_probability(system: str, user: str, model: str = "sim-small", difficulty: int = 1) -> float:
     """Chance that the simulated model answers a problem of ``difficulty`` right under this prompt."""
-    return 1.0 / (1.0 + math.exp(-(prompt_logit(system, user, model) - 0.8 * (difficulty - 1))))
+    return _sigmoid(prompt_logit(system, user, model) - 0.8 * (difficulty - 1))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def true_quality(instruction: str, n_demos: int, worked: float, problems: Sequence[Mapping[str, Any]] | None = None,
+                 model: str = "sim-small") -> float:
+    """The expected accuracy of a prompt over ``problems`` (default: all shipped ones): no coin, no sample."""
+    probs = problems if problems is not None else load_problems()
+    z = logit(instruction, n_demos, worked, model)
+    return sum(_sigmoid(z - 0.8 * (int(p["difficulty"]) - 1)) for p in probs) / len(probs)
+
+
+def attempt(problem: Mapping[str, Any], p: float, *key: object) -> tuple[int, str]:
+    """The simulated model's answer and reasoning: right with probability ``p``, by a coin on ``key``."""
+    gold = int(problem["answer"])
+    if _coin(*key) < p:
+        return gold, str(problem["reasoning"])
+    off = 1 + int(_coin("off", *key) * 9)
+    value = gold + off if gold - off < 0 or _coin("sign", key[0], key[-1]) < 0.5 else gold - off
+    return value, str(problem["reasoning"]).rsplit("=", 1)[0] + f"= {value}"
+
+
+def find_problem(text: str) -> Example | None:
+    """The shipped problem whose question ``text`` ends with (after its last ``Question:`` marker)."""
+    at = text.rfind("Question:")
+    return _by_question().get(text[at + len("Question:") :].strip()) if at >= 0 else None
 
 
 class SimResponder:
@@ -208,19 +247,11 @@ class SimResponder:
     def __call__(self, messages: Sequence[Mapping[str, Any]], model: str) -> str:
         system = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
         user = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") != "system")
-        at = user.rfind("Question:")
-        problem = _by_question().get(user[at + len("Question:") :].strip()) if at >= 0 else None
+        problem = find_problem(user)
         if problem is None:
             return "I can only answer the arithmetic word problems of studyhall's simulated task."
         p = answer_probability(system, user, model, int(problem["difficulty"]))
-        gold = int(problem["answer"])
-        correct = _coin(self.seed, model, system, user) < p
-        if correct:
-            value, reasoning = gold, problem["reasoning"]
-        else:
-            off = 1 + int(_coin("off", self.seed, model, system, user) * 9)
-            value = gold + off if gold - off < 0 or _coin("sign", self.seed, user) < 0.5 else gold - off
-            reasoning = problem["reasoning"].rsplit("=", 1)[0] + f"= {value}"
+        value, reasoning = attempt(problem, p, self.seed, model, system, user)
         s = system.lower()
         lines = []
         if "step by step" in s:

@@ -29,8 +29,8 @@ def test_miprov2_loop(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ex.db'}"
     out = _run([sys.executable, str(EXAMPLES / "miprov2_loop.py"), "--trials", "6", "--val", "20", "--minibatch", "10",
                 "--workers", "2", "--storage", url, "--prune"], tmp_path)
-    assert "best instruction:" in out and "full eval after trial 5" in out
-    assert len(_finished(url, "miprov2-example")) == 6
+    assert "best instruction:" in out and "full eval (first) after trial 7" in out
+    assert len(_finished(url, "miprov2-example")) == 7  # 6 search trials and the default program's
 
 
 def test_parallel_workers_share_one_study_and_limit(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_resume_study_after_sigkill(tmp_path: Path) -> None:
     out = _run([sys.executable, str(EXAMPLES / "resume_study.py"), "--trials", "6", "--storage", url], tmp_path)
     assert "none RUNNING or WAITING: True" in out and "failed as stale (['stale'" in out
     trials = Orchestrator(url).load_study("resume-example").trials()
-    assert sum(t.state.name == "COMPLETE" for t in trials) == 6
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 7  # 6 search trials and the default program's
     assert {t.state.name for t in trials} == {"COMPLETE", "FAIL"}
     retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
     assert retried == {t.number for t in trials if t.state.name == "FAIL"}  # each killed trial ran again

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import optuna
 import pytest
+from mipro_helpers import TASK, SimLM, make_loop
 
-from studyhall.bridge import Completion, ProviderError
 from studyhall.optimizer import InvalidRequest, MiproLoop, MiproResult, Orchestrator
 from studyhall.optimizer.mipro._candidates import Candidates, labeled_demo_sets, minibatch_indices
 from studyhall.optimizer.mipro._evaluate import evaluate_batch
@@ -24,49 +21,6 @@ from studyhall.optimizer.mipro._simtask import (
     parse_answer,
     solve,
 )
-
-TASK = arith_task(n_train=40, n_val=60)
-
-
-class SimLM:
-    """An in-process stand-in for an LLM client: the simulated model, real Completion objects."""
-
-    def __init__(self, fail_on: set[str] = frozenset(), delay: float = 0.0) -> None:  # type: ignore[assignment]
-        self.responder = SimResponder(seed=0)
-        self.fail_on = fail_on
-        self.delay = delay
-        self.calls = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._lock = threading.Lock()
-
-    def chat(self, messages, max_tokens=None, temperature=None):  # type: ignore[no-untyped-def]
-        with self._lock:
-            self.calls += 1
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            if self.delay:
-                time.sleep(self.delay)  # simulated model latency, not synchronisation
-            question = messages[-1]["content"].rsplit("Question: ", 1)[-1]
-            if question in self.fail_on:
-                raise ProviderError("503 from the provider after 6 retries", status=503, model="sim")
-            text = self.responder(messages, "sim-small")
-            prompt = sum(len(m["content"]) for m in messages) // 4
-            return Completion(text, "sim-small", prompt, len(text) // 4, 0.01, 1)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-
-
-def make_loop(url: str, name: str, lm=None, **kw) -> MiproLoop:  # type: ignore[no-untyped-def]
-    opts = dict(
-        instructions=TASK.instructions, demos=TASK.demos, valset=TASK.valset, lm=lm or SimLM(),
-        study=name, storage=url, minibatch_size=20, full_eval_every=5, workers=0, seed=0,
-    )
-    opts.update(kw)
-    return MiproLoop(solve, exact_match, **opts)
-
 
 # ---- the simulated task ------------------------------------------------------------------
 
@@ -160,21 +114,25 @@ def test_loop_finds_a_good_prompt_and_keeps_full_evals_apart(sqlite_url: str, st
     assert isinstance(result, MiproResult) and result.stopped == "n_trials"
     study = Orchestrator(sqlite_url).load_study(study_name)
     trials = study.trials()
-    assert len(trials) == 20  # full evaluations are not trials that TPE would mix in
+    assert len(trials) == 21  # full evaluations are not trials that TPE would mix in
     assert trials[0].params == {"0_instruction": 0, "0_demos": 0}  # the default program is the baseline
     for t in trials:
         assert t.state.name == "COMPLETE"
         assert len(t.user_attrs["mipro.scores"]) == 20 and "score.p90" in t.user_attrs
         assert t.value == pytest.approx(sum(t.user_attrs["mipro.scores"]) / 20)
-    assert [f.after_trials for f in result.full_evals] == [5, 10, 15, 20]
-    assert len({tuple(sorted(f.params.items())) for f in result.full_evals}) == 4  # never the same combination twice
-    assert all(f.n == len(TASK.valset) for f in result.full_evals)
+    fulls = result.full_evals
+    assert fulls and fulls[0].after_trials == 21 and fulls[0].reason == "first"  # after the search
+    assert all(f.reason == "gain" for f in fulls[1:])
+    assert len({tuple(sorted(f.params.items())) for f in fulls}) == len(fulls)  # never the same combination twice
+    assert all(len(f.scores) == len(TASK.valset) for f in fulls)
+    assert all(f.n == len(TASK.valset) for f in fulls if f.complete)
     keys = [k for k in study.optuna.user_attrs if k.startswith(FULL_EVAL_ATTR)]
-    assert len(keys) == 4
-    assert result.best_full_score == max(f.score for f in result.full_evals) >= 0.8
+    assert len(keys) == len(fulls)
+    assert result.best_full_score == max(f.score for f in fulls if f.complete) >= 0.8
     assert result.best_instruction == TASK.instructions[result.best_params["0_instruction"]]
     assert result.best_demos == [TASK.demos[result.best_params["0_demos"]]]
-    assert result.llm_calls == 20 * 20 + 4 * len(TASK.valset) and result.tokens > 0
+    assert result.llm_calls == 21 * 20 + sum(f.llm_calls for f in fulls) and result.tokens > 0
+    assert all(f.llm_calls == len(TASK.valset) - f.reused for f in fulls if f.complete)
 
 
 def test_trials_with_too_many_failed_calls_fail_instead_of_scoring_low(sqlite_url: str, study_name: str) -> None:
@@ -195,7 +153,7 @@ def test_trials_with_too_many_failed_calls_fail_instead_of_scoring_low(sqlite_ur
 def test_a_provider_that_always_fails_stops_the_loop(sqlite_url: str, study_name: str) -> None:
     everything = {ex["question"] for ex in TASK.valset}
     result = make_loop(sqlite_url, study_name, lm=SimLM(fail_on=everything)).run(n_trials=30)
-    assert result.stopped == "failing" and result.trials == 5 and result.failed == 5
+    assert result.stopped == "failing" and result.trials == 6 and result.failed == 6
     assert result.best_full_score is None and result.full_evals == []
 
 
@@ -213,23 +171,22 @@ def test_wilcoxon_pruning_saves_calls_and_still_finds_the_best(sqlite_url: str, 
 
 def test_token_budget_stops_cleanly(sqlite_url: str, study_name: str) -> None:
     full = make_loop(sqlite_url, study_name).run(n_trials=10)
-    budget = full.tokens // 2
+    budget = full.tokens * 3 // 4  # (full evaluations are fewer now: half would leave no room for one)
     result = make_loop(sqlite_url, study_name + "-b", max_tokens_total=budget).run(n_trials=10)
     assert result.stopped == "max_tokens_total"
-    assert result.tokens <= budget and result.trials < 10
-    assert result.full_evals  # the budget kept room for a full evaluation of what it found
+    assert result.tokens <= budget and result.trials < 11
+    assert result.full_evals and result.full_evals[0].complete  # the budget kept room for a full evaluation
 
 
 def test_a_second_run_resumes_the_study(sqlite_url: str, study_name: str) -> None:
     first = make_loop(sqlite_url, study_name).run(n_trials=7)
-    assert [f.after_trials for f in first.full_evals] == [5, 7]
+    assert first.trials == 8 and first.full_evals and first.full_evals[0].after_trials == 8
     second = make_loop(sqlite_url, study_name).run(n_trials=12)
-    assert second.trials == 12
-    assert [f.after_trials for f in second.full_evals] == [5, 7, 12]
-    assert second.full_evals[:2] == first.full_evals  # nothing lost, nothing redone
-    assert second.llm_calls == 12 * 20 + 3 * len(TASK.valset)
+    assert second.trials == 13
+    assert second.full_evals[: len(first.full_evals)] == first.full_evals  # nothing lost, nothing redone
+    assert second.llm_calls == 13 * 20 + sum(f.llm_calls for f in second.full_evals)
     again = make_loop(sqlite_url, study_name).run(n_trials=12)  # already done: nothing to run
-    assert again.trials == 12 and again.llm_calls == second.llm_calls
+    assert again.trials == 13 and again.llm_calls == second.llm_calls
     with pytest.raises(InvalidRequest, match="other candidates"):
         make_loop(sqlite_url, study_name, instructions=TASK.instructions[:3]).run(n_trials=13)
 
@@ -282,15 +239,15 @@ def test_parallel_trials_in_pool_workers_share_one_limiter(sqlite_url: str, stud
             )
             result = loop.run(n_trials=6)
         served = fp.stats()["completed"]
-    assert result.completed == 6 and [f.after_trials for f in result.full_evals] == [3, 6]
-    assert result.llm_calls == served == 6 * 10 + 2 * 30
+    assert result.completed == 7 and result.full_evals and result.full_evals[0].after_trials == 7
+    assert result.llm_calls == served == 7 * 10 + sum(f.llm_calls for f in result.full_evals)
     trials = Orchestrator(sqlite_url).load_study(study_name).trials()
     spans = [(t.datetime_start, t.datetime_complete) for t in trials]
     overlapping = sum(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :])
     assert overlapping >= 1  # two trials ran at the same time
     for t in trials:  # the client's telemetry, recorded in the worker, landed on the trial
         assert t.user_attrs["llm.calls"] == 10 and "llm.latency_s.p90" in t.user_attrs
-    assert result.latency is not None and result.latency.n == 6 * 10 + 2 * 30
+    assert result.latency is not None and result.latency.n == served
 
 
 def test_demo_command_fresh_then_resumed(sqlite_url: str) -> None:
@@ -306,7 +263,7 @@ def test_demo_command_fresh_then_resumed(sqlite_url: str) -> None:
     assert "429s (retried)" in first.output and "latency p50" in first.output
     resumed = CliRunner().invoke(app, ["demo", "--trials", "5", "--resume", *small])
     assert resumed.exit_code == 0, resumed.output
-    assert len(Orchestrator(sqlite_url).load_study("demo").trials()) == 5
+    assert len(Orchestrator(sqlite_url).load_study("demo").trials()) == 6  # 5 search trials and the baseline
     fresh = CliRunner().invoke(app, ["demo", "--trials", "2", *small])
     assert fresh.exit_code == 0 and "starting a fresh study" in fresh.output
-    assert len(Orchestrator(sqlite_url).load_study("demo").trials()) == 2
+    assert len(Orchestrator(sqlite_url).load_study("demo").trials()) == 3
