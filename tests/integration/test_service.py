@@ -370,3 +370,38 @@ def test_an_expired_lease_refuses_tells_until_swept_and_abandoned_claims_are_tak
         assert app.state.leases.sweep() == []  # idempotent
         assert [t["state"] for t in http.get(base).json()["trials"]] == ["fail", "fail", "waiting", "waiting"]
         assert st.transaction(lambda c: c.execute(sa.select(sa.func.count()).select_from(leases)).scalar_one()) == 0
+
+
+def nested(levels):
+    value = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_deep_user_attrs_are_refused_at_the_door_and_stored_ones_still_read(storage_url, study_name):
+    # issue 13, item 6: 260 levels (2 KB) used to commit, answer 500, and break every later read
+    with TestClient(create_app(storage_url)) as http:
+        http.post("/v1/studies", json={"name": study_name})
+        http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON, "k": 2})
+        base = f"/v1/studies/{study_name}/trials"
+        r = http.post(f"{base}/0/tell", json={"value": 1, "user_attrs": {"deep": nested(260)}})
+        assert error_of(r, 422) == "ValidationError" and "deeper than 32 levels" in r.json()["error"]["message"]
+        r = http.post(f"/v1/studies/{study_name}/enqueue", json={"params": {"x": 0.5}, "user_attrs": {"d": nested(33)}})
+        assert error_of(r, 422) == "ValidationError"
+        assert http.get(f"{base}/0").json()["state"] == "running"  # nothing was written
+        r = http.post(f"{base}/0/tell", json={"value": 1, "user_attrs": {"deep": nested(32)}})
+        assert r.status_code == 200 and r.json()["user_attrs"]["deep"] == nested(32)
+
+        # an attribute stored by other means (Optuna itself) is cut on the way out, not a 500
+        st = connect(storage_url)
+        tid = st.optuna.get_trial_id_from_study_id_trial_number(st.study_id(study_name), 1)
+        st.optuna.set_trial_user_attr(tid, "deep", nested(500))
+        for path in (f"{base}/1", base):
+            r = http.get(path)
+            assert r.status_code == 200, r.text
+        shown = http.get(f"{base}/1").json()["user_attrs"]["deep"]
+        for _ in range(32):
+            shown = shown[0]
+        assert "nested deeper than 32 levels" in shown
+        assert http.post(f"{base}/1/tell", json={"value": 2}).json()["state"] == "complete"
