@@ -223,7 +223,7 @@ class Gate:
                 await error_response(
                     408,
                     "RequestTimeout",
-                    f"the request body did not arrive within {self.body_timeout:g} s; send it in one go",
+                    f"the request body did not arrive within {self.body_timeout:g} s; send it without pauses",
                 )(scope, receive, send_tracked)
                 return
             if too_large:
