@@ -11,16 +11,38 @@ one-line error, never a traceback::
 from __future__ import annotations
 
 import importlib
+import sys
 
-from studyhall.optimizer.cli._app import app
+import typer
+
+from studyhall.optimizer.cli._app import app, fail
 
 COMMANDS = ("_studies", "_trials", "_demo", "_worker", "_serve", "_dashboard", "_report")  # the order of --help
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: usage errors too are one line (exit 2), not click's boxed usage."""
     _register_commands()
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        code = fail("aborted", 1).exit_code
+    except Exception as exc:
+        code = _usage_error(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Exception) -> int:
+    # click's UsageError and kin, matched by shape: some typer versions vendor click, others use it.
+    message, exit_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+    if not callable(message) or not isinstance(exit_code, int):
+        raise exc
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `studyhall` alone: its message is the help
+        exc.show()  # type: ignore[attr-defined]
+        return exit_code
+    command = getattr(getattr(exc, "ctx", None), "command_path", None) or "studyhall"
+    fail(f"{message()} (see `{command} --help`)")
+    return exit_code
 
 
 def _register_commands() -> None:

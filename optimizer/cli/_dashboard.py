@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from studyhall.optimizer.cli._app import StorageOpt, app, console, err_console, is_loopback, quiet_optuna, user_errors
+from studyhall.optimizer.cli._app import StorageOpt, app, console, open_storage, quiet_optuna, safe, warn
+from studyhall.optimizer.service._hosts import is_loopback
 
 
 @app.command()
@@ -18,15 +19,12 @@ def dashboard(
     """Run optuna-dashboard on the same storage (trials show their score and latency summaries)."""
     from optuna_dashboard import run_server
 
-    from studyhall.storage import connect
-
     quiet_optuna()
-    with user_errors():
-        st = connect(storage)
+    st = open_storage(storage)
     if not is_loopback(host):
-        err_console.print(
-            f"[bold yellow]warning:[/] optuna-dashboard has no authentication and {host} is not loopback; "
+        warn(
+            f"optuna-dashboard has no authentication and {host} is not loopback; "
             "anyone who can reach it can read and edit your studies"
         )
-    console.print(f"optuna-dashboard for {st!r} on http://{host}:{port}", highlight=False)
+    console.print(f"optuna-dashboard for {safe(repr(st))} on http://{safe(host)}:{port}", highlight=False)
     run_server(st.optuna, host=host, port=port)

@@ -8,20 +8,35 @@
     MiproLoop ── full evaluations in this process ── sqlite:///studyhall.db
     then: best prompt, score distributions, LLM latency/tokens/429s, the dashboard command
 
-``--base-url/--model/--api-key`` point the same task at a real OpenAI-compatible
-provider instead (``--rpm/--tpm`` then set the limiter to your account's limits).
+``--base-url/--model`` point the same task at a real OpenAI-compatible provider
+instead (``--rpm/--tpm`` then set the limiter to your account's limits). The key
+comes from the environment (``--api-key-env``, default ``$OPENAI_API_KEY``) or a
+hidden prompt, never from the command line, where ``ps`` shows it to everyone.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from studyhall.optimizer.cli._app import StorageOpt, app, console, fmt, quiet_optuna, user_errors
+from studyhall.optimizer.cli._app import (
+    StorageOpt,
+    app,
+    console,
+    fail,
+    fmt,
+    open_storage,
+    quiet_optuna,
+    safe,
+    user_errors,
+    warn,
+)
 
 if TYPE_CHECKING:
     from studyhall.optimizer.mipro._results import MiproResult
@@ -53,7 +68,10 @@ def demo(
     prune: Annotated[bool, typer.Option("--prune", help="Stop clearly worse trials early (Wilcoxon signed-rank test).")] = False,
     base_url: Annotated[str | None, typer.Option(help="An OpenAI-compatible API (e.g. https://host/v1) instead of the simulated provider.")] = None,
     model: Annotated[str, typer.Option(help="The model to ask for.")] = "sim-small",
-    api_key: Annotated[str | None, typer.Option(help="The provider's API key (default: $OPENAI_API_KEY).")] = None,
+    api_key_env: Annotated[
+        str, typer.Option(help="The environment variable holding the provider's API key (asked for, hidden, when unset).")
+    ] = "OPENAI_API_KEY",
+    api_key: Annotated[str | None, typer.Option(hidden=True, help="Refused: use --api-key-env.")] = None,
     rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute for the limiter (with --base-url; default 500).")] = None,
     tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute for the limiter (with --base-url; default 200000).")] = None,
 ) -> None:
@@ -66,13 +84,21 @@ def demo(
     from studyhall.optimizer import MiproLoop, Orchestrator
     from studyhall.optimizer.mipro._simtask import arith_task
 
+    if api_key is not None:
+        raise fail(
+            "--api-key is refused: on the command line the key is visible to every user of this machine (ps, "
+            f"/proc) and stays in your shell history. Put it in ${api_key_env} (or name another variable with "
+            "--api-key-env), or leave that unset to be asked for it without echo; and replace the key you typed"
+        )
     quiet_optuna()
-    with user_errors():
-        orch = Orchestrator(storage)
+    key = _api_key(api_key_env, base_url) if base_url is not None else None
+    st = open_storage(storage)
+    with user_errors(st.url):
+        orch = Orchestrator(st)
         task = arith_task(n_val=val, seed=seed)
         if study in orch.study_names() and not resume:
             orch.delete_study(study)
-            console.print(f"starting a fresh study [bold]{study}[/] (the previous one was deleted; --resume continues it)")
+            console.print(f"starting a fresh study [bold]{safe(study)}[/] (the previous one was deleted; --resume continues it)")
         fake = None
         if base_url is None:
             fake = FakeProvider(
@@ -86,17 +112,20 @@ def demo(
         else:
             url = base_url
             limits = [Limit(requests=rpm or 500, per=60.0), Limit(tokens=tpm or 200_000, per=60.0)]
-            where = f"{base_url}"
-            if api_key:  # the key is never pickled: pool workers read it from their environment
-                os.environ["OPENAI_API_KEY"] = api_key
+            where = safe(base_url)
+            if key:  # the key is never pickled: pool workers read it from their environment
+                os.environ[api_key_env] = key
         try:
             limiter = RateLimiter(f"demo:{model}", limits=limits, storage=orch.storage)
-            lm = LLMClient(model, base_url=url, api_key=api_key or ("sk-studyhall-simulated" if fake else None), limiter=limiter, timeout=120.0)
+            lm = LLMClient(
+                model, base_url=url, api_key=key or ("sk-studyhall-simulated" if fake else None),
+                api_key_env=api_key_env, limiter=limiter, timeout=120.0,
+            )
             console.print(
                 f"MIPROv2-style search: {len(task.instructions)} instructions x {len(task.demos)} demo sets, "
                 f"{trials} search trials (and the default program's) of {min(minibatch, val)} examples, full evaluations on {val} "
                 f"only where they can change the answer, "
-                f"{workers} workers, model [bold]{model}[/] on {where}; limiter: "
+                f"{workers} workers, model [bold]{safe(model)}[/] on {where}; limiter: "
                 + ", ".join(f"{lim.amount:g} {lim.kind}/{lim.per:g}s" for lim in limits)
             )
             loop = MiproLoop(
@@ -111,8 +140,22 @@ def demo(
             stats = fake.stats() if fake is not None else None
             if fake is not None:
                 fake.stop()
-        st = orch.load_study(study)
-        _show(result, task, st, stats, elapsed, orch.storage.url)
+        done = orch.load_study(study)
+        _show(result, task, done, stats, elapsed, orch.storage.url)
+
+
+def _api_key(env: str, base_url: str) -> str | None:
+    """The provider's key: from ``$env``, else asked for without echo on a terminal, else none."""
+    key = os.environ.get(env)
+    if key:
+        return key
+    if sys.stdin.isatty():
+        typed: str = typer.prompt(
+            f"API key for {base_url} (not shown; empty for none)", default="", show_default=False, hide_input=True
+        )
+        return typed or None
+    warn(f"${env} is not set: requests to {base_url} go without an API key (set it, or name another with --api-key-env)")
+    return None
 
 
 def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] | None, elapsed: float, url: str) -> None:
@@ -121,12 +164,12 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
     console.print()
     if result.best_full_score is None:
         console.print("[yellow]no full evaluation finished; the best minibatch combination is shown[/]")
-    console.print(f"[bold]best instruction[/] ({result.best_params}):  {result.best_instruction}")
+    console.print(f"[bold]best instruction[/] ({safe(result.best_params)}):  {safe(result.best_instruction)}")
     demos = result.best_demos[0]
     if demos:
         console.print(f"[bold]best demos[/] ({len(demos)}, {'with' if any(d.get('reasoning') for d in demos) else 'without'} worked reasoning):")
         for d in demos:
-            console.print(f"  Q: {d['question'][:90]}  A: {d['answer']}", highlight=False)
+            console.print(f"  Q: {safe(d['question'][:90])}  A: {safe(d['answer'])}", highlight=False)
     else:
         console.print("[bold]best demos[/]: none (zero-shot)")
 
@@ -134,7 +177,8 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
     for f in result.full_evals:
         mark = " *" if f.params == result.best_params else ""
         shown = fmt(f.score) + mark + ("" if f.complete else f" (dropped after {f.n})")
-        fe.add_row(str(f.after_trials), " ".join(f"{k}={v}" for k, v in f.params.items()), shown, fmt(f.minibatch_mean), str(f.llm_calls))
+        params = " ".join(f"{fmt(k)}={fmt(v)}" for k, v in f.params.items())
+        fe.add_row(str(f.after_trials), params, shown, fmt(f.minibatch_mean), str(f.llm_calls))
     console.print(fe)
 
     rows: list[tuple[str, Any]] = []
@@ -153,7 +197,7 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
     dist = Table("scores", "n", "mean", "std", "min", "p50", "p90", "max", title="score distributions")
     for label, s in rows:
         get = s.get if isinstance(s, dict) else lambda k, s=s: getattr(s, k)
-        dist.add_row(label, *(fmt(get(k)) for k in ("n", "mean", "std", "min", "p50", "p90", "max")))
+        dist.add_row(safe(label), *(fmt(get(k)) for k in ("n", "mean", "std", "min", "p50", "p90", "max")))
     console.print(dist)
 
     llm = Table("LLM calls", "tokens", "latency p50", "p90", "p99", "429s (retried)", "calls saved by pruning", "wall time", title="cost")
@@ -166,5 +210,7 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
     )
     console.print(llm)
     counts = f"{result.completed} complete, {result.pruned} pruned, {result.failed} failed"
-    console.print(f"study [bold]{result.study}[/]: {result.trials} trials ({counts}); stopped by {result.stopped}")
-    console.print(f"inspect it:  [bold]optuna-dashboard {url}[/]   or   studyhall trials {result.study} --storage {url}")
+    console.print(f"study [bold]{safe(result.study)}[/]: {result.trials} trials ({counts}); stopped by {safe(result.stopped)}")
+    console.print(
+        f"inspect it:  [bold]optuna-dashboard {safe(url)}[/]   or   studyhall trials {safe(shlex.quote(result.study))} --storage {safe(url)}"
+    )

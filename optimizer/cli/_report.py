@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from studyhall.optimizer.cli._app import JsonOpt, StorageOpt, app, console, fmt, print_json, quiet_optuna, user_errors
+from studyhall.optimizer.cli._app import (
+    JsonOpt,
+    StorageOpt,
+    app,
+    console,
+    fail,
+    fmt,
+    open_storage,
+    print_json,
+    quiet_optuna,
+    safe,
+    user_errors,
+)
 
 
 @app.command()
@@ -24,11 +36,21 @@ def report(
     from studyhall.optimizer.telemetry._report import render_report
 
     quiet_optuna()
-    with user_errors():
-        study = Orchestrator(storage).load_study(name)
-        path = render_report(study, out, name=metric, max_trials=max_trials)
+    folder = out.parent
+    if not folder.is_dir():
+        raise fail(f"cannot write {out}: the folder {folder} does not exist; create it or give another --out")
+    st = open_storage(storage, must_exist=True)
+    with user_errors(st.url):
+        study = Orchestrator(st).load_study(name)
+        try:
+            path = render_report(study, out, name=metric, max_trials=max_trials)
+        except OSError as exc:
+            raise fail(f"cannot write {out}: {exc.strerror or exc}; give another --out") from None
     size = path.stat().st_size
     if as_json:
         print_json({"study": name, "out": str(path), "bytes": size})
         return
-    console.print(f"wrote {path} ({fmt(size / 1024, 3)} KiB): per-trial {metric} distributions and LLM latency of study {name}")
+    console.print(
+        f"wrote {safe(path)} ({fmt(size / 1024, 3)} KiB): per-trial {safe(metric)} distributions and LLM latency "
+        f"of study {safe(name)}"
+    )

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated
 
 import typer
 
-from studyhall.optimizer.cli._app import StorageOpt, app, console, fail, is_loopback, quiet_optuna, user_errors
+from studyhall.optimizer.cli._app import StorageOpt, app, console, fail, open_storage, quiet_optuna, safe, user_errors
+from studyhall.optimizer.service._hosts import is_loopback
+from studyhall.optimizer.service._limits import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, LOG_LEVELS, MAX_CONNECTIONS
 
 HostOpt = Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")]
+LogLevel = enum.Enum("LogLevel", {name: name for name in LOG_LEVELS}, type=str)  # type: ignore[misc]
+INFO = LogLevel("info")
 
 
 @app.command()
@@ -20,12 +25,28 @@ def serve(
         str | None,
         typer.Option(envvar="STUDYHALL_TOKEN", show_envvar=True, help="Bearer token every request but /healthz must carry."),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="A host name clients reach the service by, besides localhost/127.0.0.1/[::1] (repeatable; '*': any). "
+            "Without a token only these are answered; with a token, any name unless this is given.",
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a connection may take to send a request's headers.")
+    ] = HEADER_TIMEOUT_S,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a request body may take to arrive; slower ones are answered 408.")
+    ] = BODY_TIMEOUT_S,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections at most; more are answered 503 and closed.")
+    ] = MAX_CONNECTIONS,
+    log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="uvicorn's log level.")] = INFO,
 ) -> None:
     """Serve the create-study / ask / tell API over HTTP (docs at /docs, schema at /openapi.json)."""
-    import uvicorn
-
     from studyhall.optimizer.service._app import create_app
+    from studyhall.optimizer.service._server import serve as run_server
 
     if not token and not is_loopback(host):
         raise fail(
@@ -34,11 +55,14 @@ def serve(
             "or bind 127.0.0.1"
         )
     quiet_optuna()
-    with user_errors():
-        service = create_app(storage, token or None)
-    st = service.state.storage
+    st = open_storage(storage)
+    with user_errors(st.url):
+        service = create_app(st, token or None, body_timeout=body_timeout, allowed_hosts=allow_host)
     console.print(
-        f"studyhall serving {st!r} on http://{host}:{port} (docs: /docs){' with a token' if token else ''}",
+        f"studyhall serving {safe(repr(st))} on http://{safe(host)}:{port} (docs: /docs)"
+        f"{' with a token' if token else ''}",
         highlight=False,
     )
-    uvicorn.run(service, host=host, port=port, log_level=log_level.lower())
+    run_server(
+        service, host, port, log_level=log_level.value, header_timeout=header_timeout, max_connections=max_connections
+    )

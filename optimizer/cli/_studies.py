@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from studyhall.optimizer.cli._app import JsonOpt, StorageOpt, app, console, fmt, print_json, quiet_optuna, user_errors
+from studyhall.optimizer.cli._app import (
+    JsonOpt,
+    StorageOpt,
+    app,
+    console,
+    fmt,
+    open_storage,
+    print_json,
+    quiet_optuna,
+    user_errors,
+)
 
 
 @app.command()
@@ -13,8 +23,9 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     from studyhall.optimizer import Orchestrator
 
     quiet_optuna()
-    with user_errors():
-        infos = Orchestrator(storage).list_studies()
+    st = open_storage(storage, must_exist=True)
+    with user_errors(st.url):
+        infos = Orchestrator(st).list_studies()
     if as_json:
         print_json([i.__dict__ for i in infos])
         return
@@ -23,5 +34,5 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
         return
     table = Table("study", "directions", "trials", "best value")
     for i in infos:
-        table.add_row(i.name, ", ".join(i.directions), str(i.n_trials), fmt(i.best_value))
+        table.add_row(fmt(i.name), fmt(", ".join(i.directions)), str(i.n_trials), fmt(i.best_value))
     console.print(table)

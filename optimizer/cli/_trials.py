@@ -7,7 +7,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from studyhall.optimizer.cli._app import JsonOpt, StorageOpt, app, console, fmt, print_json, quiet_optuna, user_errors
+from studyhall.optimizer.cli._app import (
+    JsonOpt,
+    StorageOpt,
+    app,
+    console,
+    fmt,
+    open_storage,
+    print_json,
+    quiet_optuna,
+    safe,
+    user_errors,
+)
 
 # user_attr -> column header for the telemetry shown by `studyhall trials`.
 TRIAL_COLUMNS = {
@@ -33,8 +44,9 @@ def trials(
     from studyhall.optimizer import Orchestrator
 
     quiet_optuna()
-    with user_errors():
-        study = Orchestrator(storage).load_study(name)
+    st = open_storage(storage, must_exist=True)
+    with user_errors(st.url):
+        study = Orchestrator(st).load_study(name)
         rows = study.trials(states=[state] if state else None)[-limit:]
         summary = study.metrics()
     if as_json:
@@ -56,11 +68,11 @@ def trials(
         )
         return
     present = [c for c in TRIAL_COLUMNS if any(c in t.user_attrs for t in rows)]
-    table = Table("#", "state", "value", "params", *(TRIAL_COLUMNS[c] for c in present), "error", title=f"study {name}")
+    table = Table("#", "state", "value", "params", *(TRIAL_COLUMNS[c] for c in present), "error", title=f"study {safe(name)}")
     for t in rows:
         value = ", ".join(fmt(v) for v in t.values) if t.values else "-"
-        params = " ".join(f"{k}={fmt(v, 3)}" for k, v in t.params.items())
-        err = str(t.user_attrs.get("error", ""))[:40]
+        params = " ".join(f"{safe(k)}={fmt(v, 3)}" for k, v in t.params.items())
+        err = safe(str(t.user_attrs.get("error", ""))[:40])
         table.add_row(str(t.number), t.state.name.lower(), value, params, *(fmt(t.user_attrs.get(c)) for c in present), err)
     console.print(table)
     from studyhall.optimizer.telemetry._report import summary_rows
@@ -68,5 +80,5 @@ def trials(
     stats = ("n", "mean", "std", "p50", "p90", "p99")
     block = Table("study summary", *stats, title=f"{summary.n_complete} of {summary.n_trials} trials complete")
     for label, s in summary_rows(summary):
-        block.add_row(label, *((fmt(getattr(s, k)) for k in stats) if s else ["-"] * len(stats)))
+        block.add_row(safe(label), *((fmt(getattr(s, k)) for k in stats) if s else ["-"] * len(stats)))
     console.print(block)

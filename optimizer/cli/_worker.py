@@ -2,11 +2,14 @@
 
 Start it on as many hosts as you like against one PostgreSQL or MySQL database;
 ``--total`` caps the study as a whole, so together they stop at about that many.
+It exits 1 when it ran trials and none of them completed (a broken objective should
+not look like success to a script or a scheduler).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import Annotated
 
@@ -20,8 +23,10 @@ from studyhall.optimizer.cli._app import (
     err_console,
     fail,
     fmt,
+    open_storage,
     print_json,
     quiet_optuna,
+    safe,
     user_errors,
 )
 
@@ -51,8 +56,9 @@ def worker(
     # Like `python -m`: an objective module beside the caller is importable (and so in the workers).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    with user_errors():
-        orch = Orchestrator(storage)
+    st = open_storage(storage)
+    with user_errors(st.url):
+        orch = Orchestrator(st)
         if create:
             study = orch.create_study(name, direction=direction, sampler=sampler, load_if_exists=True)
         else:
@@ -73,11 +79,17 @@ def worker(
             raise typer.Exit(130) from None
     if as_json:
         print_json(report.as_dict())
-        return
-    console.print(
-        f"study [bold]{name}[/]: {report.n_trials} trials in {report.elapsed_s:.1f}s: "
-        f"{report.completed} completed, {report.failed} failed, {report.timed_out} timed out, "
-        f"{report.crashed} crashed, {report.pruned} pruned, {report.retried} retried"
-    )
-    if report.best_value is not None:
-        console.print(f"best value {fmt(report.best_value)} with {report.best_params}")
+    else:
+        console.print(
+            f"study [bold]{safe(name)}[/]: {report.n_trials} trials in {report.elapsed_s:.1f}s: "
+            f"{report.completed} completed, {report.failed} failed, {report.timed_out} timed out, "
+            f"{report.crashed} crashed, {report.pruned} pruned, {report.retried} retried"
+        )
+        if report.best_value is not None:
+            console.print(f"best value {fmt(report.best_value)} with {safe(report.best_params)}")
+    if report.n_trials and not report.completed:
+        raise fail(
+            f"none of the {report.n_trials} trials this worker ran completed; "
+            f"their errors are in `studyhall trials {shlex.quote(name)} --state fail`",
+            1,
+        )

@@ -2,14 +2,16 @@
 
 ::
 
-    request ─> Gate (bearer token, body <= max_body_bytes, request metrics,
+    request ─> Gate (Host and Origin are allowed names (_hosts.py), bearer token,
+               │      body <= max_body_bytes within body_timeout, request metrics,
                │      catch-all 500 envelope; in _http.py)
                └─> FastAPI routes (_routes.py; pydantic shapes in _models.py, NUL-free
                    names; NaN/Infinity rejected by the JSON parser) ─> Orchestrator / Study
                    (their own validation) ─> Leases (trials asked here are leased, _leases.py)
-    errors ──> {"error": {"type", "message"}}: 400 InvalidRequest, 401, 404
-               StudyNotFound/TrialNotFound, 409 DuplicateStudy/TrialFinished/
-               LeaseExpired, 413, 422 ValidationError/InvalidJSON, 503 storage busy
+    errors ──> {"error": {"type", "message"}}: 400 InvalidRequest/HostNotAllowed,
+               401, 403 CrossOrigin, 404 StudyNotFound/TrialNotFound, 408 (slow body),
+               409 DuplicateStudy/TrialFinished/LeaseExpired, 413, 422 ValidationError/
+               InvalidJSON, 503 storage busy
 
 Leases instead of heartbeats for trials asked here: the service does not run
 them, its clients do, so they must die with their client, not with the service.
@@ -18,7 +20,8 @@ every stale check agrees with it. Expired leases are swept by a background task
 (every ``sweep_interval``) and, throttled to the same interval, on requests, so an
 app run without its lifespan (a bare TestClient) expires them too.
 
-Run it with ``studyhall serve`` (uvicorn) or mount ``create_app(...)`` anywhere ASGI runs.
+Run it with ``studyhall serve`` (uvicorn, with the header timeout and connection cap of
+``_server.py``) or mount ``create_app(...)`` anywhere ASGI runs.
 """
 
 from __future__ import annotations
@@ -26,21 +29,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from studyhall.optimizer.service._hosts import AllowedHosts
 from studyhall.optimizer.service._http import Gate, Metrics, add_bearer_scheme, install_error_handlers
 from studyhall.optimizer.service._leases import Leases
+from studyhall.optimizer.service._limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
 from studyhall.optimizer.service._routes import Studies, add_health_routes, api_router
 from studyhall.optimizer.study._orchestrator import Orchestrator
-from studyhall.storage import Storage, connect
+from studyhall.storage import InvalidRequest, Storage, connect
 
 _log = logging.getLogger("studyhall.service")
 
-MAX_BODY_BYTES = 1 << 20
 
 
 def create_app(
@@ -48,6 +52,8 @@ def create_app(
     token: str | None = None,
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout: float = BODY_TIMEOUT_S,
+    allowed_hosts: Iterable[str] | None = None,
     sweep_interval: float = 1.0,
 ) -> FastAPI:
     """The studyhall HTTP service on ``storage`` (a URL or Storage), as a FastAPI app.
@@ -56,12 +62,25 @@ def create_app(
         storage: where the studies live (default ``$STUDYHALL_STORAGE``, else sqlite:///studyhall.db).
         token: if set, every endpoint but /healthz needs ``Authorization: Bearer <token>``.
         max_body_bytes: larger request bodies are answered 413.
+        body_timeout: seconds a request body may take to arrive; slower ones are answered 408.
+        allowed_hosts: host names the service answers to besides loopback (``"*"``: any). By
+            default a service without a token answers only to loopback names, so that no web
+            page can reach it through DNS rebinding, and one with a token to any name.
+            Browser requests whose Origin is not an allowed name are refused either way.
         sweep_interval: seconds between checks for expired trial leases.
+
+    Raises:
+        InvalidRequest: a limit is not a positive number.
 
     Example:
         >>> import uvicorn  # doctest: +SKIP
         >>> uvicorn.run(create_app("sqlite:///studyhall.db", token="s3cret"), port=8765)  # doctest: +SKIP
     """
+    if not max_body_bytes > 0 or not body_timeout > 0:
+        raise InvalidRequest(
+            f"max_body_bytes={max_body_bytes!r} and body_timeout={body_timeout!r} must both be positive"
+        )
+    hosts = AllowedHosts(allowed_hosts or (), any_host=bool(token) and allowed_hosts is None)
     st = connect(storage)
     studies = Studies(Orchestrator(st))
     metrics = Metrics()
@@ -79,7 +98,9 @@ def create_app(
     add_health_routes(app, st, metrics)
     if token:
         add_bearer_scheme(app)
-    app.add_middleware(Gate, token=token, max_body_bytes=max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        Gate, token=token, max_body_bytes=max_body_bytes, body_timeout=body_timeout, hosts=hosts, metrics=metrics
+    )
     return app
 
 

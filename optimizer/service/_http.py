@@ -1,5 +1,5 @@
-"""HTTP plumbing of the service: the gate (token, body size, metrics, last-resort 500),
-strict JSON parsing, and the error envelope every failure answers with.
+"""HTTP plumbing of the service: the gate (Host and Origin, token, body size and time,
+metrics, last-resort 500), strict JSON parsing, and the error envelope every failure answers with.
 
 Everything here is about HTTP, nothing about studies; ``_routes.py`` holds the
 routes and ``_app.py`` puts them together.
@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from studyhall.optimizer.service import _models as m
+from studyhall.optimizer.service._hosts import AllowedHosts, host_name, origin_name
 from studyhall.storage import DuplicateStudy, InvalidRequest, StudyNotFound, TransientStorageError, TrialNotFound
 
 _log = logging.getLogger("studyhall.service")
@@ -92,6 +94,7 @@ _HTTP_KINDS = {
     401: "Unauthorized",
     404: "NotFound",
     405: "MethodNotAllowed",
+    408: "RequestTimeout",
     413: "PayloadTooLarge",
     415: "UnsupportedMediaType",
 }
@@ -143,30 +146,52 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` for these status codes (401, 500 and 503 always)."""
+    """OpenAPI ``responses=`` for these status codes (the gate's 400, 401, 403 and 408, and 500 and 503, always)."""
     described = {
-        400: "InvalidRequest: the values make no sense (e.g. low > high, wrong number of values)",
+        400: "InvalidRequest: the values make no sense (e.g. low > high, wrong number of values); "
+        "or HostNotAllowed: the Host header is not a name this service answers to",
         401: "Unauthorized: missing or wrong bearer token",
+        403: "CrossOrigin: a browser request from a page on another site",
         404: "StudyNotFound or TrialNotFound",
+        408: "RequestTimeout: the body did not arrive in time",
         409: "DuplicateStudy, TrialFinished or LeaseExpired",
         413: "PayloadTooLarge: the body exceeds the service's limit",
         422: "ValidationError or InvalidJSON: the body or a parameter has the wrong shape",
         500: "InternalError (logged by the service)",
         503: "StorageUnavailable: the database is busy; retry",
     }
-    return {c: {"model": m.ErrorResponse, "description": described[c]} for c in (401, 500, 503, *codes)}
+    wanted = sorted({400, 401, 403, 408, 500, 503, *codes})
+    return {c: {"model": m.ErrorResponse, "description": described[c]} for c in wanted}
 
 
-# ---- the gate: auth, body size, metrics, last-resort errors ----------------------------
+# ---- the gate: Host and Origin, auth, body size and time, metrics, last-resort errors ---
 
 
 class Gate:
-    """Pure ASGI middleware in front of everything (it sees the body before FastAPI does)."""
+    """Pure ASGI middleware in front of everything (it sees the body before FastAPI does).
 
-    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int, metrics: Metrics) -> None:
+    In order: a Host that is not an allowed name is 400 and a browser's cross-origin
+    request 403 (``_hosts.py`` says why); a missing or wrong token 401; a body over
+    ``max_body_bytes`` 413, and one that takes longer than ``body_timeout`` seconds to
+    arrive 408. An answer given before the whole body was read closes the connection,
+    so that a client cannot keep it open by sending the rest slowly.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        max_body_bytes: int,
+        body_timeout: float,
+        hosts: AllowedHosts,
+        metrics: Metrics,
+    ) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
+        self.hosts = hosts
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -176,24 +201,37 @@ class Gate:
         started = time.perf_counter()
         status = 500
         sent_start = False
+        body_read = False
 
         async def send_tracked(message: Message) -> None:
             nonlocal status, sent_start
             if message["type"] == "http.response.start":
                 status, sent_start = message["status"], True
+                if not body_read:  # the rest of the body is not awaited: close rather than wait for it
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
         try:
-            denied = self._deny(scope)
+            denied = self._refuse(scope) or self._deny(scope)
             if denied is not None:
                 await denied(scope, receive, send_tracked)
                 return
-            body, too_large = await self._read_body(scope, receive)
+            try:
+                with anyio.fail_after(self.body_timeout):
+                    body, too_large = await self._read_body(scope, receive)
+            except TimeoutError:
+                await error_response(
+                    408,
+                    "RequestTimeout",
+                    f"the request body did not arrive within {self.body_timeout:g} s; send it without pauses",
+                )(scope, receive, send_tracked)
+                return
             if too_large:
                 await error_response(
                     413, "PayloadTooLarge", f"the request body exceeds {self.max_body_bytes} bytes; send less per request"
                 )(scope, receive, send_tracked)
                 return
+            body_read = True
             await self.app(scope, _replay(body, receive), send_tracked)
         except Exception:
             _log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
@@ -206,6 +244,31 @@ class Gate:
             self.metrics.observe(
                 scope.get("method", "?"), getattr(route, "path", "unmatched"), status, time.perf_counter() - started
             )
+
+    def _refuse(self, scope: Scope) -> JSONResponse | None:
+        host = origin = None
+        for k, v in scope["headers"]:
+            if k == b"host":
+                host = v.decode("latin-1")
+            elif k == b"origin":
+                origin = v.decode("latin-1")
+        # No Host at all (HTTP/1.0) names nothing a rebinding attack could control.
+        if host is not None and host_name(host) not in self.hosts:
+            return error_response(
+                400,
+                "HostNotAllowed",
+                f"this service answers to {self.hosts.describe()} and the request's Host header was {host[:100]!r}; "
+                "if you reach it by that name, start it with --allow-host NAME (create_app(allowed_hosts=[...])), "
+                "or give it a --token",
+            )
+        if origin is not None and origin_name(origin) not in self.hosts:
+            return error_response(
+                403,
+                "CrossOrigin",
+                f"a browser request from the page at {origin[:100]!r} was refused: web pages on other sites may not "
+                "use this service. Call it from a script, or allow the page's host name with --allow-host NAME",
+            )
+        return None
 
     def _deny(self, scope: Scope) -> JSONResponse | None:
         if self.token is None or scope["path"] == "/healthz":

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import optuna.distributions as od
 from optuna.trial import FrozenTrial
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from studyhall.optimizer.study._space import Categorical, Float, Int, Param, distribution_spec
 from studyhall.optimizer.study._summary import Summary
@@ -31,6 +31,11 @@ MAX_PARAMS = 256
 MAX_CHOICES = 1000
 MAX_K = 256
 MAX_LEASE_S = 7 * 86400.0
+# Levels of arrays and objects inside one user attribute. pydantic refuses to serialize
+# about 250 levels, and a trial that cannot be serialized cannot be read back (issue 13,
+# item 6): deeper attributes are refused at the door, and deeper ones stored by other
+# means are cut at this depth on the way out (see ``finite``).
+MAX_ATTR_DEPTH = 32
 
 
 def _whole(v: Any) -> Any:
@@ -61,6 +66,38 @@ AttrName = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
 MetricName = Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)]
 Choice = None | StrictBool | StrictInt | StrictFloat | Annotated[str, Field(max_length=1024)]
 Direction = Literal["minimize", "maximize"]
+
+
+def nesting(value: Any, limit: int) -> int:
+    """Levels of lists and dicts in ``value`` (a scalar is 0), counted up to ``limit + 1``; no recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, level = stack.pop()
+        if isinstance(v, Mapping):
+            children: Any = v.values()
+        elif isinstance(v, (list, tuple)):
+            children = v
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+        if deepest > limit:
+            return deepest
+        stack.extend((c, level + 1) for c in children)
+    return deepest
+
+
+def _shallow(attrs: dict[str, Any]) -> dict[str, Any]:
+    for key, value in attrs.items():
+        if nesting(value, MAX_ATTR_DEPTH) > MAX_ATTR_DEPTH:
+            raise ValueError(
+                f"attribute {key!r} nests arrays and objects deeper than {MAX_ATTR_DEPTH} levels; "
+                "flatten it, or send it as a JSON string"
+            )
+    return attrs
+
+
+UserAttrs = Annotated[dict[AttrName, Any], Field(max_length=64), AfterValidator(_shallow)]
 LeaseS = Annotated[float, Field(strict=True, gt=0, le=MAX_LEASE_S)]
 TrialStateName = Literal["running", "waiting", "complete", "pruned", "fail"]
 
@@ -131,7 +168,7 @@ class TellRequest(Model):
     state: Literal["complete", "fail", "pruned"] | None = None
     error: Annotated[str, Field(max_length=10_000)] | None = None
     metrics: Annotated[dict[MetricName, list[Number]], Field(max_length=64)] | None = None
-    user_attrs: Annotated[dict[AttrName, Any], Field(max_length=64)] | None = None
+    user_attrs: UserAttrs | None = None
 
 
 class HeartbeatRequest(Model):
@@ -144,7 +181,7 @@ class EnqueueRequest(Model):
     """POST /v1/studies/{name}/enqueue: parameters for the next ask."""
 
     params: Annotated[dict[ParamName, Choice], Field(max_length=MAX_PARAMS)]
-    user_attrs: Annotated[dict[AttrName, Any], Field(max_length=64)] | None = None
+    user_attrs: UserAttrs | None = None
 
 
 class ErrorBody(BaseModel):
@@ -299,18 +336,25 @@ def spec_of(d: od.BaseDistribution) -> dict[str, Any]:
     return distribution_spec(d)
 
 
-def finite(v: Any) -> Any:
-    """JSON-safe data: non-finite floats become null, tuples lists, unknown objects strings."""
+def finite(v: Any, depth: int = MAX_ATTR_DEPTH + 1) -> Any:
+    """JSON-safe data: non-finite floats become null, tuples lists, unknown objects strings.
+
+    Lists and dicts nested deeper than ``depth`` levels (only stored by other means than
+    the service, which refuses them) become a string saying so, so that every stored trial
+    can be read over HTTP.
+    """
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if v is None or isinstance(v, (bool, int, str)):
         return v
+    if isinstance(v, (Mapping, list, tuple)) and depth <= 0:
+        return f"<nested deeper than {MAX_ATTR_DEPTH} levels: not shown over HTTP; read it in Python with Study.trial(n)>"
     if isinstance(v, Mapping):
-        return {str(k): finite(x) for k, x in v.items()}
+        return {str(k): finite(x, depth - 1) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [finite(x) for x in v]
+        return [finite(x, depth - 1) for x in v]
     if hasattr(v, "item"):  # numpy scalars
-        return finite(v.item())
+        return finite(v.item(), depth)
     return str(v)
 
 

@@ -31,9 +31,14 @@ SPACE = {"x": Float(0, 1), "k": Int(1, 8), "instruction": Categorical(range(4))}
 TOKEN = "s3cret-token"
 
 
+def app_for_tests(storage, **kw):
+    """The service, answering to TestClient's host name too (``http://testserver``)."""
+    return create_app(storage, allowed_hosts=["testserver"], **kw)
+
+
 @pytest.fixture
 def http(sqlite_url):
-    with TestClient(create_app(sqlite_url)) as c:
+    with TestClient(app_for_tests(sqlite_url)) as c:
         yield c
 
 
@@ -114,7 +119,7 @@ def test_multi_objective(http, study_name):
 def shared(tmp_path_factory):
     """One app and study for the many bad-input cases (a fresh app each would cost a second)."""
     url = f"sqlite:///{tmp_path_factory.mktemp('svc') / 'bad.db'}"
-    with TestClient(create_app(url)) as c:
+    with TestClient(app_for_tests(url)) as c:
         c.post("/v1/studies", json={"name": "S"})
         yield c
 
@@ -178,7 +183,7 @@ def test_bad_input_is_a_4xx_envelope(shared, method, path, body, status, kind):
 
 
 def test_told_twice_is_409_and_body_limits_are_413(sqlite_url, study_name):
-    with TestClient(create_app(sqlite_url, max_body_bytes=4096)) as http:
+    with TestClient(app_for_tests(sqlite_url, max_body_bytes=4096)) as http:
         http.post("/v1/studies", json={"name": study_name})
         http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON})
         tell = f"/v1/studies/{study_name}/trials/0/tell"
@@ -198,14 +203,14 @@ def test_an_internal_error_is_a_generic_500_and_logged(sqlite_url, monkeypatch, 
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(Orchestrator, "list_studies", boom)
-    with TestClient(create_app(sqlite_url)) as http, caplog.at_level(logging.ERROR, "studyhall.service"):
+    with TestClient(app_for_tests(sqlite_url)) as http, caplog.at_level(logging.ERROR, "studyhall.service"):
         r = http.get("/v1/studies")
     assert error_of(r, 500) == "InternalError" and "secret" not in r.text
     assert "secret internals" in caplog.text
 
 
 def test_token_guards_every_endpoint_but_healthz(sqlite_url, study_name):
-    with TestClient(create_app(sqlite_url, token=TOKEN)) as http:
+    with TestClient(app_for_tests(sqlite_url, token=TOKEN)) as http:
         assert http.get("/healthz").status_code == 200
         for path in ("/v1/studies", "/metrics", "/openapi.json", "/docs", f"/v1/studies/{study_name}"):
             assert error_of(http.get(path), 401) == "Unauthorized"
@@ -301,7 +306,7 @@ def test_an_unrenewed_lease_fails_the_trial_and_retries_it(http, sqlite_url, stu
 
 
 def test_requests_expire_leases_without_the_background_task(sqlite_url, study_name):
-    http = TestClient(create_app(sqlite_url, sweep_interval=0.2))  # no `with`: no lifespan, no task
+    http = TestClient(app_for_tests(sqlite_url, sweep_interval=0.2))  # no `with`: no lifespan, no task
     http.post("/v1/studies", json={"name": study_name})
     http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON, "lease_s": 0.5})
     wait_until(lambda: http.get(f"/v1/studies/{study_name}/trials/0").json()["state"] == "fail", timeout=15)
@@ -312,7 +317,7 @@ def test_requests_expire_leases_without_the_background_task(sqlite_url, study_na
 def test_heartbeats_keep_a_leased_trial_alive_past_the_stale_grace(tmp_path, study_name):
     # grace_period=1: a trial with an ordinary heartbeat would be stale after 1 s.
     st = connect(f"sqlite:///{tmp_path / 'g.db'}", heartbeat_interval=1, grace_period=1)
-    with TestClient(create_app(st, sweep_interval=0.2)) as http:
+    with TestClient(app_for_tests(st, sweep_interval=0.2)) as http:
         http.post("/v1/studies", json={"name": study_name})
         base = f"/v1/studies/{study_name}/trials"
         http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON, "lease_s": 2, "k": 2})
@@ -351,7 +356,7 @@ def test_an_expired_lease_refuses_tells_until_swept_and_abandoned_claims_are_tak
     from studyhall.storage import tables
 
     leases = tables.leases
-    app = create_app(sqlite_url, sweep_interval=3600)  # no sweep unless this test runs one
+    app = app_for_tests(sqlite_url, sweep_interval=3600)  # no sweep unless this test runs one
     st = app.state.storage
     with TestClient(app) as http:
         http.post("/v1/studies", json={"name": study_name, "retries": 1})
@@ -370,3 +375,65 @@ def test_an_expired_lease_refuses_tells_until_swept_and_abandoned_claims_are_tak
         assert app.state.leases.sweep() == []  # idempotent
         assert [t["state"] for t in http.get(base).json()["trials"]] == ["fail", "fail", "waiting", "waiting"]
         assert st.transaction(lambda c: c.execute(sa.select(sa.func.count()).select_from(leases)).scalar_one()) == 0
+
+
+def nested(levels):
+    value = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_deep_user_attrs_are_refused_at_the_door_and_stored_ones_still_read(storage_url, study_name):
+    # issue 13, item 6: 260 levels (2 KB) used to commit, answer 500, and break every later read
+    with TestClient(app_for_tests(storage_url)) as http:
+        http.post("/v1/studies", json={"name": study_name})
+        http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON, "k": 2})
+        base = f"/v1/studies/{study_name}/trials"
+        r = http.post(f"{base}/0/tell", json={"value": 1, "user_attrs": {"deep": nested(260)}})
+        assert error_of(r, 422) == "ValidationError" and "deeper than 32 levels" in r.json()["error"]["message"]
+        r = http.post(f"/v1/studies/{study_name}/enqueue", json={"params": {"x": 0.5}, "user_attrs": {"d": nested(33)}})
+        assert error_of(r, 422) == "ValidationError"
+        assert http.get(f"{base}/0").json()["state"] == "running"  # nothing was written
+        r = http.post(f"{base}/0/tell", json={"value": 1, "user_attrs": {"deep": nested(32)}})
+        assert r.status_code == 200 and r.json()["user_attrs"]["deep"] == nested(32)
+
+        # an attribute stored by other means (Optuna itself) is cut on the way out, not a 500
+        st = connect(storage_url)
+        tid = st.optuna.get_trial_id_from_study_id_trial_number(st.study_id(study_name), 1)
+        st.optuna.set_trial_user_attr(tid, "deep", nested(500))
+        for path in (f"{base}/1", base):
+            r = http.get(path)
+            assert r.status_code == 200, r.text
+        shown = http.get(f"{base}/1").json()["user_attrs"]["deep"]
+        for _ in range(32):
+            shown = shown[0]
+        assert "nested deeper than 32 levels" in shown
+        assert http.post(f"{base}/1/tell", json={"value": 2}).json()["state"] == "complete"
+
+
+def test_without_a_token_only_loopback_names_and_allowed_hosts_are_served(sqlite_url, study_name):
+    # issue 13, item 7: DNS rebinding (Host: attacker.example) and cross-origin pages
+    with TestClient(create_app(sqlite_url, allowed_hosts=["studies.example.com"])) as http:
+        for host in ("127.0.0.1", "127.0.0.1:8765", "localhost:8765", "LOCALHOST", "[::1]:8765", "studies.example.com:80"):
+            assert http.get("/v1/studies", headers={"host": host}).status_code == 200, host
+        for host in ("attacker.example", "attacker.example:8765", "127.0.0.1.attacker.example", "localhost.evil", "testserver"):
+            r = http.post("/v1/studies", json={"name": study_name}, headers={"host": host})
+            assert error_of(r, 400) == "HostNotAllowed", host
+            assert "--allow-host" in r.json()["error"]["message"]
+        assert http.get("/healthz", headers={"host": "attacker.example"}).status_code == 400
+        ok = {"host": "127.0.0.1:8765"}
+        for origin in ("http://attacker.example", "null", "https://studies.example.com.evil:443"):
+            r = http.post("/v1/studies", json={"name": study_name}, headers={**ok, "origin": origin})
+            assert error_of(r, 403) == "CrossOrigin", origin
+        assert Orchestrator(sqlite_url).study_names() == []  # nothing was written
+        for origin in ("http://localhost:3000", "http://127.0.0.1:8765", "https://studies.example.com"):
+            assert http.get("/v1/studies", headers={**ok, "origin": origin}).status_code == 200, origin
+    # with a token, the token protects it: any name (and origin), unless hosts are given
+    with TestClient(create_app(sqlite_url, token=TOKEN)) as http:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert http.get("/v1/studies", headers={**auth, "host": "studies.internal:8765"}).status_code == 200
+        r = http.get("/v1/studies", headers={**auth, "origin": "http://attacker.example"})
+        assert r.status_code == 200  # any name is allowed here; the browser would need the token too
+    with TestClient(create_app(sqlite_url, token=TOKEN, allowed_hosts=[])) as http:
+        assert error_of(http.get("/v1/studies", headers={"Authorization": f"Bearer {TOKEN}"}), 400) == "HostNotAllowed"

@@ -31,7 +31,7 @@ SPACE = {
 
 @pytest.fixture(scope="module")
 def schema(tmp_path_factory):
-    app = create_app(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}")
+    app = create_app(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}", allowed_hosts=["testserver"])
     with TestClient(app) as http:
         # A study with running and finished trials, so that fixed-name cases reach real ask/tell logic.
         assert http.post("/v1/studies", json={"name": STUDY, "retries": 1}).status_code == 201

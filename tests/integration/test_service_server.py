@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -36,13 +38,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[s
 
 
 @contextlib.contextmanager
-def serving(url: str, *, token: str | None = TOKEN, n: int = 1) -> Iterator[list[str]]:
-    """``n`` `studyhall serve` processes on free loopback ports; yields their base URLs once /healthz answers."""
+def serving(url: str, *args: str, token: str | None = TOKEN, n: int = 1) -> Iterator[list[str]]:
+    """``n`` `studyhall serve ARGS` processes on free loopback ports; yields their base URLs once /healthz answers."""
     env = {"STUDYHALL_TOKEN": token} if token else None  # the token travels by environment here
     procs, bases = [], []
     for _ in range(n):  # started together: each takes a second or two to import
         port = free_port()
-        procs.append(run_cli("serve", "--storage", url, "--port", str(port), "--log-level", "warning", env=env))
+        procs.append(run_cli("serve", "--storage", url, "--port", str(port), "--log-level", "warning", *args, env=env))
         bases.append(f"http://127.0.0.1:{port}")
 
     def up() -> bool:
@@ -200,3 +202,79 @@ def test_dashboard_serves_the_same_storage(sqlite_url, study_name):
     finally:
         proc.terminate()
         proc.communicate(timeout=15)
+
+
+# ---- issue 13, item 8: clients that hold connections without finishing a request ------------
+
+PARTIAL_HEADERS = b"GET /v1/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # no blank line: the headers never end
+
+
+def _open(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _answer(sock: socket.socket, within: float) -> bytes:
+    """Everything the server sends until it closes the connection; fails if it is still open after ``within`` s."""
+    deadline = time.monotonic() + within
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"the connection is still open after {within} s (received {data[:200]!r})"
+        if select.select([sock], [], [], left)[0]:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+
+def test_idle_and_slow_clients_cannot_hold_the_service(sqlite_url):
+    limits = ("--header-timeout", "1", "--body-timeout", "1", "--max-connections", "8", "--allow-host", "studies.example")
+    with serving(sqlite_url, *limits, token=None) as [base]:
+        held = [_open(base) for _ in range(8)]
+        for sock in held:
+            sock.sendall(PARTIAL_HEADERS)
+        # over the cap: answered 503 and closed at once, not left waiting
+        with _open(base) as extra:
+            refused = _answer(extra, within=5)
+        assert refused.startswith(b"HTTP/1.1 503") and b"TooManyConnections" in refused
+        # headers that never end: closed after the header timeout, freeing the slots
+        for sock in held:
+            assert _answer(sock, within=10) == b""
+            sock.close()
+        assert httpx.get(f"{base}/v1/studies", timeout=5).status_code == 200
+
+        # the next request on a kept-alive connection has the same deadline
+        with _open(base) as kept:
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = b""
+            while not first.endswith(b"}"):  # the end of {"status":"ok"}; the connection stays open
+                chunk = kept.recv(65536)
+                assert chunk, f"closed after {first!r}"
+                first += chunk
+            assert first.startswith(b"HTTP/1.1 200")
+            kept.sendall(PARTIAL_HEADERS)
+            assert _answer(kept, within=10) == b""
+
+        # a body sent a byte at a time: 408 after the body timeout, and the connection closed
+        with _open(base) as slow:
+            slow.sendall(
+                b"POST /v1/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            deadline = time.monotonic() + 10
+            while not select.select([slow], [], [], 0.2)[0]:  # the pace of the trickle, until the answer comes
+                assert time.monotonic() < deadline, "a trickled body was still being accepted after 10 s"
+                slow.sendall(b" ")
+            answer = _answer(slow, within=10)
+        assert answer.startswith(b"HTTP/1.1 408") and b"RequestTimeout" in answer
+        assert Orchestrator(sqlite_url).study_names() == []
+
+        # issue 13, item 7 on the real server: a rebinding page's Host is refused, an --allow-host name is not
+        for host, status in ((b"attacker.example:8765", b"400"), (b"studies.example:8765", b"200")):
+            with _open(base) as conn:
+                conn.sendall(b"GET /v1/studies HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+                assert _answer(conn, within=10).startswith(b"HTTP/1.1 " + status), host
