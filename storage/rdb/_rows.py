@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import json
 import math
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +33,13 @@ def to_utc(value: dt.datetime | None) -> dt.datetime | None:
 
 def to_local(value: dt.datetime | None) -> dt.datetime | None:
     """A stored naive UTC time as the naive local time Optuna hands out."""
-    return None if value is None else value.replace(tzinfo=_UTC).astimezone().replace(tzinfo=None)
+    if value is None or _LOCAL_IS_UTC:
+        return value
+    return value.replace(tzinfo=_UTC).astimezone().replace(tzinfo=None)
+
+
+# Servers often run in UTC: then loading 3,000 trials needs no 6,000 time-zone conversions.
+_LOCAL_IS_UTC = time.timezone == 0 and time.altzone == 0 and not time.daylight
 
 
 def value_repr(value: float) -> tuple[float | None, str]:
@@ -113,6 +120,12 @@ def clone(frozen: FrozenTrial) -> FrozenTrial:
     return c
 
 
+def _column(col: Any) -> Any:
+    # An Enum column's names as plain strings: converting each to its member and reading
+    # its .name back costs more than the rest of a value's load.
+    return sa.type_coerce(col, sa.String).label(col.name) if isinstance(col.type, sa.Enum) else col
+
+
 @functools.cache
 def _loaders() -> dict[str, tuple[Any, ...]]:
     # Six prebuilt queries per mode: the trials, then each child table for all of them.
@@ -121,6 +134,7 @@ def _loaders() -> dict[str, tuple[Any, ...]]:
         ("TrialParamModel", ("param_name", "param_value", "distribution_json"), "param_id"),
         ("TrialValueModel", ("objective", "value", "value_type"), None),
         ("TrialIntermediateValueModel", ("step", "intermediate_value", "intermediate_value_type"), None),
+        # the kinds above are read as their names (plain strings, not Enum members): see _column
         ("TrialUserAttributeModel", ("key", "value_json"), None),
         ("TrialSystemAttributeModel", ("key", "value_json"), None),
     )
@@ -136,7 +150,7 @@ def _loaders() -> dict[str, tuple[Any, ...]]:
         queries = [head.where(where).order_by(t.c.trial_id)]
         for model, cols, order in children:
             c = table(model).c
-            q = sa.select(c.trial_id, *(c[name] for name in cols)).where(c.trial_id.in_(trial_ids))
+            q = sa.select(c.trial_id, *(_column(c[name]) for name in cols)).where(c.trial_id.in_(trial_ids))
             queries.append(q.order_by(c[order]) if order else q)
         out[mode] = tuple(queries)
     return out
@@ -157,24 +171,25 @@ def load_trials(
     # Each query sees the database as of its own start (read committed): a trial committed
     # after the first one can show up in the later ones. It is skipped; the next refresh
     # reads it whole (its id is above the watermark).
-    for trial_id, name, value, text in conn.execute(params_q, args):
+    for trial_id, name, value, text in conn.execute(params_q, args).all():
         frozen = trials.get(trial_id)
         if frozen is not None:
             dist = parse(text)
             frozen.distributions[name] = dist
             frozen.params[name] = dist.to_external_repr(value)
     values: dict[int, dict[int, float]] = {}
-    for trial_id, objective, value, kind in conn.execute(values_q, args):
+    for trial_id, objective, value, kind in conn.execute(values_q, args).all():
         values.setdefault(trial_id, {})[objective] = value_from(value, kind)
     for trial_id, by_objective in values.items():
         if trial_id in trials:
             trials[trial_id].values = [by_objective[k] for k in sorted(by_objective)]
-    for trial_id, step, value, kind in conn.execute(inter_q, args):
+    for trial_id, step, value, kind in conn.execute(inter_q, args).all():
         if trial_id in trials:
             trials[trial_id].intermediate_values[step] = intermediate_from(value, kind)
     for query, attr in ((user_q, "user_attrs"), (system_q, "system_attrs")):
-        for trial_id, key, text in conn.execute(query, args):
-            frozen = trials.get(trial_id)
-            if frozen is not None:
-                getattr(frozen, attr)[key] = json.loads(text)
+        rows = [r for r in conn.execute(query, args).all() if r[0] in trials]
+        # One json.loads for all of them: a JSON array of the stored documents.
+        decoded = json.loads("[" + ",".join(r[2] for r in rows) + "]") if rows else []
+        for (trial_id, key, _), value in zip(rows, decoded):
+            getattr(trials[trial_id], attr)[key] = value
     return list(trials.values())
