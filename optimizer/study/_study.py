@@ -49,6 +49,7 @@ class TrialHandle:
     number: int
     params: dict[str, Any]
     trial_id: int = field(default=-1, repr=False, compare=False)
+    study: str = field(default="", repr=False, compare=False)  # the study that asked for it
 
 
 class Study:
@@ -90,8 +91,8 @@ class Study:
 
     @retries.setter
     def retries(self, n: int) -> None:
-        if n < 0:
-            raise InvalidRequest(f"retries must be >= 0; got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InvalidRequest(f"retries must be an integer >= 0; got {n!r:.40}")
         self.storage.optuna.set_study_system_attr(self._study_id, RETRIES_ATTR, int(n))
 
     def _system_attrs(self) -> dict[str, Any]:
@@ -167,7 +168,7 @@ class Study:
 
     def _ask(self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True) -> TrialHandle:
         trial = self._ask_trial(dists, keepalive)
-        return TrialHandle(trial.number, dict(trial.params), _optuna.trial_id(trial))
+        return TrialHandle(trial.number, dict(trial.params), _optuna.trial_id(trial), self.name)
 
     def _ask_trial(
         self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True
@@ -253,6 +254,17 @@ class Study:
         number = trial.number if isinstance(trial, TrialHandle) else trial
         if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
             raise InvalidRequest(f"tell needs a TrialHandle or a trial number; got {trial!r:.60}")
+        if isinstance(trial, TrialHandle):
+            # A handle from another study must not land on this study's trial of the same number.
+            if trial.study and trial.study != self.name:
+                raise InvalidRequest(
+                    f"trial {number} was asked from study {trial.study!r}, not {self.name!r}; tell it on the study that asked"
+                )
+            if trial.trial_id >= 0 and self._trial_id(int(number)) != trial.trial_id:
+                raise InvalidRequest(
+                    f"this handle's trial is not trial {number} of study {self.name!r} (another study or "
+                    "database asked for it); tell it on the study that asked"
+                )
         return int(number)
 
     def _finish(self, running: FrozenTrial, told: Told, done_at: datetime, started_at: datetime | None) -> bool:

@@ -41,6 +41,7 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from studyhall.storage._errors import StorageError
+from studyhall.storage._limits import attr_json, check_name
 from studyhall.storage._optuna import table
 from studyhall.storage._retry import is_transient, retrying
 from studyhall.storage._sql import upsert
@@ -186,6 +187,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
         s, d = table("StudyModel"), table("StudyDirectionModel")
         name = study_name if study_name is not None else DEFAULT_STUDY_NAME_PREFIX + str(uuid.uuid4())
+        check_name("study name", name, empty=True)  # Optuna allows an empty name
 
         def write(conn: sa.Connection) -> int:
             study_id = _new_id(conn.execute(sa.insert(s).values(study_name=name)))
@@ -233,7 +235,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                     self._owner_of.pop(trial_id, None)
 
     def _set_study_attr(self, model: str, study_id: int, key: str, value: Any) -> None:
-        row = [{"study_id": study_id, "key": key, "value_json": json.dumps(value)}]
+        row = [{"study_id": study_id, "key": key, "value_json": attr_json("study attribute", key, value)}]
 
         def write(conn: sa.Connection) -> None:
             self._lock_study(conn, study_id)
@@ -443,6 +445,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 cache.put(fresh)
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution) -> None:
+        check_name("parameter name", param_name)
         q = statements()
         row = {"param_name": param_name, "param_value": param_value_internal, "distribution_json": distribution_to_json(distribution)}
         with self._lock:
@@ -560,7 +563,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             {"trial_id": trial_id, "objective": i, "value": x, "value_type": k} for i, (x, k) in enumerate(map(value_repr, values or ()))
         ]
         attrs = dict(user_attrs or {})
-        attr_rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+        attr_rows = [{"trial_id": trial_id, "key": k, "value_json": attr_json("user attribute", k, v)} for k, v in attrs.items()]
 
         def write(conn: sa.Connection) -> bool:
             if conn.execute(q.finish_running, end).rowcount != 1:
@@ -632,7 +635,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         self._write_trial(trial_id, write, apply)
 
     def _set_trial_attr(self, model: str, trial_id: int, key: str, value: Any) -> None:
-        text = json.dumps(value)
+        text = attr_json("user attribute" if model == "TrialUserAttributeModel" else "system attribute", key, value)
 
         def write(conn: sa.Connection) -> None:
             upsert(conn, table(model), [{"trial_id": self._resolve(trial_id), "key": key, "value_json": text}], keys=("trial_id", "key"))
