@@ -18,6 +18,7 @@ connections) are retried with a bounded exponential backoff (tenacity).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -34,6 +35,26 @@ from studyhall.storage._retry import is_transient, retrying, setup_retry
 from studyhall.storage.rdb import SQLStorage
 
 T = TypeVar("T")
+
+class _DroppedConnectionReset(logging.Filter):
+    """Drop SQLAlchemy's traceback for a rollback on a connection the server already closed.
+
+    The pool rolls a connection back when it is returned; after a dropped connection
+    (a restarted server, a killed session) that rollback fails, the pool discards the
+    connection, and the next transaction is retried on a fresh one. Nothing is lost,
+    so the ERROR with its traceback on stderr only alarms: keep it at debug level.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.getMessage().startswith("Exception during reset") and is_transient(exc):
+            _log.debug("discarded a pooled connection the server had closed (%s)", exc)
+            return False
+        return True
+
+
+_log = logging.getLogger("studyhall.storage")
+logging.getLogger("sqlalchemy.pool.impl.QueuePool").addFilter(_DroppedConnectionReset())
 
 DEFAULT_URL = "sqlite:///studyhall.db"
 ENV_VAR = "STUDYHALL_STORAGE"
