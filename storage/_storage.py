@@ -18,6 +18,7 @@ connections) are retried with a bounded exponential backoff (tenacity).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import threading
@@ -188,27 +189,32 @@ class Storage:
 
         Optuna only looks at trials with a heartbeat row; a process that died
         between ``ask`` and its first heartbeat would leave a trial RUNNING
-        forever, so a RUNNING trial without a row counts as stale after a minute.
+        forever, so a RUNNING trial without a row counts as stale after a minute,
+        unless it was detached (its process exited normally and left it to be told
+        from elsewhere).
         """
-        t, hb = table("TrialModel"), table("TrialHeartbeatModel")
+        from studyhall.storage.rdb._storage import DETACHED_ATTR
+
+        t, hb, attrs = table("TrialModel"), table("TrialHeartbeatModel"), table("TrialSystemAttributeModel")
+        detached = sa.exists().where(attrs.c.trial_id == t.c.trial_id, attrs.c.key == DETACHED_ATTR)
 
         def query(conn: sa.Connection) -> list[int]:
             now = conn.execute(sa.select(sa.func.now())).scalar_one()
             now = now.replace(tzinfo=None)
             rows = conn.execute(
-                sa.select(t.c.trial_id, t.c.datetime_start, hb.c.heartbeat)
+                sa.select(t.c.trial_id, t.c.datetime_start, hb.c.heartbeat, detached)
                 .select_from(t.outerjoin(hb, hb.c.trial_id == t.c.trial_id))
                 .where(t.c.study_id == study_id, t.c.state == "RUNNING")
             ).all()
             stale = []
-            local_now = _local_now()
-            for trial_id, started, beat in rows:
+            utc_now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # Optuna stores starts in UTC
+            unbeaten_for = max(60, 6 * self.grace_period)
+            for trial_id, started, beat, is_detached in rows:
                 if beat is not None:
-                    if (now - beat).total_seconds() > self.grace_period:
-                        stale.append(trial_id)
-                elif started is not None and (local_now - started).total_seconds() > max(
-                    60, 6 * self.grace_period
-                ):
+                    silent = (now - beat).total_seconds() > self.grace_period
+                else:
+                    silent = not is_detached and started is not None and (utc_now - started).total_seconds() > unbeaten_for
+                if silent:
                     stale.append(trial_id)
             return stale
 
@@ -216,17 +222,10 @@ class Storage:
 
     def close(self) -> None:
         """Stop the heartbeat thread and close every pooled connection."""
-        self.heartbeat.stop()
+        self.heartbeat.close()
         _sqlite.checkpointer.discard(self.engine)
         _uncache(self)
         self.engine.dispose()
-
-
-def _local_now() -> Any:
-    import datetime
-
-    # Optuna writes datetime_start with the writing host's local clock.
-    return datetime.datetime.now()
 
 
 _cache: dict[tuple[str, int, int], Storage] = {}

@@ -147,27 +147,42 @@ class Study:
 
     # ---- ask ---------------------------------------------------------------------------
 
-    def ask(self, space: Space | None = None, *, keepalive: bool = True) -> TrialHandle:
+    def ask(
+        self, space: Space | None = None, *, keepalive: bool = True, lease_s: float | None = None
+    ) -> TrialHandle:
         """Start a trial and sample its parameters from ``space`` (or the study's last space).
 
-        Enqueued parameters (``enqueue``, retries) are handed out first. The trial is
-        heartbeated by this process until it is told; with ``keepalive=False`` the
-        caller keeps it alive instead (the HTTP service's leases do).
+        Enqueued parameters (``enqueue``, retries) are handed out first. Who keeps the
+        trial RUNNING until it is told (from this process or any other):
+
+        - default: this process heartbeats it. If the process exits normally the trial
+          is *detached* and waits to be told; if it dies (kill -9, a crash) the trial
+          goes stale after the grace period and is failed (and retried per ``retries``).
+        - ``lease_s=...``: nobody beats; the trial is failed as stale a grace period
+          after the lease ends unless told first.
+        - ``keepalive=False``: the caller keeps it alive itself (the HTTP service's leases).
         """
         dists = self._remember_space(space)
         self._maybe_fail_stale()
-        return self._ask(dists, keepalive)
+        return self._ask(dists, keepalive, _check_lease(lease_s))
 
-    def ask_batch(self, space: Space | None = None, k: int = 1, *, keepalive: bool = True) -> list[TrialHandle]:
+    def ask_batch(
+        self, space: Space | None = None, k: int = 1, *, keepalive: bool = True, lease_s: float | None = None
+    ) -> list[TrialHandle]:
         """``k`` trials at once; TPE's constant liar keeps them apart while they are pending."""
-        if not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidRequest(f"ask_batch needs k >= 1; got {k!r}")
+        lease = _check_lease(lease_s)
         dists = self._remember_space(space)
         self._maybe_fail_stale()
-        return [self._ask(dists, keepalive) for _ in range(k)]
+        return [self._ask(dists, keepalive, lease) for _ in range(k)]
 
-    def _ask(self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True) -> TrialHandle:
-        trial = self._ask_trial(dists, keepalive)
+    def _ask(
+        self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True, lease_s: float | None = None
+    ) -> TrialHandle:
+        trial = self._ask_trial(dists, keepalive and lease_s is None)
+        if lease_s is not None:
+            self.storage.optuna.detach_trials([_optuna.trial_id(trial)], lease_s=lease_s)
         return TrialHandle(trial.number, dict(trial.params), _optuna.trial_id(trial), self.name)
 
     def _ask_trial(
@@ -428,3 +443,11 @@ class Study:
             self, objective, n_trials=n_trials, timeout=timeout, workers=workers, trial_timeout=trial_timeout,
             retries=retries, space=space, progress=progress, max_total_trials=max_total_trials, catch=catch,
         )
+
+
+def _check_lease(lease_s: float | None) -> float | None:
+    if lease_s is None:
+        return None
+    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s <= 30 * 86400:
+        raise InvalidRequest(f"lease_s must be seconds, more than 0 and at most 30 days; got {lease_s!r:.40}")
+    return float(lease_s)

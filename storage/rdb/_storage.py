@@ -27,7 +27,7 @@ import threading
 import uuid
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -66,6 +66,7 @@ _log = logging.getLogger("studyhall.storage")
 _NOT_FOUND = "Record does not exist."
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 ASK_TOKEN_ATTR = "studyhall:ask"
+DETACHED_ATTR = "studyhall:detached"  # outlives its asking process: True, or its lease in seconds
 
 
 class _Changed(Exception):
@@ -720,14 +721,44 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         rows = [{"tid": self._resolve(i)} for i in trial_ids]
         self._txn(lambda conn: conn.execute(beat, rows))
 
+    def detach_trials(self, trial_ids: Sequence[int], lease_s: float | None = None) -> None:
+        """Let trials outlive this process: no heartbeat from here, told later from anywhere.
+
+        Without ``lease_s`` the trials stay RUNNING until told (no stale check fails them);
+        with it, their heartbeat is dated ``lease_s`` ahead, so they go stale a grace
+        period after the lease ends unless told first.
+        """
+        if not trial_ids:
+            return
+        hb = table("TrialHeartbeatModel")
+        ids = [self._resolve(i) for i in trial_ids]
+        marker = attr_json("system attribute", DETACHED_ATTR, lease_s if lease_s is not None else True)
+
+        def write(conn: sa.Connection) -> None:
+            conn.execute(sa.delete(hb).where(hb.c.trial_id.in_(ids)))
+            if lease_s is not None:
+                now = conn.execute(statements().db_now).scalar_one()
+                until = _naive(now) + timedelta(seconds=lease_s)
+                conn.execute(sa.insert(hb), [{"trial_id": i, "heartbeat": until} for i in ids])
+            upsert(
+                conn,
+                table("TrialSystemAttributeModel"),
+                [{"trial_id": i, "key": DETACHED_ATTR, "value_json": marker} for i in ids],
+                keys=("trial_id", "key"),
+            )
+
+        self._txn(write)
+        with self._lock:
+            for i in ids:
+                self._owner_of.pop(i, None)  # changes from elsewhere from now on
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         assert self.heartbeat_interval is not None
         grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
         q = statements()
 
         def read(conn: sa.Connection) -> list[int]:
-            now = conn.execute(q.db_now).scalar_one()
-            now = now.replace(tzinfo=None) if isinstance(now, datetime) else datetime.fromisoformat(str(now))
+            now = _naive(conn.execute(q.db_now).scalar_one())
             rows = conn.execute(q.running_beats, {"sid": study_id})
             return [trial_id for trial_id, beat in rows if (now - beat).total_seconds() > grace]
 
@@ -738,6 +769,11 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self.heartbeat_stale_trial_callback
+
+
+def _naive(now: Any) -> datetime:
+    # The database clock as the heartbeat column holds it: naive, in the session's zone.
+    return now.replace(tzinfo=None) if isinstance(now, datetime) else datetime.fromisoformat(str(now))
 
 
 def _new_id(result: sa.CursorResult[Any]) -> int:
