@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from studyhall.storage import _sqlite
-from studyhall.storage._errors import InvalidRequest, StorageError
+from studyhall.storage._errors import InvalidRequest, StorageError, StudyhallError
 from studyhall.storage._heartbeat import Heartbeat
 from studyhall.storage._optuna import ensure_optuna_schema, table
 from studyhall.storage._retry import is_transient, retrying, setup_retry
@@ -60,6 +60,43 @@ logging.getLogger("sqlalchemy.pool.impl.QueuePool").addFilter(_DroppedConnection
 DEFAULT_URL = "sqlite:///studyhall.db"
 ENV_VAR = "STUDYHALL_STORAGE"
 SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "mysql+pymysql", "mariadb+pymysql")
+
+
+def _open_error(where: str, parsed: sa.URL, exc: BaseException) -> StorageError:
+    """What went wrong opening a storage, in one line that says what to do."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " | ".join(str(e) for e in chain).lower()
+    detail = str(chain[-1]).splitlines()[0][:200] if chain else ""
+    if "file is not a database" in text or "malformed" in text or "not a database" in text:
+        return StorageError(
+            f"{where}: the file is not a SQLite database, or it is damaged ({detail}); point at a studyhall "
+            "database, or move the file away to start a new one"
+        )
+    if parsed.get_backend_name() == "sqlite" and (
+        "unable to open database" in text or any(isinstance(e, (IsADirectoryError, PermissionError)) for e in chain)
+    ):
+        return StorageError(
+            f"{where}: cannot open {parsed.database!r} ({detail}); give the path of a file in a directory you can write"
+        )
+    if "can't locate revision" in text:
+        return StorageError(
+            f"{where} was written by a newer studyhall (a schema revision this version does not know: {detail}); "
+            "upgrade studyhall (pip install -U studyhall)"
+        )
+    if "no longer compatible with the table schema" in text:
+        return StorageError(f"{where}: {detail}")  # Optuna's message says what to run
+    if ("does not exist" in text and "database" in text) or "unknown database" in text:
+        return StorageError(
+            f"{where}: the database {parsed.database!r} does not exist; create it (createdb / CREATE DATABASE) "
+            "or fix the URL"
+        )
+    if "password authentication failed" in text or "access denied" in text or ("role" in text and "does not exist" in text):
+        return StorageError(f"{where} refused the connection ({detail}); check the user and password in the URL")
+    return StorageError(f"{where}: cannot open the storage ({type(chain[-1]).__name__}: {detail})")
 
 
 def _normalise_url(url: str) -> sa.URL:
@@ -103,6 +140,14 @@ class Storage:
         self.dialect = parsed.get_backend_name()
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        try:
+            self._open(parsed)
+        except StudyhallError:
+            raise
+        except Exception as exc:  # whatever the driver, Optuna or alembic said: one line saying what to do
+            raise _open_error(repr(self), parsed, exc) from exc
+
+    def _open(self, parsed: sa.URL) -> None:
         engine_kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":
             assert parsed.database is not None
@@ -119,7 +164,7 @@ class Storage:
             _sqlite.install_hooks(self.engine)
             self.engine.dispose()  # connections opened before the hooks must not be reused
         self.optuna = SQLStorage(
-            self.engine, self.url, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+            self.engine, self.url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period
         )
         retrying(self._migrate, retry_on=setup_retry)
         self.heartbeat = Heartbeat(self)
