@@ -4,10 +4,16 @@ Optuna heartbeats only inside ``Study.optimize`` (optuna issues 3215, 3293); a
 trial taken with ``ask`` and never told would stay RUNNING forever after its
 process died. Every trial studyhall hands out is registered here until it is
 told, so a dead process's trials go stale after the grace period.
+
+A process that exits normally (the end of a script, ``sys.exit``) leaves its
+untold trials *detached* instead: RUNNING, beaten by nobody, to be told from
+another process. Only a process that dies (kill -9, a crash, a signal) leaves
+trials to be failed as stale.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -40,6 +46,8 @@ class Heartbeat:
             self._trials.add(trial_id)
             if not beaten:
                 self._fresh.add(trial_id)
+            if self._thread is None:
+                atexit.register(self.detach_all)
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._thread = threading.Thread(
@@ -59,6 +67,24 @@ class Heartbeat:
         """The trial ids currently kept alive by this process."""
         with self._lock:
             return set(self._trials)
+
+    def detach_all(self) -> None:
+        """Leave every trial still kept alive to be told elsewhere (runs at a normal exit)."""
+        with self._lock:
+            trials, self._trials, self._fresh = sorted(self._trials), set(), set()
+        self.stop()
+        if trials:
+            try:
+                self._storage.optuna.detach_trials(trials)
+            except Exception:  # the interpreter is exiting: say so, never raise
+                _log.warning("could not detach trials %s; they will be failed as stale", trials, exc_info=True)
+
+    def close(self) -> None:
+        """Stop the thread and forget the trials (the storage is being closed)."""
+        with self._lock:
+            self._trials.clear()
+            self._fresh.clear()
+        self.stop()
 
     def stop(self) -> None:
         """Stop the thread (trials then go stale after the grace period)."""

@@ -18,6 +18,8 @@ connections) are retried with a bounded exponential backoff (tenacity).
 from __future__ import annotations
 
 import contextlib
+import datetime
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -27,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from studyhall.storage import _sqlite
-from studyhall.storage._errors import InvalidRequest, StorageError
+from studyhall.storage._errors import InvalidRequest, StorageError, StudyhallError
 from studyhall.storage._heartbeat import Heartbeat
 from studyhall.storage._optuna import ensure_optuna_schema, table
 from studyhall.storage._retry import is_transient, retrying, setup_retry
@@ -35,9 +37,66 @@ from studyhall.storage.rdb import SQLStorage
 
 T = TypeVar("T")
 
+class _DroppedConnectionReset(logging.Filter):
+    """Drop SQLAlchemy's traceback for a rollback on a connection the server already closed.
+
+    The pool rolls a connection back when it is returned; after a dropped connection
+    (a restarted server, a killed session) that rollback fails, the pool discards the
+    connection, and the next transaction is retried on a fresh one. Nothing is lost,
+    so the ERROR with its traceback on stderr only alarms: keep it at debug level.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.getMessage().startswith("Exception during reset") and is_transient(exc):
+            _log.debug("discarded a pooled connection the server had closed (%s)", exc)
+            return False
+        return True
+
+
+_log = logging.getLogger("studyhall.storage")
+logging.getLogger("sqlalchemy.pool.impl.QueuePool").addFilter(_DroppedConnectionReset())
+
 DEFAULT_URL = "sqlite:///studyhall.db"
 ENV_VAR = "STUDYHALL_STORAGE"
 SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "mysql+pymysql", "mariadb+pymysql")
+
+
+def _open_error(where: str, parsed: sa.URL, exc: BaseException) -> StorageError:
+    """What went wrong opening a storage, in one line that says what to do."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " | ".join(str(e) for e in chain).lower()
+    detail = str(chain[-1]).splitlines()[0][:200] if chain else ""
+    if "file is not a database" in text or "malformed" in text or "not a database" in text:
+        return StorageError(
+            f"{where}: the file is not a SQLite database, or it is damaged ({detail}); point at a studyhall "
+            "database, or move the file away to start a new one"
+        )
+    if parsed.get_backend_name() == "sqlite" and (
+        "unable to open database" in text or any(isinstance(e, (IsADirectoryError, PermissionError)) for e in chain)
+    ):
+        return StorageError(
+            f"{where}: cannot open {parsed.database!r} ({detail}); give the path of a file in a directory you can write"
+        )
+    if "can't locate revision" in text:
+        return StorageError(
+            f"{where} was written by a newer studyhall (a schema revision this version does not know: {detail}); "
+            "upgrade studyhall (pip install -U studyhall)"
+        )
+    if "no longer compatible with the table schema" in text:
+        return StorageError(f"{where}: {detail}")  # Optuna's message says what to run
+    if ("does not exist" in text and "database" in text) or "unknown database" in text:
+        return StorageError(
+            f"{where}: the database {parsed.database!r} does not exist; create it (createdb / CREATE DATABASE) "
+            "or fix the URL"
+        )
+    if "password authentication failed" in text or "access denied" in text or ("role" in text and "does not exist" in text):
+        return StorageError(f"{where} refused the connection ({detail}); check the user and password in the URL")
+    return StorageError(f"{where}: cannot open the storage ({type(chain[-1]).__name__}: {detail})")
 
 
 def _normalise_url(url: str) -> sa.URL:
@@ -81,6 +140,14 @@ class Storage:
         self.dialect = parsed.get_backend_name()
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        try:
+            self._open(parsed)
+        except StudyhallError:
+            raise
+        except Exception as exc:  # whatever the driver, Optuna or alembic said: one line saying what to do
+            raise _open_error(repr(self), parsed, exc) from exc
+
+    def _open(self, parsed: sa.URL) -> None:
         engine_kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":
             assert parsed.database is not None
@@ -97,7 +164,7 @@ class Storage:
             _sqlite.install_hooks(self.engine)
             self.engine.dispose()  # connections opened before the hooks must not be reused
         self.optuna = SQLStorage(
-            self.engine, self.url, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+            self.engine, self.url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period
         )
         retrying(self._migrate, retry_on=setup_retry)
         self.heartbeat = Heartbeat(self)
@@ -167,27 +234,32 @@ class Storage:
 
         Optuna only looks at trials with a heartbeat row; a process that died
         between ``ask`` and its first heartbeat would leave a trial RUNNING
-        forever, so a RUNNING trial without a row counts as stale after a minute.
+        forever, so a RUNNING trial without a row counts as stale after a minute,
+        unless it was detached (its process exited normally and left it to be told
+        from elsewhere).
         """
-        t, hb = table("TrialModel"), table("TrialHeartbeatModel")
+        from studyhall.storage.rdb._storage import DETACHED_ATTR
+
+        t, hb, attrs = table("TrialModel"), table("TrialHeartbeatModel"), table("TrialSystemAttributeModel")
+        detached = sa.exists().where(attrs.c.trial_id == t.c.trial_id, attrs.c.key == DETACHED_ATTR)
 
         def query(conn: sa.Connection) -> list[int]:
             now = conn.execute(sa.select(sa.func.now())).scalar_one()
             now = now.replace(tzinfo=None)
             rows = conn.execute(
-                sa.select(t.c.trial_id, t.c.datetime_start, hb.c.heartbeat)
+                sa.select(t.c.trial_id, t.c.datetime_start, hb.c.heartbeat, detached)
                 .select_from(t.outerjoin(hb, hb.c.trial_id == t.c.trial_id))
                 .where(t.c.study_id == study_id, t.c.state == "RUNNING")
             ).all()
             stale = []
-            local_now = _local_now()
-            for trial_id, started, beat in rows:
+            utc_now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # Optuna stores starts in UTC
+            unbeaten_for = max(60, 6 * self.grace_period)
+            for trial_id, started, beat, is_detached in rows:
                 if beat is not None:
-                    if (now - beat).total_seconds() > self.grace_period:
-                        stale.append(trial_id)
-                elif started is not None and (local_now - started).total_seconds() > max(
-                    60, 6 * self.grace_period
-                ):
+                    silent = (now - beat).total_seconds() > self.grace_period
+                else:
+                    silent = not is_detached and started is not None and (utc_now - started).total_seconds() > unbeaten_for
+                if silent:
                     stale.append(trial_id)
             return stale
 
@@ -195,17 +267,10 @@ class Storage:
 
     def close(self) -> None:
         """Stop the heartbeat thread and close every pooled connection."""
-        self.heartbeat.stop()
+        self.heartbeat.close()
         _sqlite.checkpointer.discard(self.engine)
         _uncache(self)
         self.engine.dispose()
-
-
-def _local_now() -> Any:
-    import datetime
-
-    # Optuna writes datetime_start with the writing host's local clock.
-    return datetime.datetime.now()
 
 
 _cache: dict[tuple[str, int, int], Storage] = {}

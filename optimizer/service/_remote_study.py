@@ -51,7 +51,18 @@ class RemoteStudy:
         if encoded is not None:
             body["space"] = encoded
         out = self.client.request("POST", f"{self._path}/ask", body)
-        return [TrialHandle(t["number"], t["params"]) for t in out["trials"]]
+        return [TrialHandle(t["number"], t["params"], study=self.name) for t in out["trials"]]
+
+    def _number(self, trial: TrialHandle | int) -> int:
+        number = trial.number if isinstance(trial, TrialHandle) else trial
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise InvalidRequest(f"tell needs a TrialHandle or a trial number; got {trial!r:.60}")
+        if isinstance(trial, TrialHandle) and trial.study and trial.study != self.name:
+            # Over HTTP a trial is addressed by its number: another study's handle would land on ours.
+            raise InvalidRequest(
+                f"trial {number} was asked from study {trial.study!r}, not {self.name!r}; tell it on the study that asked"
+            )
+        return number
 
     def tell(
         self,
@@ -66,9 +77,7 @@ class RemoteStudy:
         user_attrs: Mapping[str, Any] | None = None,
     ) -> FrozenTrial:
         """Finish a trial (see :meth:`optimizer.Study.tell`); returns it as stored."""
-        number = trial.number if isinstance(trial, TrialHandle) else trial
-        if isinstance(number, bool) or not isinstance(number, int):
-            raise InvalidRequest(f"tell needs a TrialHandle or a trial number; got {trial!r:.60}")
+        number = self._number(trial)
         body: dict[str, Any] = {}
         if value is not None and not isinstance(value, (int, float)) and hasattr(value, "__len__"):
             body["values"] = value  # a sequence given positionally, as Study.tell allows
@@ -83,7 +92,7 @@ class RemoteStudy:
 
     def heartbeat(self, trial: TrialHandle | int, lease_s: float | None = None) -> float:
         """Renew a trial's lease; returns its new expiry (the database's epoch seconds)."""
-        number = trial.number if isinstance(trial, TrialHandle) else trial
+        number = self._number(trial)
         body = {} if lease_s is None else {"lease_s": lease_s}
         return float(self.client.request("POST", f"{self._path}/trials/{number}/heartbeat", body)["lease_expires_at"])
 

@@ -10,9 +10,9 @@ import optuna
 
 from studyhall.optimizer.study._study import SAMPLER_ATTR, Study
 from studyhall.storage import DuplicateStudy, InvalidRequest, Storage, StudyNotFound, connect, retrying
+from studyhall.storage._limits import check_name
 from studyhall.storage._studies import delete_study_rows, study_names, study_rows
 
-MAX_NAME_LEN = 512  # Optuna's study_name column
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
 
 
@@ -30,6 +30,7 @@ def make_sampler(sampler: str | optuna.samplers.BaseSampler | None, seed: int | 
     """An Optuna sampler from a name ("tpe", "random", "cmaes", "nsga2") or as given."""
     if isinstance(sampler, optuna.samplers.BaseSampler):
         return sampler
+    seed = _check_seed(seed)
     name = (sampler or "tpe").lower() if isinstance(sampler, str) or sampler is None else sampler
     if name == "tpe":
         # constant_liar: trials still running count as poor results, so parallel
@@ -45,11 +46,18 @@ def make_sampler(sampler: str | optuna.samplers.BaseSampler | None, seed: int | 
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidRequest(f"a study name must be a non-empty string; got {name!r}")
-    if len(name) > MAX_NAME_LEN:
-        raise InvalidRequest(f"a study name is at most {MAX_NAME_LEN} characters; got {len(name)}")
-    return name
+    check_name("study name", name)
+    if not name.strip():
+        raise InvalidRequest(f"a study name must not be blank; got {name!r}")
+    return str(name)
+
+
+def _check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise InvalidRequest(f"seed must be an integer from 0 to 2**32 - 1 (or None); got {seed!r:.60}")
+    return seed
 
 
 def _directions(direction: str | None, directions: Sequence[str] | None) -> list[str]:
@@ -103,7 +111,7 @@ class Orchestrator:
         _check_name(name)
         dirs = _directions(direction, directions)
         smp = make_sampler(sampler, seed)
-        if retries is not None and (not isinstance(retries, int) or retries < 0):
+        if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
             raise InvalidRequest(f"retries must be an integer >= 0; got {retries!r}")
         existing = self.storage.study_id(name)
         if existing is not None:

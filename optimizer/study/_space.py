@@ -30,6 +30,12 @@ class Float:
                 raise InvalidRequest(f"Float bounds must be finite numbers; got low={self.low!r}, high={self.high!r}")
         if self.low > self.high:
             raise InvalidRequest(f"Float(low={self.low}, high={self.high}): low must be <= high; swap them")
+        if not math.isfinite(float(self.high) - float(self.low)):
+            # A sampler draws low + u * (high - low): the width itself must be a float.
+            raise InvalidRequest(
+                f"Float(low={self.low:g}, high={self.high:g}) is wider than a float can hold; keep high - low "
+                "below 1.7e308 (or sample the exponent: Float(..., log=True))"
+            )
         if self.log and self.low <= 0:
             raise InvalidRequest(f"Float(log=True) needs low > 0; got low={self.low}")
         if self.log and self.step is not None:
@@ -65,6 +71,10 @@ class Int:
                 raise InvalidRequest(f"Int bounds and step must be integers; got low={self.low!r}, high={self.high!r}, step={self.step!r}")
         if self.low > self.high:
             raise InvalidRequest(f"Int(low={self.low}, high={self.high}): low must be <= high; swap them")
+        if not (self.low >= -_INT_LIMIT and self.high <= _INT_LIMIT):
+            raise InvalidRequest(
+                f"Int bounds must lie within ±2**53 (a float stores them exactly); got low={self.low}, high={self.high}"
+            )
         if self.step < 1:
             raise InvalidRequest(f"Int step must be >= 1; got {self.step}")
         if self.log and (self.low < 1 or self.step != 1):
@@ -78,6 +88,9 @@ class Int:
     def distribution(self) -> od.BaseDistribution:
         """The equivalent Optuna distribution."""
         return od.IntDistribution(self.low, self.high, log=self.log, step=self.step)
+
+
+_INT_LIMIT = 2**53  # Optuna stores every parameter as a float
 
 
 class Categorical:

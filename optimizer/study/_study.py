@@ -49,6 +49,7 @@ class TrialHandle:
     number: int
     params: dict[str, Any]
     trial_id: int = field(default=-1, repr=False, compare=False)
+    study: str = field(default="", repr=False, compare=False)  # the study that asked for it
 
 
 class Study:
@@ -90,8 +91,8 @@ class Study:
 
     @retries.setter
     def retries(self, n: int) -> None:
-        if n < 0:
-            raise InvalidRequest(f"retries must be >= 0; got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InvalidRequest(f"retries must be an integer >= 0; got {n!r:.40}")
         self.storage.optuna.set_study_system_attr(self._study_id, RETRIES_ATTR, int(n))
 
     def _system_attrs(self) -> dict[str, Any]:
@@ -146,28 +147,43 @@ class Study:
 
     # ---- ask ---------------------------------------------------------------------------
 
-    def ask(self, space: Space | None = None, *, keepalive: bool = True) -> TrialHandle:
+    def ask(
+        self, space: Space | None = None, *, keepalive: bool = True, lease_s: float | None = None
+    ) -> TrialHandle:
         """Start a trial and sample its parameters from ``space`` (or the study's last space).
 
-        Enqueued parameters (``enqueue``, retries) are handed out first. The trial is
-        heartbeated by this process until it is told; with ``keepalive=False`` the
-        caller keeps it alive instead (the HTTP service's leases do).
+        Enqueued parameters (``enqueue``, retries) are handed out first. Who keeps the
+        trial RUNNING until it is told (from this process or any other):
+
+        - default: this process heartbeats it. If the process exits normally the trial
+          is *detached* and waits to be told; if it dies (kill -9, a crash) the trial
+          goes stale after the grace period and is failed (and retried per ``retries``).
+        - ``lease_s=...``: nobody beats; the trial is failed as stale a grace period
+          after the lease ends unless told first.
+        - ``keepalive=False``: the caller keeps it alive itself (the HTTP service's leases).
         """
         dists = self._remember_space(space)
         self._maybe_fail_stale()
-        return self._ask(dists, keepalive)
+        return self._ask(dists, keepalive, _check_lease(lease_s))
 
-    def ask_batch(self, space: Space | None = None, k: int = 1, *, keepalive: bool = True) -> list[TrialHandle]:
+    def ask_batch(
+        self, space: Space | None = None, k: int = 1, *, keepalive: bool = True, lease_s: float | None = None
+    ) -> list[TrialHandle]:
         """``k`` trials at once; TPE's constant liar keeps them apart while they are pending."""
-        if not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidRequest(f"ask_batch needs k >= 1; got {k!r}")
+        lease = _check_lease(lease_s)
         dists = self._remember_space(space)
         self._maybe_fail_stale()
-        return [self._ask(dists, keepalive) for _ in range(k)]
+        return [self._ask(dists, keepalive, lease) for _ in range(k)]
 
-    def _ask(self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True) -> TrialHandle:
-        trial = self._ask_trial(dists, keepalive)
-        return TrialHandle(trial.number, dict(trial.params), _optuna.trial_id(trial))
+    def _ask(
+        self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True, lease_s: float | None = None
+    ) -> TrialHandle:
+        trial = self._ask_trial(dists, keepalive and lease_s is None)
+        if lease_s is not None:
+            self.storage.optuna.detach_trials([_optuna.trial_id(trial)], lease_s=lease_s)
+        return TrialHandle(trial.number, dict(trial.params), _optuna.trial_id(trial), self.name)
 
     def _ask_trial(
         self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True
@@ -253,6 +269,17 @@ class Study:
         number = trial.number if isinstance(trial, TrialHandle) else trial
         if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
             raise InvalidRequest(f"tell needs a TrialHandle or a trial number; got {trial!r:.60}")
+        if isinstance(trial, TrialHandle):
+            # A handle from another study must not land on this study's trial of the same number.
+            if trial.study and trial.study != self.name:
+                raise InvalidRequest(
+                    f"trial {number} was asked from study {trial.study!r}, not {self.name!r}; tell it on the study that asked"
+                )
+            if trial.trial_id >= 0 and self._trial_id(int(number)) != trial.trial_id:
+                raise InvalidRequest(
+                    f"this handle's trial is not trial {number} of study {self.name!r} (another study or "
+                    "database asked for it); tell it on the study that asked"
+                )
         return int(number)
 
     def _finish(self, running: FrozenTrial, told: Told, done_at: datetime, started_at: datetime | None) -> bool:
@@ -416,3 +443,11 @@ class Study:
             self, objective, n_trials=n_trials, timeout=timeout, workers=workers, trial_timeout=trial_timeout,
             retries=retries, space=space, progress=progress, max_total_trials=max_total_trials, catch=catch,
         )
+
+
+def _check_lease(lease_s: float | None) -> float | None:
+    if lease_s is None:
+        return None
+    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s <= 30 * 86400:
+        raise InvalidRequest(f"lease_s must be seconds, more than 0 and at most 30 days; got {lease_s!r:.40}")
+    return float(lease_s)

@@ -91,7 +91,12 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
     nbins = max(1, min(bins, 1 + int(np.count_nonzero(srt[1:] != srt[:-1]))))
     if hi > lo:  # np.linspace(lo, hi, nbins + 1), without its per-call checks
         steps = _STEPS[nbins] if nbins <= MAX_BINS else np.arange(nbins + 1, dtype=np.float64)
-        edges = steps * ((hi - lo) / nbins) + lo
+        width = hi - lo
+        if math.isfinite(width):
+            edges = steps * (width / nbins) + lo
+        else:  # hi - lo beyond the largest float: lo * (1 - t) + hi * t, whose terms cannot overflow
+            t = steps / nbins
+            edges = lo * (1.0 - t) + hi * t
         edges[-1] = hi
     else:
         edges = np.array([lo - 0.5, hi + 0.5])
@@ -111,7 +116,10 @@ def _quantile(srt: np.ndarray, q: float) -> float:
     below = int(pos)
     above = min(below + 1, srt.size - 1)
     a, b = float(srt[below]), float(srt[above])
-    return a + (b - a) * (pos - below)
+    if math.isfinite(b - a):
+        return a + (b - a) * (pos - below)
+    f = pos - below  # b - a beyond the largest float: weigh the two instead
+    return a * (1.0 - f) + b * f
 
 
 def summary_attrs(name: str, s: Summary) -> dict[str, float | int]:

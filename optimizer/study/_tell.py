@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from studyhall.optimizer import _optuna
 from studyhall.optimizer.study._summary import Summary, as_array, summarize, summary_attrs
 from studyhall.storage import InvalidRequest
+from studyhall.storage._limits import attr_json
 
 STATES = {"complete": TrialState.COMPLETE, "fail": TrialState.FAIL, "pruned": TrialState.PRUNED}
 MAX_ERROR_LEN = 2000
@@ -69,14 +70,20 @@ def check_tell(
     user_attrs: Mapping[str, Any] | None,
 ) -> Told:
     """Everything a tell of ``running`` will write, or InvalidRequest saying what is wrong."""
+    if user_attrs is not None and not isinstance(user_attrs, Mapping):
+        raise InvalidRequest(f"user_attrs must be a dict of name -> JSON value; got {type(user_attrs).__name__}")
     told = Told(parse_state(state) if state is not None else TrialState.COMPLETE, None, dict(user_attrs or {}), [])
+    for key, val in told.user_attrs.items():
+        attr_json("user attribute", key, val)  # JSON, key and size: refused here, before anything is written
     score = _summarise(told, "score", as_array(scores, "scores")) if scores is not None else None
     told.values = _values(value, values, scores, told.state, score, directions, study_name)
     if told.state == TrialState.PRUNED and running.last_step is not None:
         last = running.intermediate_values[running.last_step]
         told.values = [last] if math.isfinite(last) and len(directions) == 1 else None  # as Optuna does
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise InvalidRequest(f"metrics must be a dict of name -> samples; got {type(metrics).__name__}")
     for name, samples in (metrics or {}).items():
-        if not isinstance(name, str) or not name or len(name) > MAX_METRIC_NAME:
+        if not isinstance(name, str) or not name or len(name) > MAX_METRIC_NAME or "\x00" in name:
             raise InvalidRequest(f"metric names must be strings of 1-{MAX_METRIC_NAME} characters; got {name!r:.60}")
         _summarise(told, name, as_array(samples, f"metric {name!r}"))
     if error is not None:

@@ -53,7 +53,8 @@ class _BulkHistogram(Collector):
         # bucket i counts values <= bounds[i] (Prometheus' "le"); the last one is +Inf.
         idx = np.searchsorted(self.bounds, arr, side="left")
         counts = np.bincount(idx, minlength=self.bounds.size + 1)
-        total = float(arr.sum())
+        with np.errstate(over="ignore"):  # samples near the float limit: the running sum may be +Inf
+            total = float(arr.sum())
         with self._lock:
             series = self._series.get(label)
             if series is None:

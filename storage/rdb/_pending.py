@@ -10,7 +10,6 @@ then writes the row and everything gathered with it, and gives ``Pending.trial``
 from __future__ import annotations
 
 import copy
-import json
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 from optuna.distributions import distribution_to_json
 from optuna.trial import FrozenTrial, TrialState
 
+from studyhall.storage._limits import attr_json, check_name
 from studyhall.storage._optuna import table
 from studyhall.storage.rdb._rows import intermediate_repr, new_frozen, value_repr
 
@@ -79,7 +79,7 @@ class Pending:
                 [
                     {
                         "trial_id": trial_id,
-                        "param_name": name,
+                        "param_name": check_name("parameter name", name),
                         "param_value": t.distributions[name].to_internal_repr(value),
                         "distribution_json": distribution_to_json(t.distributions[name]),
                     }
@@ -94,11 +94,14 @@ class Pending:
                     for step, (v, k) in ((s, intermediate_repr(x)) for s, x in t.intermediate_values.items())
                 ],
             )
-        for model, attrs in (("TrialUserAttributeModel", t.user_attrs), ("TrialSystemAttributeModel", t.system_attrs)):
+        for model, kind, attrs in (
+            ("TrialUserAttributeModel", "user attribute", t.user_attrs),
+            ("TrialSystemAttributeModel", "system attribute", t.system_attrs),
+        ):
             if attrs:
                 conn.execute(
                     sa.insert(table(model)),
-                    [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()],
+                    [{"trial_id": trial_id, "key": k, "value_json": attr_json(kind, k, v)} for k, v in attrs.items()],
                 )
 
     def frozen(self, trial_id: int, number: int) -> FrozenTrial:

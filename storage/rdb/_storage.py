@@ -27,7 +27,7 @@ import threading
 import uuid
 from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -41,6 +41,7 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from studyhall.storage._errors import StorageError
+from studyhall.storage._limits import attr_json, check_name
 from studyhall.storage._optuna import table
 from studyhall.storage._retry import is_transient, retrying
 from studyhall.storage._sql import upsert
@@ -65,6 +66,7 @@ _log = logging.getLogger("studyhall.storage")
 _NOT_FOUND = "Record does not exist."
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 ASK_TOKEN_ATTR = "studyhall:ask"
+DETACHED_ATTR = "studyhall:detached"  # outlives its asking process: True, or its lease in seconds
 
 
 class _Changed(Exception):
@@ -186,6 +188,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
         s, d = table("StudyModel"), table("StudyDirectionModel")
         name = study_name if study_name is not None else DEFAULT_STUDY_NAME_PREFIX + str(uuid.uuid4())
+        check_name("study name", name, empty=True)  # Optuna allows an empty name
 
         def write(conn: sa.Connection) -> int:
             study_id = _new_id(conn.execute(sa.insert(s).values(study_name=name)))
@@ -233,7 +236,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                     self._owner_of.pop(trial_id, None)
 
     def _set_study_attr(self, model: str, study_id: int, key: str, value: Any) -> None:
-        row = [{"study_id": study_id, "key": key, "value_json": json.dumps(value)}]
+        row = [{"study_id": study_id, "key": key, "value_json": attr_json("study attribute", key, value)}]
 
         def write(conn: sa.Connection) -> None:
             self._lock_study(conn, study_id)
@@ -443,6 +446,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 cache.put(fresh)
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution) -> None:
+        check_name("parameter name", param_name)
         q = statements()
         row = {"param_name": param_name, "param_value": param_value_internal, "distribution_json": distribution_to_json(distribution)}
         with self._lock:
@@ -560,7 +564,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             {"trial_id": trial_id, "objective": i, "value": x, "value_type": k} for i, (x, k) in enumerate(map(value_repr, values or ()))
         ]
         attrs = dict(user_attrs or {})
-        attr_rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+        attr_rows = [{"trial_id": trial_id, "key": k, "value_json": attr_json("user attribute", k, v)} for k, v in attrs.items()]
 
         def write(conn: sa.Connection) -> bool:
             if conn.execute(q.finish_running, end).rowcount != 1:
@@ -632,7 +636,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         self._write_trial(trial_id, write, apply)
 
     def _set_trial_attr(self, model: str, trial_id: int, key: str, value: Any) -> None:
-        text = json.dumps(value)
+        text = attr_json("user attribute" if model == "TrialUserAttributeModel" else "system attribute", key, value)
 
         def write(conn: sa.Connection) -> None:
             upsert(conn, table(model), [{"trial_id": self._resolve(trial_id), "key": key, "value_json": text}], keys=("trial_id", "key"))
@@ -717,14 +721,44 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         rows = [{"tid": self._resolve(i)} for i in trial_ids]
         self._txn(lambda conn: conn.execute(beat, rows))
 
+    def detach_trials(self, trial_ids: Sequence[int], lease_s: float | None = None) -> None:
+        """Let trials outlive this process: no heartbeat from here, told later from anywhere.
+
+        Without ``lease_s`` the trials stay RUNNING until told (no stale check fails them);
+        with it, their heartbeat is dated ``lease_s`` ahead, so they go stale a grace
+        period after the lease ends unless told first.
+        """
+        if not trial_ids:
+            return
+        hb = table("TrialHeartbeatModel")
+        ids = [self._resolve(i) for i in trial_ids]
+        marker = attr_json("system attribute", DETACHED_ATTR, lease_s if lease_s is not None else True)
+
+        def write(conn: sa.Connection) -> None:
+            conn.execute(sa.delete(hb).where(hb.c.trial_id.in_(ids)))
+            if lease_s is not None:
+                now = conn.execute(statements().db_now).scalar_one()
+                until = _naive(now) + timedelta(seconds=lease_s)
+                conn.execute(sa.insert(hb), [{"trial_id": i, "heartbeat": until} for i in ids])
+            upsert(
+                conn,
+                table("TrialSystemAttributeModel"),
+                [{"trial_id": i, "key": DETACHED_ATTR, "value_json": marker} for i in ids],
+                keys=("trial_id", "key"),
+            )
+
+        self._txn(write)
+        with self._lock:
+            for i in ids:
+                self._owner_of.pop(i, None)  # changes from elsewhere from now on
+
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         assert self.heartbeat_interval is not None
         grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
         q = statements()
 
         def read(conn: sa.Connection) -> list[int]:
-            now = conn.execute(q.db_now).scalar_one()
-            now = now.replace(tzinfo=None) if isinstance(now, datetime) else datetime.fromisoformat(str(now))
+            now = _naive(conn.execute(q.db_now).scalar_one())
             rows = conn.execute(q.running_beats, {"sid": study_id})
             return [trial_id for trial_id, beat in rows if (now - beat).total_seconds() > grace]
 
@@ -735,6 +769,11 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self.heartbeat_stale_trial_callback
+
+
+def _naive(now: Any) -> datetime:
+    # The database clock as the heartbeat column holds it: naive, in the session's zone.
+    return now.replace(tzinfo=None) if isinstance(now, datetime) else datetime.fromisoformat(str(now))
 
 
 def _new_id(result: sa.CursorResult[Any]) -> int:

@@ -99,3 +99,10 @@ def heavy_modules(trial) -> object:  # type: ignore[no-untyped-def]
     x = trial.suggest_float("x", 0, 1)
     heavy = sorted(m for m in ("optuna", "sqlalchemy", "fastapi", "httpx") if m in sys.modules)
     return Evaluation(value=x, user_attrs={"heavy": heavy})
+
+
+def oversized_attr(trial) -> float:  # type: ignore[no-untyped-def]
+    """Trial 1 keeps a user attribute too big for any backend (70 KB); the others a small one."""
+    x = trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("blob", "x" * (70_000 if trial.number == 1 else 10))
+    return x
