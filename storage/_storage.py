@@ -77,7 +77,7 @@ def _open_error(where: str, parsed: sa.URL, exc: BaseException) -> StorageError:
             "database, or move the file away to start a new one"
         )
     if parsed.get_backend_name() == "sqlite" and (
-        "unable to open database" in text or any(isinstance(e, (IsADirectoryError, PermissionError)) for e in chain)
+        "unable to open database" in text or any(isinstance(e, OSError) for e in chain)
     ):
         return StorageError(
             f"{where}: cannot open {parsed.database!r} ({detail}); give the path of a file in a directory you can write"

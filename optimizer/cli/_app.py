@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from studyhall.optimizer.cli._errors import describe_failure, redact, sqlite_path, studyhall_version
+from studyhall.optimizer.cli._errors import redact, sqlite_path, studyhall_version
 from studyhall.storage import InvalidRequest, StudyhallError
 
 if TYPE_CHECKING:
@@ -92,11 +92,7 @@ def warn(message: str) -> None:
 
 @contextmanager
 def user_errors(url: str | None = None) -> Iterator[None]:
-    """Turn studyhall errors into one-line messages: exit 2 for bad input, 1 otherwise.
-
-    A database failure that reaches the command line untranslated (a corrupted file,
-    a newer schema) is named by :func:`describe_failure` and exits 2 as well.
-    """
+    """Turn studyhall errors into one-line messages: exit 2 for bad input, 1 otherwise."""
     try:
         yield
     except typer.Exit:
@@ -105,11 +101,6 @@ def user_errors(url: str | None = None) -> Iterator[None]:
         raise fail(str(exc), 2) from None
     except StudyhallError as exc:
         raise fail(f"{type(exc).__name__}: {exc}", 1) from None
-    except Exception as exc:
-        why = describe_failure(exc, url or _default_url())
-        if why is None:
-            raise
-        raise fail(why, 2) from None
 
 
 def _default_url() -> str:
@@ -137,15 +128,8 @@ def open_storage(url: str | None, *, must_exist: bool = False) -> Storage:
         )
     try:
         return connect(url)
-    except InvalidRequest as exc:
+    except StudyhallError as exc:  # connect says in one line what is wrong and what to do
         raise fail(str(exc)) from None
-    except StudyhallError as exc:
-        raise fail(f"cannot use the database at {redact(url)}: {exc}") from None
-    except Exception as exc:
-        why = describe_failure(exc, url)
-        if why is None:
-            raise
-        raise fail(why) from None
 
 
 def quiet_optuna() -> None:
