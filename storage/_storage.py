@@ -33,6 +33,7 @@ from studyhall.storage._errors import InvalidRequest, StorageError, StudyhallErr
 from studyhall.storage._heartbeat import Heartbeat
 from studyhall.storage._optuna import ensure_optuna_schema, table
 from studyhall.storage._retry import is_transient, retrying, setup_retry
+from studyhall.storage._versions import schema_is_current
 from studyhall.storage.rdb import SQLStorage
 
 T = TypeVar("T")
@@ -159,14 +160,19 @@ class Storage:
         # Optuna's own tables, created and version-checked by Optuna's own code. Before
         # the SQLite hooks: Optuna's version check opens a second connection inside its
         # session, which an IMMEDIATE transaction would lock out.
-        retrying(ensure_optuna_schema, self.engine, self.url, retry_on=setup_retry)
+        # An existing, current database is checked in one round trip; anything else takes
+        # the full path (Optuna's create_all and version check, studyhall's migrations).
+        current = schema_is_current(self.engine)
+        if not current:
+            retrying(ensure_optuna_schema, self.engine, self.url, retry_on=setup_retry)
         if self.dialect == "sqlite":
             _sqlite.install_hooks(self.engine)
             self.engine.dispose()  # connections opened before the hooks must not be reused
         self.optuna = SQLStorage(
             self.engine, self.url, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period
         )
-        retrying(self._migrate, retry_on=setup_retry)
+        if not current:
+            retrying(self._migrate, retry_on=setup_retry)
         self.heartbeat = Heartbeat(self)
         if self.dialect == "sqlite":
             assert parsed.database is not None

@@ -68,3 +68,29 @@ def test_unsupported_urls_name_the_supported_schemes(url):
         connect(url)
     assert isinstance(err.value, StudyhallError)
     assert "sqlite" in str(err.value)
+
+
+def test_a_current_database_opens_without_alembic_or_optunas_orm(store):
+    # A cold process opening an existing database reads both schema versions in one
+    # statement; the migration machinery (about 100 ms of imports) is for the rest.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from studyhall.storage import connect\n"
+        f"st = connect({store.url!r})\n"
+        "st.optuna.get_all_studies()\n"
+        "print(sorted(m for m in ('alembic', 'sqlalchemy.orm', 'optuna.storages._rdb.models') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_database_at_another_revision_takes_the_checking_path(sqlite_url):
+    st = connect(sqlite_url)
+    with st.engine.begin() as c:
+        c.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = 'not-a-revision'"))
+    from studyhall.storage._versions import schema_is_current
+
+    assert not schema_is_current(st.engine)
