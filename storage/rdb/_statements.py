@@ -23,6 +23,9 @@ Written with the trial (``commit_trial``) or its claim from the queue; removed w
 the trial goes back to the queue, so that the process that held it before is fenced.
 """
 
+RETRY_ATTR = "retry"
+"""The user attribute of a retry (``Study.retry``): it re-runs its first attempt's parameters in that attempt's place."""
+
 
 @dataclass(frozen=True)
 class Statements:
@@ -39,6 +42,7 @@ class Statements:
     lock_study: Any
     study_exists: Any
     count_trials: Any
+    count_first_attempts: Any
     insert_trial: Any
     first_beat: Any
     param_exists: Any
@@ -64,6 +68,7 @@ def statements() -> Statements:
     """The statements (built on first use: Optuna's models import lazily)."""
     t, s, d = table("TrialModel"), table("StudyModel"), table("StudyDirectionModel")
     p, hb, sys_attrs = table("TrialParamModel"), table("TrialHeartbeatModel"), table("TrialSystemAttributeModel")
+    user_attrs = table("TrialUserAttributeModel")
     tid: sa.BindParameter[int] = sa.bindparam("tid")
     sid: sa.BindParameter[int] = sa.bindparam("sid")
     n_params = sa.select(sa.func.count()).where(p.c.trial_id == t.c.trial_id).scalar_subquery()
@@ -94,6 +99,11 @@ def statements() -> Statements:
         lock_study=sa.select(s.c.study_id).where(s.c.study_id == sid).with_for_update(),
         study_exists=sa.select(s.c.study_id).where(s.c.study_id == sid),
         count_trials=sa.select(sa.func.count()).where(t.c.study_id == sid),
+        # What a total (max_total_trials) counts: every trial but retries, in any state.
+        count_first_attempts=sa.select(sa.func.count()).where(
+            t.c.study_id == sid,
+            ~sa.exists().where(user_attrs.c.trial_id == t.c.trial_id, user_attrs.c.key == RETRY_ATTR),
+        ),
         insert_trial=sa.insert(t),
         first_beat=sa.insert(hb).values(trial_id=tid, heartbeat=sa.func.now()),
         param_exists=sa.select(p.c.param_id).where(p.c.trial_id == tid, p.c.param_name == sa.bindparam("name")),

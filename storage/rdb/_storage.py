@@ -81,6 +81,10 @@ class _Changed(Exception):
     """Rolls a transaction back: the row was not in the state the write expected."""
 
 
+class TotalReached(Exception):
+    """``commit_trial(total=N)`` created nothing: the study already has N trials besides retries."""
+
+
 class SQLStorage(BaseStorage, BaseHeartbeat):
     """An ``optuna.storages.BaseStorage`` on Optuna's RDB schema, written with SQLAlchemy Core.
 
@@ -363,7 +367,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         pending = Pending.from_template(study_id, template_trial)
         return self._insert(pending, token=None)._trial_id
 
-    def _insert(self, pending: Pending, token: str | None, heartbeat: bool = False) -> FrozenTrial:
+    def _insert(self, pending: Pending, token: str | None, heartbeat: bool = False, total: int | None = None) -> FrozenTrial:
         """Write a whole new trial (row, values, params, attrs, intermediates) in one transaction."""
         q = statements()
         if token is not None:
@@ -379,6 +383,9 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             # Every process creating a trial locks the study's row first (Optuna too), so
             # numbers are unique and trial ids commit in order within a study.
             self._lock_study(conn, pending.study_id)
+            # Under the study's lock: of hosts asking at once, exactly the total get a trial.
+            if total is not None and conn.execute(q.count_first_attempts, {"sid": pending.study_id}).scalar_one() >= total:
+                raise TotalReached
             number = conn.execute(q.count_trials, {"sid": pending.study_id}).scalar_one()
             trial_id = _new_id(conn.execute(q.insert_trial, {**row, "number": number}))
             pending.write_children(conn, trial_id)
@@ -421,17 +428,19 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             self._pending[provisional] = Pending.new(study_id, provisional, expected)
         return provisional
 
-    def commit_trial(self, provisional: int, *, heartbeat: bool = True) -> FrozenTrial:
+    def commit_trial(self, provisional: int, *, heartbeat: bool = True, total: int | None = None) -> FrozenTrial:
         """Write the trial begun as ``provisional`` in one transaction; its id from now on is the real one.
 
         Safe to retry after a dropped connection: the trial carries a token, so a
         commit that went through unseen is found, not repeated. The token also makes
         this process the trial's owner (fenced writes, see the module's docstring).
+        ``total``: raise ``TotalReached`` instead if the study already has that many
+        trials besides retries (checked under the study's lock, so exact across hosts).
         """
         with self._lock:
             pending = self._pending.pop(provisional)
         token = uuid.uuid4().hex
-        frozen = self._insert(pending, token, heartbeat=heartbeat)
+        frozen = self._insert(pending, token, heartbeat=heartbeat, total=total)
         with self._lock:
             self._alias[provisional] = frozen._trial_id
         return frozen
