@@ -285,5 +285,8 @@ class _Run:
                     self.outcomes.fail(fl, why, "interrupted")
                     self.report.interrupted += 1
             except BaseException:  # keep failing the others, even on another Ctrl-C
+                # No beat from here any more, and not detached at exit: it goes stale and
+                # another process fails and retries it (detached, it would stay RUNNING).
+                self.study.storage.heartbeat.discard(fl.trial_id)
                 _log.warning("could not fail trial %s; it goes stale and is failed later", fl.number, exc_info=True)
         self.inflight.clear()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from studyhall.storage import TransientStorageError, connect, is_transient
+from studyhall.storage import InvalidRequest, TransientStorageError, connect, is_transient
 from studyhall.storage._retry import is_connection_error
 
 # A loopback port nothing listens on: every connection is refused at once.
@@ -79,3 +79,23 @@ def test_an_unreachable_database_is_retried_then_reported_as_a_connection_proble
 def test_connect_to_a_closed_port_says_it_could_not_reach_the_database():
     with pytest.raises(TransientStorageError, match="could not reach the database through 8 attempts: the connection failed"):
         connect(CLOSED["postgresql"])
+
+
+def test_grace_and_heartbeat_come_from_the_environment(sqlite_url, monkeypatch):
+    monkeypatch.setenv("STUDYHALL_HEARTBEAT_INTERVAL", "2")
+    monkeypatch.setenv("STUDYHALL_GRACE_PERIOD", "7")
+    st = connect(sqlite_url)
+    assert (st.heartbeat_interval, st.grace_period) == (2, 7)
+    monkeypatch.setenv("STUDYHALL_GRACE_PERIOD", "soon")
+    with pytest.raises(InvalidRequest, match=r"\$STUDYHALL_GRACE_PERIOD='soon' must be a whole number"):
+        connect(sqlite_url)
+
+
+def test_a_silent_postgresql_peer_is_given_up_after_the_grace_period(postgresql_url):
+    # A cut-off client must not hold the study's row lock for the kernel's 15 minutes.
+    st = connect(postgresql_url, heartbeat_interval=1, grace_period=4)
+    setting = st.transaction(lambda c: c.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar())
+    assert setting == "4s"
+    with st.engine.connect() as conn:
+        params = conn.connection.dbapi_connection.info.get_parameters()
+    assert (params["tcp_user_timeout"], params["keepalives"], params["keepalives_idle"]) == ("4000", "1", "2")
