@@ -34,6 +34,7 @@ from studyhall.storage import (
     StudyNotFound,
     TransientStorageError,
     TrialNotFound,
+    TrialOwnershipLost,
 )
 
 # Public name -> the module that defines it (imported on first access).
@@ -143,6 +144,7 @@ __all__ = [
     "TransientStorageError",
     "TrialHandle",
     "TrialNotFound",
+    "TrialOwnershipLost",
     "Workflow",
     "WorkflowError",
     "WorkflowResult",

@@ -60,14 +60,17 @@ def quiet_ask(study: optuna.Study) -> Iterator[None]:
         tl.in_optimize_loop = before
 
 
-def ask(study: optuna.Study, storage: SQLStorage, dists: dict[str, BaseDistribution], *, heartbeat: bool) -> optuna.Trial:
+def ask(
+    study: optuna.Study, storage: SQLStorage, dists: dict[str, BaseDistribution], *, heartbeat: bool, total: int | None = None
+) -> optuna.Trial:
     """``optuna.Study.ask(fixed_distributions=dists)``, with a new trial written in one transaction.
 
     An enqueued (WAITING) trial is claimed first, as Optuna does. Otherwise the
     trial is begun in memory (``SQLStorage.begin_trial``), Optuna's ``Trial`` and the
     sampler fill in its parameters, and ``commit_trial`` writes the row, the
     parameters and (``heartbeat``) its first beat together. A failure before the
-    commit writes nothing.
+    commit writes nothing. ``total``: a new trial is created only while the study has
+    fewer trials besides retries (else ``TotalReached``); a queued one is always claimed.
     """
     sid = study._study_id
     study._thread_local.cached_all_trials = None  # Optuna syncs with the storage once per ask
@@ -84,7 +87,7 @@ def ask(study: optuna.Study, storage: SQLStorage, dists: dict[str, BaseDistribut
         trial = optuna.Trial(study, provisional)
         for name, dist in dists.items():
             trial._suggest(name, dist)
-        frozen = storage.commit_trial(provisional, heartbeat=heartbeat)
+        frozen = storage.commit_trial(provisional, heartbeat=heartbeat, total=total)
     except BaseException:
         storage.discard_trial(provisional)
         raise

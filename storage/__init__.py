@@ -24,6 +24,7 @@ from studyhall.storage._errors import (
     StudyNotFound,
     TransientStorageError,
     TrialNotFound,
+    TrialOwnershipLost,
 )
 
 # Public name -> the private module that defines it (imported on first access).
@@ -66,6 +67,7 @@ __all__ = [
     "StudyhallError",
     "TransientStorageError",
     "TrialNotFound",
+    "TrialOwnershipLost",
     "connect",
     "is_transient",
     "retrying",

@@ -13,6 +13,7 @@ defined beside the code that raises it and exported by that package (in brackets
     │   └── Conflict                        [optimizer] the trial's state forbids it (told twice, lease expired)
     ├── StorageError (RuntimeError)         [storage] the database failed and retrying did not fix it
     │   └── TransientStorageError           [storage] a lock, deadlock or dropped connection outlived its retries
+    ├── TrialOwnershipLost                  [storage] this process stalled; its trial went to another process
     ├── TaskTimeout (TimeoutError)          [bridge] a pool task ran past its timeout; its worker was replaced
     ├── WorkerCrashed                       [bridge] a worker died under a task (exitcode, signal, pid)
     ├── SerializationError                  [bridge] a task, result or message could not be pickled
@@ -70,3 +71,14 @@ class StorageError(StudyhallError, RuntimeError):
 
 class TransientStorageError(StorageError):
     """A lock, deadlock, serialization failure or dropped connection outlived its retries."""
+
+
+class TrialOwnershipLost(StudyhallError):
+    """This process's trial was handed to another process while this one stalled; drop it.
+
+    A RUNNING trial whose process stops heartbeating for the grace period (a SIGSTOP,
+    a long pause, a cut network link) is failed or put back in the queue by another
+    process, and may be running elsewhere under the same number. Every later write
+    from the stalled process (``suggest_*``, ``report``, attributes, ``tell``) is
+    refused with this error; nothing it sent was written.
+    """

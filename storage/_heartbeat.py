@@ -95,9 +95,13 @@ class Heartbeat:
 
     def _beat(self, trial_ids: list[int]) -> None:
         try:
-            self._storage.optuna.record_heartbeats(trial_ids)  # one transaction for all of them
+            lost = self._storage.optuna.record_heartbeats(trial_ids)  # one transaction for all of them
         except Exception:  # a missed beat is retried next round; never kill the thread
             _log.warning("heartbeat for trials %s failed", trial_ids, exc_info=True)
+            return
+        for trial_id in lost:  # requeued and handed out elsewhere while this process stalled
+            _log.warning("trial id %s went to another process while this one stalled; no more beats for it", trial_id)
+            self.discard(trial_id)
 
     def _loop(self) -> None:
         interval = self._storage.heartbeat_interval

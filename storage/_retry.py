@@ -17,42 +17,74 @@ from studyhall.storage._errors import TransientStorageError
 
 T = TypeVar("T")
 
-# Substrings and codes that mark an error worth retrying, by backend.
-_TRANSIENT_TEXT = (
-    "database is locked",
-    "database table is locked",
-    "deadlock",
-    "could not serialize",
-    "lock wait timeout",
+# Substrings and codes that mark an error worth retrying, by backend. The connection
+# ones also mean "the network or the server is away" (the final error says so).
+_CONNECTION_TEXT = (
     "server closed the connection",
     "connection reset",
     "lost connection",
     "gone away",
     "connection refused",
     "terminating connection",
+    "network is unreachable",
+    "no route to host",
+    "host is unreachable",
+    "connection timed out",
+    "timeout expired",  # psycopg's connect_timeout
+    "timed out",
+    "broken pipe",
+    "can't connect to",  # MySQL's client, whatever the errno
+    "connection is bad",
 )
-_TRANSIENT_SQLSTATE = {"40001", "40P01", "57P01", "08006", "08003", "08001"}
-_TRANSIENT_MYSQL = {1205, 1213, 2003, 2006, 2013}
+_TRANSIENT_TEXT = (
+    "database is locked",
+    "database table is locked",
+    "deadlock",
+    "could not serialize",
+    "lock wait timeout",
+    *_CONNECTION_TEXT,
+)
+_CONNECTION_SQLSTATE = {"57P01", "08006", "08003", "08001"}
+_TRANSIENT_SQLSTATE = {"40001", "40P01", *_CONNECTION_SQLSTATE}
+_CONNECTION_MYSQL = {2003, 2006, 2013}
+_TRANSIENT_MYSQL = {1205, 1213, *_CONNECTION_MYSQL}
+# A connection's OSError as the driver or the pool may hand it up unwrapped.
+_CONNECTION_OSERRORS = (ConnectionError, TimeoutError)
 
 
 def is_transient(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or anything in its cause chain) is a retryable database error."""
+    return _matches(exc, _TRANSIENT_SQLSTATE, _TRANSIENT_MYSQL, _TRANSIENT_TEXT)
+
+
+def is_connection_error(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or its cause chain) says the database could not be reached or dropped us.
+
+    Unreachable network, refused, reset or timed-out connections, a server gone away:
+    transient (retried), and worded as a connection problem when the retries run out.
+    """
+    return _matches(exc, _CONNECTION_SQLSTATE, _CONNECTION_MYSQL, _CONNECTION_TEXT)
+
+
+def _matches(exc: BaseException | None, sqlstates: set[str], mysql: set[int], texts: tuple[str, ...]) -> bool:
     seen = 0
     while exc is not None and seen < 8:
         if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
             return True
+        if isinstance(exc, _CONNECTION_OSERRORS):
+            return True
         orig = getattr(exc, "orig", None)
         if orig is not None:
-            if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATE:
+            if getattr(orig, "sqlstate", None) in sqlstates:
                 return True
             args = getattr(orig, "args", ())
-            if args and isinstance(args[0], int) and args[0] in _TRANSIENT_MYSQL:
+            if args and isinstance(args[0], int) and args[0] in mysql:
                 return True
         if isinstance(exc, (sa.exc.OperationalError, sqlite3.OperationalError)) or type(
             exc
         ).__name__ in ("StorageInternalError", "OperationalError"):
             text = str(exc).lower()
-            if any(t in text for t in _TRANSIENT_TEXT):
+            if any(t in text for t in texts):
                 return True
         exc = exc.__cause__ or exc.__context__
         seen += 1
@@ -91,12 +123,28 @@ def retrying(
         return retryer(fn, *args, **kwargs)
     except Exception as exc:
         if is_transient(exc):
-            raise TransientStorageError(
-                f"the database stayed busy or unreachable through {attempts} attempts "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check that the "
-                "server is up and not overloaded, then retry"
-            ) from exc
+            raise TransientStorageError(transient_message(exc, attempts)) from exc
         raise
+
+
+def transient_message(exc: BaseException, attempts: int) -> str:
+    """What to say when a transient error outlived ``attempts`` tries: a connection problem, or a busy database."""
+    detail = f"{type(exc).__name__}: {_first_line(exc)}"
+    if is_connection_error(exc):
+        return (
+            f"could not reach the database through {attempts} attempts: the connection failed ({detail}); "
+            "check the network path to the server and that the server is up, then retry"
+        )
+    return (
+        f"the database stayed busy through {attempts} attempts ({detail}); check that the server "
+        "is not overloaded or holding long locks, then retry"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    # The driver's own first line says what failed; SQLAlchemy's wrapper repeats its class name.
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else "")[:200]
 
 
 def setup_retry(exc: BaseException) -> bool:

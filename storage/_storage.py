@@ -60,6 +60,8 @@ logging.getLogger("sqlalchemy.pool.impl.QueuePool").addFilter(_DroppedConnection
 
 DEFAULT_URL = "sqlite:///studyhall.db"
 ENV_VAR = "STUDYHALL_STORAGE"
+HEARTBEAT_ENV = "STUDYHALL_HEARTBEAT_INTERVAL"  # connect()'s default heartbeat_interval (seconds)
+GRACE_ENV = "STUDYHALL_GRACE_PERIOD"  # connect()'s default grace_period (seconds)
 SUPPORTED_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "mysql+pymysql", "mariadb+pymysql")
 
 
@@ -156,7 +158,11 @@ class Storage:
             engine_kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
             engine_kwargs.update(pool_recycle=1800)
+        if self.dialect == "postgresql":
+            engine_kwargs["connect_args"] = self._postgresql_liveness(parsed)
         self.engine: sa.Engine = sa.create_engine(self.url, **engine_kwargs)
+        if self.dialect == "postgresql":
+            sa.event.listen(self.engine, "connect", self._postgresql_session)
         # Optuna's own tables, created and version-checked by Optuna's own code. Before
         # the SQLite hooks: Optuna's version check opens a second connection inside its
         # session, which an IMMEDIATE transaction would lock out.
@@ -177,6 +183,30 @@ class Storage:
         if self.dialect == "sqlite":
             assert parsed.database is not None
             _sqlite.checkpointer.add(self.engine, parsed.database)
+
+    def _postgresql_liveness(self, parsed: sa.URL) -> dict[str, Any]:
+        # A host cut off from the database must notice within the grace period, not after
+        # the kernel's ~15 minutes of retransmissions: unacknowledged data and silent peers
+        # close the connection (a transient error, retried, then reported as a connection
+        # problem). The URL's own settings win.
+        grace_ms = self.grace_period * 1000
+        liveness: dict[str, Any] = {
+            "keepalives": 1,
+            "keepalives_idle": max(1, self.grace_period // 2),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": grace_ms,
+        }
+        return {k: v for k, v in liveness.items() if k not in parsed.query}
+
+    def _postgresql_session(self, dbapi_conn: Any, _record: Any) -> None:
+        # A client that vanishes inside a transaction (cut link, SIGSTOP) would keep its row
+        # locks, e.g. on the study's row every ask takes, until the server's TCP gives up:
+        # every other host would wait. The server ends such a transaction after the grace
+        # period, by when the host has lost its trials anyway.
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET idle_in_transaction_session_timeout = {int(self.grace_period * 1000)}")
+        dbapi_conn.commit()
 
     def _migrate(self) -> None:
         from studyhall.storage._migrate import upgrade
@@ -285,7 +315,7 @@ _cache_pid = os.getpid()
 
 
 def connect(
-    url: str | Storage | None = None, *, heartbeat_interval: int = 1, grace_period: int = 10
+    url: str | Storage | None = None, *, heartbeat_interval: int | None = None, grace_period: int | None = None
 ) -> Storage:
     """Open (or reuse, within this process) the studyhall storage at ``url``.
 
@@ -293,8 +323,12 @@ def connect(
         url: a SQLAlchemy URL (``sqlite:///file.db``, ``postgresql+psycopg://...``,
             ``mysql+pymysql://...``) or a Storage; default ``$STUDYHALL_STORAGE``,
             else ``sqlite:///studyhall.db``.
-        heartbeat_interval: seconds between heartbeats of the trials this process runs.
-        grace_period: seconds without a heartbeat after which a RUNNING trial is stale.
+        heartbeat_interval: seconds between heartbeats of the trials this process runs;
+            default ``$STUDYHALL_HEARTBEAT_INTERVAL``, else 1.
+        grace_period: seconds without a heartbeat after which a RUNNING trial is stale
+            (failed and retried, or put back in the queue if it never began); default
+            ``$STUDYHALL_GRACE_PERIOD``, else 10. On PostgreSQL it also bounds how long a
+            connection to a silent server, or a transaction of a silent client, lives.
 
     Raises:
         InvalidRequest: the URL is malformed or its scheme is not supported.
@@ -305,6 +339,10 @@ def connect(
     global _cache_pid
     if isinstance(url, Storage):
         return url
+    if heartbeat_interval is None:
+        heartbeat_interval = _env_seconds(HEARTBEAT_ENV, 1)
+    if grace_period is None:
+        grace_period = _env_seconds(GRACE_ENV, 10)
     if heartbeat_interval < 1 or heartbeat_interval > grace_period:
         raise InvalidRequest(
             f"heartbeat_interval={heartbeat_interval} must be >= 1 and at most "
@@ -321,6 +359,19 @@ def connect(
             st = Storage(key[0], heartbeat_interval=heartbeat_interval, grace_period=grace_period)
             _cache[key] = st
         return st
+
+
+def _env_seconds(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidRequest(f"${name}={text!r} must be a whole number of seconds >= 1; fix or unset it")
+    return value
 
 
 def _uncache(st: Storage) -> None:

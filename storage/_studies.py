@@ -63,18 +63,16 @@ def study_rows(st: Storage) -> list[StudyRow]:
     return st.transaction(read)
 
 
-def finished_and_running(st: Storage, study_id: int) -> tuple[int, list[int]]:
-    """How many trials of the study finished (complete, fail, pruned), and the ids of the RUNNING ones."""
+def running_and_waiting(st: Storage, study_id: int) -> tuple[list[int], int]:
+    """The ids of the study's RUNNING trials, and how many wait in its queue (WAITING)."""
     t = table("TrialModel")
-    finished_q = (
-        sa.select(sa.func.count())
-        .select_from(t)
-        .where(t.c.study_id == study_id, t.c.state.in_((TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
+    query = sa.select(t.c.trial_id, t.c.state).where(
+        t.c.study_id == study_id, t.c.state.in_((TrialState.RUNNING, TrialState.WAITING))
     )
-    running_q = sa.select(t.c.trial_id).where(t.c.study_id == study_id, t.c.state == TrialState.RUNNING)
 
-    def read(conn: sa.Connection) -> tuple[int, list[int]]:
-        return int(conn.execute(finished_q).scalar_one()), [r[0] for r in conn.execute(running_q)]
+    def read(conn: sa.Connection) -> tuple[list[int], int]:
+        rows = conn.execute(query).all()
+        return [i for i, state in rows if state == TrialState.RUNNING], sum(state == TrialState.WAITING for _, state in rows)
 
     return st.transaction(read)
 

@@ -1,7 +1,9 @@
 """``studyhall worker NAME``: run trials of a shared study from this host (parallel trial scripts).
 
 Start it on as many hosts as you like against one PostgreSQL or MySQL database;
-``--total`` caps the study as a whole, so together they stop at about that many.
+``--total N`` caps the study as a whole: the hosts together create exactly N trials
+besides retries (a retry re-runs a crashed, hung or stale trial's parameters in its
+place), then run what is left in the queue and the retries of the others' last trials.
 It exits 1 when it ran trials and none of them completed (a broken objective should
 not look like success to a script or a scheduler).
 """
@@ -36,7 +38,7 @@ def worker(
     name: Annotated[str, typer.Argument(help="The study's name.")],
     objective: Annotated[str, typer.Option("--objective", "-o", help="The objective as package.module:function.")],
     trials: Annotated[int | None, typer.Option("--trials", "-n", min=0, help="Trials this process runs (default: no limit).")] = None,
-    total: Annotated[int | None, typer.Option("--total", min=1, help="Stop when the study as a whole has this many finished trials.")] = None,
+    total: Annotated[int | None, typer.Option("--total", min=1, help="Stop at this many trials in the study, retries not counted (all hosts).")] = None,
     workers: Annotated[int, typer.Option("--workers", "-w", min=0, help="Trials in flight, each in a worker process (0: in this process).")] = 1,
     trial_timeout: Annotated[float | None, typer.Option("--trial-timeout", help="Seconds before a trial's worker is killed.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which no new trial starts.")] = None,
@@ -84,6 +86,7 @@ def worker(
             f"study [bold]{safe(name)}[/]: {report.n_trials} trials in {report.elapsed_s:.1f}s: "
             f"{report.completed} completed, {report.failed} failed, {report.timed_out} timed out, "
             f"{report.crashed} crashed, {report.pruned} pruned, {report.retried} retried"
+            + (f", {report.lost} taken over by another host while this one stalled" if report.lost else "")
         )
         if report.best_value is not None:
             console.print(f"best value {fmt(report.best_value)} with {safe(report.best_params)}")

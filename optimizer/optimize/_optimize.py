@@ -6,6 +6,10 @@
     ├─ study.retries = retries; fail_stale_trials()  (again every heartbeat)
     ├─ while the budget allows (n_trials, timeout, max_total_trials) and < workers + 1 in flight:
     │    study._ask_trial ─> optuna.Trial ─> TrialProxy, job dict (_remote_trial)
+    │         (max_total_trials: the storage creates a new trial only while the study has fewer
+    │         trials besides retries, under the study's lock: exact across hosts; queued trials
+    │         and retries are still claimed, and a full study's hosts wait for the others' last
+    │         trials, which finish or go stale and are retried here)
     │    pool.submit(run_trial, job, on_call=proxy.handle) ───────────> run_trial (_trial_runner)
     │         (one trial waits in the pool's queue, so a free worker never waits for an ask)
     │         on_send: its real start time                       <─send── "started"
@@ -45,7 +49,8 @@ from studyhall.optimizer.optimize._remote_trial import (
 )
 from studyhall.optimizer.optimize._report import OptimizeReport, Options
 from studyhall.optimizer.study._space import Space
-from studyhall.storage._studies import finished_and_running
+from studyhall.storage._studies import running_and_waiting
+from studyhall.storage.rdb import TotalReached
 
 if TYPE_CHECKING:
     from studyhall.optimizer.study._study import Study
@@ -89,6 +94,7 @@ class _Run:
         self.outcomes = Outcomes(study, self.lock, self.report, opts.trial_timeout, opts.retries)
         self.inflight: dict[int, Flight] = {}
         self.finished = 0
+        self.full = False  # the study reached max_total_trials: only queued trials and retries are left to run
         self.stop: BaseException | None = None
         self.start = time.monotonic()
         total = opts.n_trials if opts.n_trials is not None else opts.max_total_trials
@@ -163,7 +169,8 @@ class _Run:
 
     def _fill(self) -> None:
         while self._busy() < self.backend.capacity + self.backend.ahead and self._may_ask():
-            self._start()
+            if not self._start():
+                return
 
     def _busy(self) -> int:
         if isinstance(self.backend, Inline):  # its trials are done when submitted; tell before the next
@@ -183,27 +190,28 @@ class _Run:
             return False
         if self.opts.n_trials is not None and self.finished + len(self.inflight) >= self.opts.n_trials:
             return False
-        if self.opts.max_total_trials is not None:
-            finished, running = self._counts()
-            return finished + len(running) < self.opts.max_total_trials
-        return True
+        return not self.full or self._counts()[1] > 0  # full: only a queued trial or retry is left to take
 
     def _others_running(self) -> bool:
-        """With ``max_total_trials``: whether to wait for other processes' last trials."""
-        total = self.opts.max_total_trials
-        if total is None or self.stop is not None or not self._time_left():
+        """With ``max_total_trials``: whether to wait for other processes' last trials (and their retries)."""
+        if self.opts.max_total_trials is None or self.stop is not None or not self._time_left():
             return False
         if self.opts.n_trials is not None and self.finished >= self.opts.n_trials:
             return False
-        finished, running = self._counts()
-        return finished < total and bool(set(running) - self.study.storage.heartbeat.tracked())
+        running, waiting = self._counts()
+        return waiting > 0 or bool(set(running) - self.study.storage.heartbeat.tracked())
 
-    def _counts(self) -> tuple[int, list[int]]:
-        return finished_and_running(self.study.storage, self.study._study_id)
+    def _counts(self) -> tuple[list[int], int]:
+        return running_and_waiting(self.study.storage, self.study._study_id)
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
+        """Ask for a trial and submit it; False when the study reached its total (nothing asked)."""
         with self.interrupts.shield(), self.lock:  # a trial Optuna created is always in inflight
-            trial = self.study._ask_trial(self.dists)
+            try:
+                trial = self.study._ask_trial(self.dists, total=self.opts.max_total_trials)
+            except TotalReached:
+                self.full = True
+                return False
             flight = self.inflight[trial.number] = Flight(trial.number, _optuna.trial_id(trial))
             attrs = trial.user_attrs
         job = make_job(
@@ -216,6 +224,7 @@ class _Run:
             catch=self.opts.catch,
         )
         flight.future = self.backend.submit(job, TrialProxy(trial, self.lock), self._on_start(trial.number))
+        return True
 
     def _on_start(self, number: int) -> Callable[[float], None]:
         def started(at: float) -> None:  # on a lane thread: when the worker began the trial
@@ -276,5 +285,8 @@ class _Run:
                     self.outcomes.fail(fl, why, "interrupted")
                     self.report.interrupted += 1
             except BaseException:  # keep failing the others, even on another Ctrl-C
+                # No beat from here any more, and not detached at exit: it goes stale and
+                # another process fails and retries it (detached, it would stay RUNNING).
+                self.study.storage.heartbeat.discard(fl.trial_id)
                 _log.warning("could not fail trial %s; it goes stale and is failed later", fl.number, exc_info=True)
         self.inflight.clear()

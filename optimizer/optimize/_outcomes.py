@@ -7,6 +7,8 @@
                     ├──> PoolClosed ──> FAIL, raised again (the run cannot go on)
                     └──> anything else the pool raised (e.g. an unpicklable outcome) ──> FAIL
     an objective's exception outside ``catch`` ──> FAIL, and handed back so that optimize raises it
+    TrialOwnershipLost (this host stalled; another took the trial over) ──> dropped: counted as
+                    ``lost``, not told, not retried (the new owner runs it)
 
 A result the study rejects (a non-finite value, bad telemetry) fails the trial
 instead of leaving it RUNNING; a trial another process already failed as stale is
@@ -15,6 +17,7 @@ counted, not told twice.
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,10 +28,12 @@ from optuna.trial import FrozenTrial
 from studyhall.bridge import PoolClosed, TaskTimeout, WorkerCrashed
 from studyhall.optimizer.optimize._remote_trial import CallsFirst, TrialOutcome
 from studyhall.optimizer.optimize._report import OptimizeReport
-from studyhall.storage import InvalidRequest
+from studyhall.storage import InvalidRequest, TrialOwnershipLost
 
 if TYPE_CHECKING:
     from studyhall.optimizer.study._study import Study
+
+_log = logging.getLogger("studyhall.optimize")
 
 
 @dataclass
@@ -53,28 +58,41 @@ class Outcomes:
 
     def settle(self, fl: Flight) -> BaseException | None:
         """Tell the study what came of a finished trial; the objective's exception if it must stop the run."""
+        try:
+            return self._settle(fl)
+        except TrialOwnershipLost as exc:
+            # This process stalled past the grace period and another one took the trial over:
+            # whatever ran here is dropped (the new owner's run is the trial's), and not retried.
+            self.report.lost += 1
+            self.study.storage.heartbeat.discard(fl.trial_id)
+            _log.warning("trial %s dropped: %s", fl.number, exc)
+            return None
+
+    def _settle(self, fl: Flight) -> BaseException | None:
         assert fl.future is not None
         try:
             out = TrialOutcome.from_dict(fl.future.result())
         except TaskTimeout:
-            self.report.timed_out += 1
             msg = f"timed out: the trial ran past trial_timeout={self.trial_timeout}s; its worker was killed and replaced"
-            self._retry(self.fail(fl, msg, "timeout"))
+            frozen = self.fail(fl, msg, "timeout")
+            self.report.timed_out += 1  # counted once told: a lost trial is counted as lost only
+            self._retry(frozen)
         except WorkerCrashed as exc:
-            self.report.crashed += 1
             how = f"was killed by signal {exc.signal}" if exc.signal else f"exited with code {exc.exitcode}"
             msg = (
                 f"crashed: its worker process (pid {exc.pid}) {how} while running the trial and was "
                 "replaced; likely an os._exit, a signal, a native crash or memory exhaustion"
             )
-            self._retry(self.fail(fl, msg, "crash"))
+            frozen = self.fail(fl, msg, "crash")
+            self.report.crashed += 1
+            self._retry(frozen)
         except PoolClosed as exc:
-            self.report.failed += 1
             self.fail(fl, f"{type(exc).__name__}: {exc}", "pool")
+            self.report.failed += 1
             raise
         except Exception as exc:  # the pool could not run it, e.g. an unpicklable outcome
-            self.report.failed += 1
             self.fail(fl, f"{type(exc).__name__}: {exc}", "error")
+            self.report.failed += 1
         else:
             return self._tell(fl, out)
         return None
@@ -94,7 +112,6 @@ class Outcomes:
                     return None
                 out.status, out.error = "fail", f"InvalidRequest: the objective's result was rejected: {exc}"
         if out.status == "pruned":
-            self.report.pruned += 1
             try:
                 with self.lock:
                     self.study.tell(fl.number, state="pruned", **kw)
@@ -102,9 +119,10 @@ class Outcomes:
                 if not self._already_finished(fl):
                     with self.lock:
                         self.study.tell(fl.number, state="pruned")
+            self.report.pruned += 1
             return None
-        self.report.failed += 1
         self.fail(fl, out.error or "failed", "error", out.traceback, **kw)
+        self.report.failed += 1
         return None if out.exception is None else _rebuild(out)
 
     def fail(self, fl: Flight, error: str, failure: str, tb: str | None = None, **kw: Any) -> FrozenTrial | None:

@@ -14,6 +14,8 @@ class OptimizeReport:
 
     ``best_value``/``best_params`` are the study's best after the call (single
     objective; None otherwise). ``interrupted`` counts trials failed by Ctrl-C.
+    ``lost`` counts trials taken over by another process while this one stalled past
+    the heartbeat grace period: not told from here, not in ``n_trials``.
     """
 
     completed: int = 0
@@ -23,6 +25,7 @@ class OptimizeReport:
     pruned: int = 0
     interrupted: int = 0
     retried: int = 0
+    lost: int = 0
     best_value: float | None = None
     best_params: dict[str, Any] | None = None
     elapsed_s: float = 0.0

@@ -186,13 +186,13 @@ class Study:
         return TrialHandle(trial.number, dict(trial.params), _optuna.trial_id(trial), self.name)
 
     def _ask_trial(
-        self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True
+        self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True, total: int | None = None
     ) -> optuna.Trial:
         # The live optuna.Trial: optimize() answers a worker's suggest_* calls with it.
         # No retry around it: each write inside retries itself, and a retried whole ask
         # is what used to leave orphan trials behind.
         with _optuna.quiet_ask(self.optuna):
-            trial = _optuna.ask(self.optuna, self.storage.optuna, dists, heartbeat=keepalive)
+            trial = _optuna.ask(self.optuna, self.storage.optuna, dists, heartbeat=keepalive, total=total)
         trial_id = _optuna.trial_id(trial)
         if len(self._ids) >= _MAX_CACHED_IDS:  # trials asked and never told (abandoned leases) must not pile up
             self._ids.clear()

@@ -16,16 +16,33 @@ from optuna.trial import TrialState
 
 from studyhall.storage._optuna import table
 
+OWNER_ATTR = "studyhall:ask"
+"""The system attribute holding a RUNNING trial's owner token (also its ask token).
+
+Written with the trial (``commit_trial``) or its claim from the queue; removed when
+the trial goes back to the queue, so that the process that held it before is fenced.
+"""
+
+RETRY_ATTR = "retry"
+"""The user attribute of a retry (``Study.retry``): it re-runs its first attempt's parameters in that attempt's place."""
+
 
 @dataclass(frozen=True)
 class Statements:
     """Every prebuilt statement, by what it does."""
 
     lock_trial: Any
+    lock_owned: Any
+    owners: Any
+    finish_owned: Any
+    requeue_owned: Any
+    requeue_unbegun: Any
+    drop_owner: Any
     trial_number: Any
     lock_study: Any
     study_exists: Any
     count_trials: Any
+    count_first_attempts: Any
     insert_trial: Any
     first_beat: Any
     param_exists: Any
@@ -33,7 +50,6 @@ class Statements:
     first_distribution: Any
     set_trial: Any
     finish_running: Any
-    requeue_running: Any
     drop_beat: Any
     find_token: Any
     state_and_end: Any
@@ -52,19 +68,42 @@ def statements() -> Statements:
     """The statements (built on first use: Optuna's models import lazily)."""
     t, s, d = table("TrialModel"), table("StudyModel"), table("StudyDirectionModel")
     p, hb, sys_attrs = table("TrialParamModel"), table("TrialHeartbeatModel"), table("TrialSystemAttributeModel")
+    user_attrs = table("TrialUserAttributeModel")
     tid: sa.BindParameter[int] = sa.bindparam("tid")
     sid: sa.BindParameter[int] = sa.bindparam("sid")
     n_params = sa.select(sa.func.count()).where(p.c.trial_id == t.c.trial_id).scalar_subquery()
     refresh = sa.select(t.c.trial_id, t.c.state, n_params)
     newer = t.c.trial_id > sa.bindparam("watermark")
     t2 = t.alias("owner")
+    is_owner = sys_attrs.c.trial_id == tid, sys_attrs.c.key == OWNER_ATTR
+    owner = sa.select(sys_attrs.c.value_json).where(*is_owner).scalar_subquery()
+    owned = sa.exists().where(*is_owner, sys_attrs.c.value_json == sa.bindparam("owner"))
+    requeue = sa.update(t).where(t.c.trial_id == tid, t.c.state == TrialState.RUNNING).values(
+        state=TrialState.WAITING, datetime_start=None
+    )
     return Statements(
         # FOR UPDATE is a no-op on SQLite, whose IMMEDIATE transactions already exclude writers.
         lock_trial=sa.select(t.c.state).where(t.c.trial_id == tid).with_for_update(),
+        # The same lock, and the owner token in the same round trip (the fence of every write).
+        lock_owned=sa.select(t.c.state, owner).where(t.c.trial_id == tid).with_for_update(),
+        owners=sa.select(sys_attrs.c.trial_id, sys_attrs.c.value_json).where(
+            sys_attrs.c.key == OWNER_ATTR, sys_attrs.c.trial_id.in_(sa.bindparam("ids", expanding=True))
+        ),
+        finish_owned=sa.update(t).where(t.c.trial_id == tid, t.c.state == TrialState.RUNNING, owned),
+        requeue_owned=requeue.where(owned),
+        # Another process's trial goes back only if it never began: a parameter written
+        # since the stale check read it means it did.
+        requeue_unbegun=requeue.where(~sa.exists().where(p.c.trial_id == tid)),
+        drop_owner=sa.delete(sys_attrs).where(*is_owner),
         trial_number=sa.select(t.c.number).where(t.c.trial_id == tid),
         lock_study=sa.select(s.c.study_id).where(s.c.study_id == sid).with_for_update(),
         study_exists=sa.select(s.c.study_id).where(s.c.study_id == sid),
         count_trials=sa.select(sa.func.count()).where(t.c.study_id == sid),
+        # What a total (max_total_trials) counts: every trial but retries, in any state.
+        count_first_attempts=sa.select(sa.func.count()).where(
+            t.c.study_id == sid,
+            ~sa.exists().where(user_attrs.c.trial_id == t.c.trial_id, user_attrs.c.key == RETRY_ATTR),
+        ),
         insert_trial=sa.insert(t),
         first_beat=sa.insert(hb).values(trial_id=tid, heartbeat=sa.func.now()),
         param_exists=sa.select(p.c.param_id).where(p.c.trial_id == tid, p.c.param_name == sa.bindparam("name")),
@@ -80,9 +119,6 @@ def statements() -> Statements:
         # The check and the lock in one statement: of two processes ending one trial,
         # the second matches no row, on every dialect.
         finish_running=sa.update(t).where(t.c.trial_id == tid, t.c.state == TrialState.RUNNING),
-        requeue_running=sa.update(t)
-        .where(t.c.trial_id == tid, t.c.state == TrialState.RUNNING)
-        .values(state=TrialState.WAITING, datetime_start=None),
         drop_beat=sa.delete(hb).where(hb.c.trial_id == tid),
         find_token=sa.select(t.c.trial_id, t.c.number)
         .select_from(t.join(sys_attrs, sys_attrs.c.trial_id == t.c.trial_id))

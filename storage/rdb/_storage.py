@@ -16,6 +16,14 @@ database with it, concurrently) and writes with SQLAlchemy Core:
 
 Every write is safe to retry: a retried trial creation finds its own token instead
 of creating a second trial, and a retried tell that had committed reports success.
+
+One owner per trial: the process that commits a trial, or claims it from the queue,
+writes a fresh owner token with it (system attribute ``studyhall:ask``) and keeps it
+in memory. Its every later write to the trial (parameters, intermediate values,
+attributes, state, heartbeat) checks the token in the same statement or under the
+same row lock; putting the trial back in the queue removes it. So a process that
+stalled past the grace period, whose trial another process requeued and handed out
+again, gets ``TrialOwnershipLost`` instead of mixing its writes into the new run.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
-from studyhall.storage._errors import StorageError
+from studyhall.storage._errors import StorageError, TrialOwnershipLost
 from studyhall.storage._limits import attr_json, check_name
 from studyhall.storage._optuna import table
 from studyhall.storage._retry import is_transient, retrying
@@ -56,7 +64,7 @@ from studyhall.storage.rdb._rows import (
     to_utc,
     value_repr,
 )
-from studyhall.storage.rdb._statements import beat_statement, statements
+from studyhall.storage.rdb._statements import OWNER_ATTR, beat_statement, statements
 
 if TYPE_CHECKING:
     import optuna
@@ -65,12 +73,16 @@ T = TypeVar("T")
 _log = logging.getLogger("studyhall.storage")
 _NOT_FOUND = "Record does not exist."
 _UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
-ASK_TOKEN_ATTR = "studyhall:ask"
+ASK_TOKEN_ATTR = OWNER_ATTR  # the token a retried commit finds its trial by is also its owner's
 DETACHED_ATTR = "studyhall:detached"  # outlives its asking process: True, or its lease in seconds
 
 
 class _Changed(Exception):
     """Rolls a transaction back: the row was not in the state the write expected."""
+
+
+class TotalReached(Exception):
+    """``commit_trial(total=N)`` created nothing: the study already has N trials besides retries."""
 
 
 class SQLStorage(BaseStorage, BaseHeartbeat):
@@ -102,6 +114,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         self._lock = threading.RLock()
         self._studies: dict[int, StudyCache] = {}
         self._owner_of: dict[int, int] = {}  # trial id -> study id, for the trials this process owns
+        self._tokens: dict[int, str] = {}  # trial id -> owner token (JSON), for the trials it asked or claimed
         self._pending: dict[int, Pending] = {}  # provisional (negative) id -> trial being asked
         self._alias: dict[int, int] = {}  # provisional id -> the id its commit gave it
         self._next_provisional = -1
@@ -156,13 +169,35 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         # FOR UPDATE (a no-op on SQLite, whose IMMEDIATE transactions already exclude
         # writers): nobody finishes the trial between this check and our write.
         q = statements()
-        state = conn.execute(q.lock_trial, {"tid": trial_id}).scalar()
+        token = self._tokens.get(trial_id)
+        if token is None:
+            state = conn.execute(q.lock_trial, {"tid": trial_id}).scalar()
+        else:
+            row = conn.execute(q.lock_owned, {"tid": trial_id}).first()
+            state = None if row is None else row[0]
+            if row is not None and row[1] != token:
+                raise self._lost(trial_id)
         if state is None:
             raise KeyError(_NOT_FOUND)
         if state not in states and state.is_finished():
             number = conn.execute(q.trial_number, {"tid": trial_id}).scalar()
             raise UpdateFinishedTrialError(f"Trial#{number} has already finished and can not be updated.")
         return state  # type: ignore[no-any-return]
+
+    def _lost(self, trial_id: int) -> TrialOwnershipLost:
+        """Forget a trial another process took over; the error its stalled writer gets."""
+        with self._lock:
+            study_id = self._study_of(trial_id)
+            cached = None if study_id is None else self._studies[study_id].by_id.get(trial_id)
+        # The token stays: every later write from here is refused the same way.
+        self._forget(trial_id, keep_token=True)
+        which = f"trial {cached.number}" if cached is not None else f"the trial with id {trial_id}"
+        grace = self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 0)
+        return TrialOwnershipLost(
+            f"{which} is no longer this process's: it went without a heartbeat from here for over the "
+            f"grace period ({grace}s; this process was stalled or cut off from the database) and another "
+            "process put it back in the queue or ran it. Nothing was written; drop this trial and ask for a new one"
+        )
 
     def _lock_study(self, conn: sa.Connection, study_id: int) -> None:
         if conn.execute(statements().lock_study, {"sid": study_id}).first() is None:
@@ -234,6 +269,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             if cache is not None:
                 for trial_id in cache.by_id:
                     self._owner_of.pop(trial_id, None)
+                    self._tokens.pop(trial_id, None)
 
     def _set_study_attr(self, model: str, study_id: int, key: str, value: Any) -> None:
         row = [{"study_id": study_id, "key": key, "value_json": attr_json("study attribute", key, value)}]
@@ -331,7 +367,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         pending = Pending.from_template(study_id, template_trial)
         return self._insert(pending, token=None)._trial_id
 
-    def _insert(self, pending: Pending, token: str | None, heartbeat: bool = False) -> FrozenTrial:
+    def _insert(self, pending: Pending, token: str | None, heartbeat: bool = False, total: int | None = None) -> FrozenTrial:
         """Write a whole new trial (row, values, params, attrs, intermediates) in one transaction."""
         q = statements()
         if token is not None:
@@ -347,6 +383,9 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             # Every process creating a trial locks the study's row first (Optuna too), so
             # numbers are unique and trial ids commit in order within a study.
             self._lock_study(conn, pending.study_id)
+            # Under the study's lock: of hosts asking at once, exactly the total get a trial.
+            if total is not None and conn.execute(q.count_first_attempts, {"sid": pending.study_id}).scalar_one() >= total:
+                raise TotalReached
             number = conn.execute(q.count_trials, {"sid": pending.study_id}).scalar_one()
             trial_id = _new_id(conn.execute(q.insert_trial, {**row, "number": number}))
             pending.write_children(conn, trial_id)
@@ -371,6 +410,8 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             cache.put(frozen)
             if frozen.state == TrialState.RUNNING:  # WAITING ones are anyone's to take
                 self._owner_of[frozen._trial_id] = pending.study_id
+                if token is not None:
+                    self._tokens[frozen._trial_id] = json.dumps(token)
         return frozen
 
     def begin_trial(self, study_id: int) -> int:
@@ -387,16 +428,19 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             self._pending[provisional] = Pending.new(study_id, provisional, expected)
         return provisional
 
-    def commit_trial(self, provisional: int, *, heartbeat: bool = True) -> FrozenTrial:
+    def commit_trial(self, provisional: int, *, heartbeat: bool = True, total: int | None = None) -> FrozenTrial:
         """Write the trial begun as ``provisional`` in one transaction; its id from now on is the real one.
 
         Safe to retry after a dropped connection: the trial carries a token, so a
-        commit that went through unseen is found, not repeated (SQLite needs none).
+        commit that went through unseen is found, not repeated. The token also makes
+        this process the trial's owner (fenced writes, see the module's docstring).
+        ``total``: raise ``TotalReached`` instead if the study already has that many
+        trials besides retries (checked under the study's lock, so exact across hosts).
         """
         with self._lock:
             pending = self._pending.pop(provisional)
-        token = None if self._dialect == "sqlite" else uuid.uuid4().hex
-        frozen = self._insert(pending, token, heartbeat=heartbeat)
+        token = uuid.uuid4().hex
+        frozen = self._insert(pending, token, heartbeat=heartbeat, total=total)
         with self._lock:
             self._alias[provisional] = frozen._trial_id
         return frozen
@@ -502,12 +546,20 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         if state.is_finished():
             times["datetime_complete"] = to_utc(now)
         expected = (TrialState.WAITING,) if state == TrialState.RUNNING else _UNFINISHED
+        token = None
+        if state == TrialState.RUNNING:  # a claim from the queue: whatever this process held before is void
+            token = json.dumps(uuid.uuid4().hex)
+            with self._lock:
+                self._tokens.pop(trial_id, None)
 
         def write(conn: sa.Connection) -> bool:
             current = self._lock_trial(conn, trial_id)
             if current not in expected:
                 return False
             conn.execute(statements().set_trial, {"tid": trial_id, "state": state, **times})
+            if token is not None:
+                owner = [{"trial_id": trial_id, "key": OWNER_ATTR, "value_json": token}]
+                upsert(conn, table("TrialSystemAttributeModel"), owner, keys=("trial_id", "key"))
             if values is not None:
                 rows = [{"trial_id": trial_id, "objective": i, "value": x, "value_type": k} for i, (x, k) in enumerate(map(value_repr, values))]
                 upsert(conn, table("TrialValueModel"), rows, keys=("trial_id", "objective"))
@@ -515,6 +567,10 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
         changed = self._txn(write)
         if changed:
+            if token is not None:
+                with self._lock:
+                    self._tokens[trial_id] = token
+                self._update_cached(trial_id, lambda frozen: frozen.system_attrs.update({OWNER_ATTR: json.loads(token)}))
             self._after_state_change(trial_id, state, values, times)
         return changed
 
@@ -535,6 +591,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 self._owner_of[trial_id] = study_id
             elif state.is_finished():
                 self._owner_of.pop(trial_id, None)
+                self._tokens.pop(trial_id, None)
 
     def finish_trial(
         self,
@@ -559,15 +616,22 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         times = {"datetime_complete": to_utc(completed_at or datetime.now())}
         if started_at is not None:
             times["datetime_start"] = to_utc(started_at)
-        end = {"tid": trial_id, "state": state, **times}
+        end: dict[str, Any] = {"tid": trial_id, "state": state, **times}
         value_rows = [
             {"trial_id": trial_id, "objective": i, "value": x, "value_type": k} for i, (x, k) in enumerate(map(value_repr, values or ()))
         ]
         attrs = dict(user_attrs or {})
         attr_rows = [{"trial_id": trial_id, "key": k, "value_json": attr_json("user attribute", k, v)} for k, v in attrs.items()]
+        token = self._tokens.get(trial_id)
+        finish = q.finish_running if token is None else q.finish_owned
+        if token is not None:
+            end["owner"] = token
 
         def write(conn: sa.Connection) -> bool:
-            if conn.execute(q.finish_running, end).rowcount != 1:
+            # The owner's check rides in the UPDATE itself: no extra round trip on the hot path.
+            if conn.execute(finish, end).rowcount != 1:
+                if token is not None:
+                    self._lock_trial(conn, trial_id, states=tuple(TrialState))  # TrialOwnershipLost if it changed hands
                 raise _Changed
             upsert(conn, table("TrialValueModel"), value_rows, keys=("trial_id", "objective"))
             upsert(conn, table("TrialUserAttributeModel"), attr_rows, keys=("trial_id", "key"))
@@ -593,13 +657,22 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         return True
 
     def requeue_trial(self, trial_id: int) -> bool:
-        """Put a RUNNING trial that never began back in the queue (WAITING); False if it is not RUNNING."""
+        """Put a RUNNING trial that never began back in the queue (WAITING); False if it is not RUNNING.
+
+        Its owner token goes, so the process that held it can write to it no more. This
+        process's own trial goes back only if it still owns it; another process's (a stale
+        one) only if it has no parameter yet (it never began).
+        """
         trial_id = self._resolve(trial_id)
         q = statements()
+        with self._lock:
+            token = self._tokens.pop(trial_id, None)
+        requeue, args = (q.requeue_unbegun, {"tid": trial_id}) if token is None else (q.requeue_owned, {"tid": trial_id, "owner": token})
 
         def write(conn: sa.Connection) -> bool:
-            if conn.execute(q.requeue_running, {"tid": trial_id}).rowcount != 1:
+            if conn.execute(requeue, args).rowcount != 1:
                 return False
+            conn.execute(q.drop_owner, {"tid": trial_id})
             # An old beat would make the trial look stale the moment it is handed out again.
             conn.execute(q.drop_beat, {"tid": trial_id})
             return True
@@ -610,15 +683,18 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
         def waiting(frozen: FrozenTrial) -> None:
             frozen.state, frozen.datetime_start = TrialState.WAITING, None
+            frozen.system_attrs.pop(OWNER_ATTR, None)
 
         self._update_cached(trial_id, waiting)
         with self._lock:
             self._owner_of.pop(trial_id, None)  # anyone's to take now
         return True
 
-    def _forget(self, trial_id: int) -> None:
+    def _forget(self, trial_id: int, *, keep_token: bool = False) -> None:
         # The trial changed under us (another process ended it): read it again when asked.
         with self._lock:
+            if not keep_token:
+                self._tokens.pop(trial_id, None)
             study_id = self._owner_of.pop(trial_id, None) or self._study_of(trial_id)
             if study_id is not None:
                 self._studies[study_id].drop(trial_id)
@@ -713,13 +789,33 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     def record_heartbeat(self, trial_id: int) -> None:
         self.record_heartbeats([trial_id])
 
-    def record_heartbeats(self, trial_ids: Sequence[int]) -> None:
-        """Beat for several trials in one transaction (the heartbeat thread's round)."""
+    def record_heartbeats(self, trial_ids: Sequence[int]) -> list[int]:
+        """Beat for several trials in one transaction (the heartbeat thread's round).
+
+        Returns the trials this process no longer owns (another process took them over
+        while this one stalled); they get no beat, and their writes will be refused.
+        """
         if not trial_ids:
-            return
-        beat = beat_statement(self._dialect)
-        rows = [{"tid": self._resolve(i)} for i in trial_ids]
-        self._txn(lambda conn: conn.execute(beat, rows))
+            return []
+        beat, q = beat_statement(self._dialect), statements()
+        ids = [self._resolve(i) for i in trial_ids]
+        with self._lock:
+            held = {i: self._tokens[i] for i in ids if i in self._tokens}
+
+        def write(conn: sa.Connection) -> list[int]:
+            lost: list[int] = []
+            if held:
+                owners = dict(conn.execute(q.owners, {"ids": sorted(held)}).all())
+                lost = [i for i, token in held.items() if owners.get(i) != token]
+            rows = [{"tid": i} for i in ids if i not in lost]
+            if rows:
+                conn.execute(beat, rows)
+            return lost
+
+        lost = self._txn(write)
+        for trial_id in lost:
+            self._lost(trial_id)
+        return lost
 
     def detach_trials(self, trial_ids: Sequence[int], lease_s: float | None = None) -> None:
         """Let trials outlive this process: no heartbeat from here, told later from anywhere.
@@ -751,6 +847,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         with self._lock:
             for i in ids:
                 self._owner_of.pop(i, None)  # changes from elsewhere from now on
+                self._tokens.pop(i, None)  # and anyone may tell them
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         assert self.heartbeat_interval is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from studyhall.optimizer import Float, Orchestrator
-from studyhall.storage._studies import complete_values, finished_and_running, state_counts
+from studyhall.storage._studies import complete_values, running_and_waiting, state_counts
 
 
 def test_counts_by_state_and_the_values_of_complete_trials(store, study_name):
@@ -14,8 +14,9 @@ def test_counts_by_state_and_the_values_of_complete_trials(store, study_name):
     study.tell(study.ask(space), state="fail", error="boom")
     study.tell(study.ask(space), state="pruned")
     running = study.ask(space)
+    study.enqueue({"x": 0.5})
     sid = study._study_id
-    assert finished_and_running(store, sid) == (4, [running.trial_id])
+    assert running_and_waiting(store, sid) == ([running.trial_id], 1)
     counts, best = state_counts(store, sid)
-    assert counts == {"COMPLETE": 2, "FAIL": 1, "PRUNED": 1, "RUNNING": 1} and best == 0.75
-    assert complete_values(store, sid, 1) == (5, 2, [[0.25, 0.75]])
+    assert counts == {"COMPLETE": 2, "FAIL": 1, "PRUNED": 1, "RUNNING": 1, "WAITING": 1} and best == 0.75
+    assert complete_values(store, sid, 1) == (6, 2, [[0.25, 0.75]])
