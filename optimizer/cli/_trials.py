@@ -51,10 +51,12 @@ def trials(
         study = Orchestrator(st).load_study(name)
         rows = study.trials(states=[state] if state else None)[-limit:]
         summary = study.metrics()
+        sel = study.selection
     if as_json:
         print_json(
             {
                 "summary": summary.as_dict(),
+                "selection": sel.as_dict() if sel else None,
                 "trials": [
                     {
                         "number": t.number,
@@ -72,10 +74,11 @@ def trials(
     present = [c for c in TRIAL_COLUMNS if any(c in t.user_attrs for t in rows)]
     table = Table("#", "state", "value", "params", *(TRIAL_COLUMNS[c] for c in present), "error", title=f"study {safe(name)}")
     for t in rows:
+        number = f"{t.number} (selected)" if sel is not None and sel.trial == t.number else str(t.number)
         value = ", ".join(fmt(v) for v in t.values) if t.values else "-"
         params = " ".join(f"{safe(k)}={fmt(v, 3)}" for k, v in t.params.items())
         err = safe(str(t.user_attrs.get("error", ""))[:40])
-        table.add_row(str(t.number), t.state.name.lower(), value, params, *(_cell(t.user_attrs, c) for c in present), err)
+        table.add_row(number, t.state.name.lower(), value, params, *(_cell(t.user_attrs, c) for c in present), err)
     console.print(table)
     from studyhall.optimizer.telemetry._report import summary_rows
 
@@ -85,6 +88,8 @@ def trials(
         ci = interval_text(s.ci_low, s.ci_high, s.ci_method) if s else "-"
         block.add_row(safe(label), *((fmt(getattr(s, k)) for k in stats) if s else ["-"] * len(stats)), ci)
     console.print(block)
+    if sel is not None:  # the study's answer, worded as the report, the demo and the dashboard's note word it
+        console.print(safe(sel.line()), highlight=False, soft_wrap=True)
 
 
 def _cell(attrs: dict[str, Any], column: str) -> str:

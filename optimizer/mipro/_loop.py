@@ -19,7 +19,8 @@
     │  ──> study user attr "mipro:full_eval:NNN" ──> callbacks
     ├─ token budget checked before each round and each full evaluation
     └─ at the end: full evaluations until no combination can beat the incumbent;
-       _settle() picks the answer (the best full score)
+       _settle() picks the answer (the best full score) ──> study.select(...): the
+       study's selection, shown by the CLI, the report and optuna-dashboard
 
 What TPE sees, and what it does not: every minibatch trial is an ordinary trial
 whose value is its minibatch mean; a pruned trial is PRUNED with its mean so far
@@ -479,14 +480,24 @@ class MiproLoop:
         attrs = retrying(study.storage.optuna.get_study_user_attrs, study._study_id)
         return [FullEval(**attrs[k]) for k in sorted(attrs) if k.startswith(FULL_EVAL_ATTR)]
 
-    def _settle(self, trials: list[FrozenTrial], fulls: list[FullEval]) -> tuple[dict[str, int], float | None]:
+    def _settle(self, study: Study, trials: list[FrozenTrial], fulls: list[FullEval]) -> tuple[dict[str, int], float | None]:
         """The loop's answer: the combination with the best full score (earliest on ties).
 
-        Without any full evaluation, the best minibatch mean (``best_full_score`` None).
-        This is the one place the loop chooses; everything it returns follows from it.
+        Recorded as the study's selection (``study.select``: params, full-valset score
+        with its interval, n, a trial of the combination), which the CLI, the report
+        and optuna-dashboard show. Without any full evaluation, the best minibatch mean
+        (``best_full_score`` None, nothing selected). This is the one place the loop
+        chooses; everything it returns follows from it.
         """
         best = incumbent(fulls)
         if best is not None:
+            scores = [x for x in best.scores if x is not None]
+            if scores:
+                first = combo_scores(trials).get(combo_key(best.params))
+                study.select(
+                    best.params, scores=scores, trial=first[1] if first else None, source="full evaluation",
+                    full_eval=next(i for i, f in enumerate(fulls) if f is best),
+                )
             return dict(best.params), best.score
         means = combo_means(trials)
         if not means:
@@ -497,7 +508,7 @@ class MiproLoop:
     def _result(self, study: Study, stopped: str, elapsed: float, skipped: int = 0) -> MiproResult:
         trials = finished_trials(study)
         fulls = self.full_evals(study)
-        params, score = self._settle(trials, fulls)
+        params, score = self._settle(study, trials, fulls)
         ins, dem = self.candidates.chosen(params)
         samples = [float(x) for arr in read_study_samples(study.storage, study._study_id, "llm.latency_s").values() for x in arr]
         samples += self._latencies

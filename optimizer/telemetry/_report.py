@@ -31,11 +31,12 @@ from studyhall.storage._trials import read_study_samples
 
 if TYPE_CHECKING:
     from studyhall.optimizer.study._study import Study
+    from studyhall.optimizer.telemetry._selection import Selection
 
 MAX_TRIALS = 60  # box strips on one axis before they become unreadable
 N_BEST = 3
 MAX_LEVELS = 6  # at most this many distinct scores: plot shares, not boxes
-BEST_COLOR, OTHER_COLOR = "#d95f02", "#7570b3"
+BEST_COLOR, OTHER_COLOR, SELECTED_COLOR = "#d95f02", "#7570b3", "#1b9e77"
 
 
 def render_report(study: Study, out: str | Path, name: str = "score", max_trials: int = MAX_TRIALS) -> Path:
@@ -88,7 +89,9 @@ def render_png(study: Study, metrics: StudyMetrics, max_trials: int = MAX_TRIALS
     FigureCanvasAgg(fig)
     axes = fig.subplot_mosaic([["box", "box"], ["ci", "ci"], ["lat", "val"]], height_ratios=[1.0, 0.8, 1.0])
     ax_box, ax_ci, ax_lat, ax_val = axes["box"], axes["ci"], axes["lat"], axes["val"]
-    fig.suptitle(f"study {study.name}: {metrics.n_trials} trials, {metrics.n_complete} complete")
+    sel = study.selection
+    title = f"study {study.name}: {metrics.n_trials} trials, {metrics.n_complete} complete"
+    fig.suptitle(title + (f"\n{sel.line()}" if sel else ""))
 
     numbers = _pick(sorted(samples), best, max_trials)
     if numbers:
@@ -98,7 +101,8 @@ def render_png(study: Study, metrics: StudyMetrics, max_trials: int = MAX_TRIALS
     else:
         _empty(ax_box, f"no per-example {metrics.name!r} samples yet: tell trials with scores=[...]")
     if numbers:
-        _interval_bars(ax_ci, [metrics.per_trial[n] for n in numbers], numbers, best, metrics.name)
+        _interval_bars(ax_ci, [metrics.per_trial[n] for n in numbers], numbers, best, metrics.name,
+                       sel if sel is not None and sel.metric == metrics.name else None)
     else:
         _empty(ax_ci, f"no per-trial {metrics.name!r} means yet")
 
@@ -159,8 +163,13 @@ def _score_strips(ax: Any, data: list[np.ndarray], numbers: list[int], best: lis
     ax.set_xlabel("trial")
 
 
-def _interval_bars(ax: Any, summaries: list[Summary], numbers: list[int], best: list[int], name: str) -> None:
-    """Each trial's mean with its 95% interval: overlapping bars are trials the data cannot tell apart."""
+def _interval_bars(
+    ax: Any, summaries: list[Summary], numbers: list[int], best: list[int], name: str, sel: Selection | None = None
+) -> None:
+    """Each trial's mean with its 95% interval: overlapping bars are trials the data cannot tell apart.
+
+    The selection's score and interval (on its own, usually larger, set of examples) is a green band.
+    """
     xs = np.arange(len(numbers))
     means = np.array([s.mean for s in summaries])
     lows = np.array([s.ci_low for s in summaries])
@@ -172,6 +181,13 @@ def _interval_bars(ax: Any, summaries: list[Summary], numbers: list[int], best: 
     how = " and ".join({"wilson": "Wilson", "t": "t"}.get(m, m) for m in methods)
     ax.set_title(f"mean {name} by trial with its 95% confidence interval ({how}); overlapping bars: not distinguishable")
     ax.set_ylabel(f"mean {name}")
+    if sel is not None:
+        ax.axhspan(sel.ci_low, sel.ci_high, color=SELECTED_COLOR, alpha=0.15)
+        ax.axhline(sel.score, color=SELECTED_COLOR, label=f"selected (trial {sel.trial}): {sel.score:.3g} on {sel.n} examples")
+        if sel.trial in numbers:
+            i = numbers.index(sel.trial)
+            ax.scatter([xs[i]], [means[i]], s=120, facecolors="none", edgecolors=SELECTED_COLOR, linewidths=2, zorder=4)
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xticks(xs, [str(n) for n in numbers])
     if len(numbers) > 25:
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)
@@ -225,6 +241,18 @@ def _fmt(v: float | int) -> str:
     return str(v)
 
 
+def _selection_html(study: Study) -> str:
+    """The study's selected answer (and how it differs from the best trial), or nothing."""
+    sel = study.selection
+    if sel is None:
+        return ""
+    return (
+        f'<h2>Selected answer</h2><p class="selection"><b>{html.escape(sel.line())}</b></p>'
+        "<p>The <i>best trials</i> below rank trials by their value (the mean over a minibatch); the selected "
+        "answer was chosen on more examples (its interval is over those) and is the study's answer.</p>"
+    )
+
+
 def _html(study: Study, metrics: StudyMetrics, png: bytes) -> str:
     head = "".join(f"<th>{k}</th>" for k in ("", *FIELDS, "sem", "mean, 95% CI"))
     body = []
@@ -254,6 +282,7 @@ def _html(study: Study, metrics: StudyMetrics, png: bytes) -> str:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:100%}}</style></head>
 <body><h1>{title}</h1>
 <p>{metrics.n_trials} trials, {metrics.n_complete} complete; directions: {", ".join(study.directions)}</p>
+{_selection_html(study)}
 <h2>Study summary</h2>
 <table><tr>{head}</tr>{"".join(body)}</table>
 <h2>Best trials</h2>
