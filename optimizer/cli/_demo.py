@@ -83,6 +83,7 @@ def demo(
     from studyhall.bridge import FakeProvider, Limit, LLMClient, RateLimiter
     from studyhall.optimizer import MiproLoop, Orchestrator
     from studyhall.optimizer.mipro._simtask import arith_task
+    from studyhall.optimizer.telemetry._artifacts import artifact_dir
 
     if api_key is not None:
         raise fail(
@@ -132,6 +133,7 @@ def demo(
                 task.program, task.metric, instructions=task.instructions, demos=task.demos, valset=task.valset,
                 lm=lm, study=study, storage=orch.storage, minibatch_size=minibatch, seed=seed, workers=workers,
                 concurrency=concurrency, prune=prune, progress=True, trial_timeout=300.0 if workers else None,
+                artifacts=artifact_dir(orch.storage.url),  # the report's figure, for optuna-dashboard
             )
             started = time.monotonic()
             result = loop.run(n_trials=trials)
@@ -228,3 +230,11 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
     console.print(
         f"inspect it:  [bold]optuna-dashboard {safe(url)}[/]   or   studyhall trials {safe(shlex.quote(result.study))} --storage {safe(url)}"
     )
+    from studyhall.optimizer.telemetry._artifacts import artifact_dir
+
+    where = artifact_dir(url)
+    if where is not None and where.is_dir():
+        console.print(
+            f"with the report's figure beside the study:  [bold]studyhall dashboard --storage {safe(url)}[/] "
+            f"(artifacts in {safe(where)})", highlight=False, soft_wrap=True,
+        )

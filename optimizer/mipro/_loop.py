@@ -49,6 +49,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -142,6 +143,8 @@ class MiproLoop:
         callbacks: functions called in this process with a :class:`MiproEvent` after each
             trial (as its round of trials ends, in trial order) and after each full
             evaluation; one may call :meth:`stop`.
+        artifacts: a folder where, at the end of :meth:`run`, the study report's figure is
+            stored as an Optuna artifact for optuna-dashboard (default ``$STUDYHALL_ARTIFACTS``).
         n_trials: the default for :meth:`run` (set by :meth:`auto`).
 
     Example:
@@ -179,6 +182,7 @@ class MiproLoop:
         full_eval_z: float = DEFAULT_Z,
         callbacks: Sequence[Callable[[MiproEvent], Any]] = (),
         n_trials: int = 30,
+        artifacts: str | Path | None = None,
     ) -> None:
         if not callable(program) or not callable(metric):
             raise InvalidRequest("program and metric must be callables: program(example, instruction, demos, lm), metric(example, prediction)")
@@ -213,6 +217,7 @@ class MiproLoop:
         self.prune, self.prune_p, self.max_tokens_total = prune, prune_p, max_tokens_total
         self.trial_timeout, self.retries, self.sampler, self.progress = trial_timeout, retries, sampler, progress
         self.full_eval_z, self.callbacks, self.n_trials = float(full_eval_z), list(callbacks), n_trials
+        self.artifacts = artifacts
         self.budget: Budget | None = None  # what auto() chose, if it made this loop
         self._latencies: list[float] = []
         self._stop = False
@@ -328,7 +333,7 @@ class MiproLoop:
                     break
                 study.optimize(
                     objective, n_trials=k, workers=min(self.workers, k), trial_timeout=self.trial_timeout,
-                    retries=self.retries, space=self.candidates.space(), progress=False,
+                    retries=self.retries, space=self.candidates.space(), progress=False, artifacts=False,
                 )
                 bar.update()
                 self._notify_trials(study, seen)
@@ -353,7 +358,11 @@ class MiproLoop:
                         break
         finally:
             bar.close()
-        return self._result(study, stopped, time.monotonic() - start, skipped)
+        result = self._result(study, stopped, time.monotonic() - start, skipped)
+        from studyhall.optimizer.telemetry._artifacts import attach_if_configured
+
+        attach_if_configured(study, self.artifacts)  # after _result: the figure shows the selection
+        return result
 
     def _notify_trials(self, study: Study, seen: set[int]) -> None:
         """Call the callbacks for each trial finished since the last call, in trial order."""

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -455,6 +456,7 @@ class Study:
         progress: bool = True,
         max_total_trials: int | None = None,
         catch: tuple[type[BaseException], ...] = (Exception,),
+        artifacts: str | Path | None | bool = None,
     ) -> OptimizeReport:
         """Run ``objective`` on trials of this study in ``workers`` subprocesses (0: in this thread).
 
@@ -479,17 +481,23 @@ class Study:
                 has this many finished trials.
             catch: exceptions that fail a trial and let the run go on; any other stops
                 asking, lets the running trials finish, and is raised here.
+            artifacts: a folder for Optuna artifacts: at the end, the study report's figure
+                is stored there for optuna-dashboard (``studyhall dashboard`` finds it);
+                default ``$STUDYHALL_ARTIFACTS`` if set, else none; False: never.
 
         Raises:
             InvalidRequest: a bad argument, or an objective that cannot reach a worker.
             KeyboardInterrupt: after Ctrl-C, once no trial of this call is left RUNNING.
         """
         from studyhall.optimizer.optimize._optimize import optimize
+        from studyhall.optimizer.telemetry._artifacts import attach_if_configured
 
-        return optimize(
+        report = optimize(
             self, objective, n_trials=n_trials, timeout=timeout, workers=workers, trial_timeout=trial_timeout,
             retries=retries, space=space, progress=progress, max_total_trials=max_total_trials, catch=catch,
         )
+        attach_if_configured(self, artifacts)
+        return report
 
 
 def _check_lease(lease_s: float | None) -> float | None:
