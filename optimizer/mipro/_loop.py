@@ -56,6 +56,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from studyhall.bridge import recording
+from studyhall.optimizer import _otel
 from studyhall.optimizer.mipro._candidates import Candidates, labeled_demo_sets
 from studyhall.optimizer.mipro._evaluate import (
     MinibatchObjective,
@@ -416,7 +417,9 @@ class MiproLoop:
         complete = True
         for at in range(0, len(todo), max(1, chunk)):
             part = todo[at : at + chunk]
-            with recording():
+            with recording(_otel.recorder()), _otel.span(
+                "studyhall.full_eval", {"studyhall.study": study.name, **{f"studyhall.param.{k}": v for k, v in params.items()}}
+            ):
                 batch = evaluate_batch(
                     self.program, self.metric, resolve_lm(self.lm), self.valset, part, instruction, demos,
                     concurrency=self.max_in_flight,

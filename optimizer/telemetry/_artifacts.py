@@ -45,15 +45,12 @@ def artifact_dir(url: str | None, given: str | Path | None = None) -> Path | Non
     env = os.environ.get(ARTIFACTS_ENV)
     if env:
         return Path(env)
-    import sqlalchemy as sa
+    from studyhall.optimizer.cli._errors import sqlite_path  # the CLI's reading of a SQLite URL, without SQLAlchemy
 
-    try:
-        parsed = sa.engine.make_url(url or "")
-    except sa.exc.ArgumentError:
+    path = sqlite_path(url or "")
+    if path in (None, "", ":memory:"):
         return None
-    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
-        return None
-    db = Path(parsed.database)
+    db = Path(path)
     return db.with_name(f"{db.stem}-artifacts")
 
 
