@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from studyhall.optimizer import trace
+from studyhall.optimizer import _otel, trace
 from studyhall.storage import InvalidRequest, Storage, StudyhallError
 
 RUN = "workflow.run"
@@ -133,6 +133,10 @@ class Workflow:
             return self._run(input)
 
     def _run(self, input: Any) -> WorkflowResult:
+        with _otel.span(f"workflow {self.name}", {"studyhall.kind": "workflow", "studyhall.workflow": self.name}):
+            return self._run_steps(input)
+
+    def _run_steps(self, input: Any) -> WorkflowResult:
         outer = trace.current()
         run_id = trace._emit(outer, RUN, self.name, {"input": trace.summarize_value(input)}, kind="workflow")
         inside = outer.child(run_id)
@@ -147,7 +151,9 @@ class Workflow:
                 step_token = trace._current.set(inside.child(step_id))
                 t0 = time.perf_counter()
                 try:
-                    out = fn(value)
+                    with _otel.span(f"workflow.step {step_name}", {"studyhall.kind": "workflow.step",
+                                                                   "studyhall.workflow": self.name, "studyhall.step.index": index}):
+                        out = fn(value)
                 except Exception as exc:
                     took = time.perf_counter() - t0
                     error = trace.describe(exc)

@@ -37,7 +37,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from studyhall.optimizer import _optuna, events
+from studyhall.optimizer import _optuna, _otel, events
 from studyhall.optimizer.events._channel import MESSAGE_KEY, send
 from studyhall.optimizer.events._record import check_correlation, record_row, trial_ids
 from studyhall.optimizer.events._steps import TRIAL_STEPS
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 STEP = "trace.step"
 SPAN = "trace.span"
 EVENT_STR = 2000  # longest string kept in an event's data
+_STEP_ATTRS, _SPAN_ATTRS = {"studyhall.kind": "step"}, {"studyhall.kind": "span"}  # OpenTelemetry spans' kinds
 TRACE_STR = 200  # ... and in a ``trace`` user_attr entry
 
 
@@ -162,7 +163,9 @@ def step(name: str, data: Any = None) -> int | str | None:
     Returns the event's id, or None when the trace is kept in memory only.
     """
     s = current()
-    return _emit(s, STEP, name, data, kind="step")
+    event_id = _emit(s, STEP, name, data, kind="step")
+    _otel.step(name, _STEP_ATTRS, data)
+    return event_id
 
 
 @contextlib.contextmanager
@@ -174,7 +177,8 @@ def span(name: str, data: Any = None) -> Iterator[int | str | None]:
     start = time.perf_counter()
     error: str | None = None
     try:
-        yield event_id
+        with _otel.span(name, _SPAN_ATTRS, data):
+            yield event_id
     except BaseException as exc:
         error = describe(exc)
         s.steps.append({"name": name, "error": error[:TRACE_STR]})

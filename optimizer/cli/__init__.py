@@ -4,8 +4,8 @@ Each command module registers itself on the typer app of ``_app.py`` when
 imported; :func:`main` imports them all and runs it. Bad input exits 2 with a
 one-line error, never a traceback::
 
-    studyhall studies | trials NAME | demo | worker NAME | serve | dashboard | report NAME
-              _studies  _trials      _demo  _worker       _serve  _dashboard  _report
+    studyhall studies | trials NAME | compare NAME A B | demo | worker NAME | serve | dashboard | report NAME
+              _studies  _trials      _compare           _demo  _worker       _serve  _dashboard  _report
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import typer
 
 from studyhall.optimizer.cli._app import app, fail
 
-COMMANDS = ("_studies", "_trials", "_demo", "_worker", "_serve", "_dashboard", "_report")  # the order of --help
+COMMANDS = ("_studies", "_trials", "_compare", "_demo", "_worker", "_serve", "_dashboard", "_report")  # the order of --help
 
 
 def main() -> None:

@@ -83,6 +83,7 @@ def demo(
     from studyhall.bridge import FakeProvider, Limit, LLMClient, RateLimiter
     from studyhall.optimizer import MiproLoop, Orchestrator
     from studyhall.optimizer.mipro._simtask import arith_task
+    from studyhall.optimizer.telemetry._artifacts import artifact_dir
 
     if api_key is not None:
         raise fail(
@@ -132,6 +133,7 @@ def demo(
                 task.program, task.metric, instructions=task.instructions, demos=task.demos, valset=task.valset,
                 lm=lm, study=study, storage=orch.storage, minibatch_size=minibatch, seed=seed, workers=workers,
                 concurrency=concurrency, prune=prune, progress=True, trial_timeout=300.0 if workers else None,
+                artifacts=artifact_dir(orch.storage.url),  # the report's figure, for optuna-dashboard
             )
             started = time.monotonic()
             result = loop.run(n_trials=trials)
@@ -160,10 +162,20 @@ def _api_key(env: str, base_url: str) -> str | None:
 
 def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] | None, elapsed: float, url: str) -> None:
     from studyhall.optimizer import summarize
+    from studyhall.optimizer.study._summary import interval_text
 
     console.print()
-    if result.best_full_score is None:
+    sel = st.selection
+    if result.best_full_score is None or sel is None:
         console.print("[yellow]no full evaluation finished; the best minibatch combination is shown[/]")
+    else:  # the study's recorded answer, worded as `studyhall trials`, the report and the dashboard's note word it
+        console.print(f"[bold green]{safe(sel.line())}[/]", highlight=False, soft_wrap=True)
+        best = st.best_trial
+        if best.number != sel.trial:
+            console.print(
+                f"(Optuna's best trial, #{best.number}, has the best minibatch mean, {fmt(best.value)}; the selection "
+                "was scored on the whole valset and is the answer)", highlight=False,
+            )
     console.print(f"[bold]best instruction[/] ({safe(result.best_params)}):  {safe(result.best_instruction)}")
     demos = result.best_demos[0]
     if demos:
@@ -173,12 +185,16 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
     else:
         console.print("[bold]best demos[/]: none (zero-shot)")
 
-    fe = Table("after trial", "params", "full-valset score", "its minibatch mean", "calls", title="full evaluations (kept apart from the trials TPE sees)")
+    fe = Table("after trial", "params", "full-valset score", "95% CI", "its minibatch mean", "calls",
+               title="full evaluations (kept apart from the trials TPE sees; * selected)")
     for f in result.full_evals:
         mark = " *" if f.params == result.best_params else ""
         shown = fmt(f.score) + mark + ("" if f.complete else f" (dropped after {f.n})")
         params = " ".join(f"{fmt(k)}={fmt(v)}" for k, v in f.params.items())
-        fe.add_row(str(f.after_trials), params, shown, fmt(f.minibatch_mean), str(f.llm_calls))
+        scored = [x for x in f.scores if x is not None]
+        ci = summarize(scored) if scored else None
+        fe.add_row(str(f.after_trials), params, shown, interval_text(ci.ci_low, ci.ci_high, ci.ci_method) if ci else "-",
+                   fmt(f.minibatch_mean), str(f.llm_calls))
     console.print(fe)
 
     rows: list[tuple[str, Any]] = []
@@ -214,3 +230,11 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
     console.print(
         f"inspect it:  [bold]optuna-dashboard {safe(url)}[/]   or   studyhall trials {safe(shlex.quote(result.study))} --storage {safe(url)}"
     )
+    from studyhall.optimizer.telemetry._artifacts import artifact_dir
+
+    where = artifact_dir(url)
+    if where is not None and where.is_dir():
+        console.print(
+            f"with the report's figure beside the study:  [bold]studyhall dashboard --storage {safe(url)}[/] "
+            f"(artifacts in {safe(where)})", highlight=False, soft_wrap=True,
+        )

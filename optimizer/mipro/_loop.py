@@ -19,7 +19,8 @@
     │  ──> study user attr "mipro:full_eval:NNN" ──> callbacks
     ├─ token budget checked before each round and each full evaluation
     └─ at the end: full evaluations until no combination can beat the incumbent;
-       _settle() picks the answer (the best full score)
+       _settle() picks the answer (the best full score) ──> study.select(...): the
+       study's selection, shown by the CLI, the report and optuna-dashboard
 
 What TPE sees, and what it does not: every minibatch trial is an ordinary trial
 whose value is its minibatch mean; a pruned trial is PRUNED with its mean so far
@@ -48,12 +49,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from studyhall.bridge import recording
+from studyhall.optimizer import _otel
 from studyhall.optimizer.mipro._candidates import Candidates, labeled_demo_sets
 from studyhall.optimizer.mipro._evaluate import (
     MinibatchObjective,
@@ -141,6 +144,8 @@ class MiproLoop:
         callbacks: functions called in this process with a :class:`MiproEvent` after each
             trial (as its round of trials ends, in trial order) and after each full
             evaluation; one may call :meth:`stop`.
+        artifacts: a folder where, at the end of :meth:`run`, the study report's figure is
+            stored as an Optuna artifact for optuna-dashboard (default ``$STUDYHALL_ARTIFACTS``).
         n_trials: the default for :meth:`run` (set by :meth:`auto`).
 
     Example:
@@ -178,6 +183,7 @@ class MiproLoop:
         full_eval_z: float = DEFAULT_Z,
         callbacks: Sequence[Callable[[MiproEvent], Any]] = (),
         n_trials: int = 30,
+        artifacts: str | Path | None = None,
     ) -> None:
         if not callable(program) or not callable(metric):
             raise InvalidRequest("program and metric must be callables: program(example, instruction, demos, lm), metric(example, prediction)")
@@ -212,6 +218,7 @@ class MiproLoop:
         self.prune, self.prune_p, self.max_tokens_total = prune, prune_p, max_tokens_total
         self.trial_timeout, self.retries, self.sampler, self.progress = trial_timeout, retries, sampler, progress
         self.full_eval_z, self.callbacks, self.n_trials = float(full_eval_z), list(callbacks), n_trials
+        self.artifacts = artifacts
         self.budget: Budget | None = None  # what auto() chose, if it made this loop
         self._latencies: list[float] = []
         self._stop = False
@@ -327,7 +334,7 @@ class MiproLoop:
                     break
                 study.optimize(
                     objective, n_trials=k, workers=min(self.workers, k), trial_timeout=self.trial_timeout,
-                    retries=self.retries, space=self.candidates.space(), progress=False,
+                    retries=self.retries, space=self.candidates.space(), progress=False, artifacts=False,
                 )
                 bar.update()
                 self._notify_trials(study, seen)
@@ -352,7 +359,11 @@ class MiproLoop:
                         break
         finally:
             bar.close()
-        return self._result(study, stopped, time.monotonic() - start, skipped)
+        result = self._result(study, stopped, time.monotonic() - start, skipped)
+        from studyhall.optimizer.telemetry._artifacts import attach_if_configured
+
+        attach_if_configured(study, self.artifacts)  # after _result: the figure shows the selection
+        return result
 
     def _notify_trials(self, study: Study, seen: set[int]) -> None:
         """Call the callbacks for each trial finished since the last call, in trial order."""
@@ -406,7 +417,9 @@ class MiproLoop:
         complete = True
         for at in range(0, len(todo), max(1, chunk)):
             part = todo[at : at + chunk]
-            with recording():
+            with recording(_otel.recorder()), _otel.span(
+                "studyhall.full_eval", {"studyhall.study": study.name, **{f"studyhall.param.{k}": v for k, v in params.items()}}
+            ):
                 batch = evaluate_batch(
                     self.program, self.metric, resolve_lm(self.lm), self.valset, part, instruction, demos,
                     concurrency=self.max_in_flight,
@@ -479,14 +492,24 @@ class MiproLoop:
         attrs = retrying(study.storage.optuna.get_study_user_attrs, study._study_id)
         return [FullEval(**attrs[k]) for k in sorted(attrs) if k.startswith(FULL_EVAL_ATTR)]
 
-    def _settle(self, trials: list[FrozenTrial], fulls: list[FullEval]) -> tuple[dict[str, int], float | None]:
+    def _settle(self, study: Study, trials: list[FrozenTrial], fulls: list[FullEval]) -> tuple[dict[str, int], float | None]:
         """The loop's answer: the combination with the best full score (earliest on ties).
 
-        Without any full evaluation, the best minibatch mean (``best_full_score`` None).
-        This is the one place the loop chooses; everything it returns follows from it.
+        Recorded as the study's selection (``study.select``: params, full-valset score
+        with its interval, n, a trial of the combination), which the CLI, the report
+        and optuna-dashboard show. Without any full evaluation, the best minibatch mean
+        (``best_full_score`` None, nothing selected). This is the one place the loop
+        chooses; everything it returns follows from it.
         """
         best = incumbent(fulls)
         if best is not None:
+            scores = [x for x in best.scores if x is not None]
+            if scores:
+                first = combo_scores(trials).get(combo_key(best.params))
+                study.select(
+                    best.params, scores=scores, trial=first[1] if first else None, source="full evaluation",
+                    full_eval=next(i for i, f in enumerate(fulls) if f is best),
+                )
             return dict(best.params), best.score
         means = combo_means(trials)
         if not means:
@@ -497,7 +520,7 @@ class MiproLoop:
     def _result(self, study: Study, stopped: str, elapsed: float, skipped: int = 0) -> MiproResult:
         trials = finished_trials(study)
         fulls = self.full_evals(study)
-        params, score = self._settle(trials, fulls)
+        params, score = self._settle(study, trials, fulls)
         ins, dem = self.candidates.chosen(params)
         samples = [float(x) for arr in read_study_samples(study.storage, study._study_id, "llm.latency_s").values() for x in arr]
         samples += self._latencies

@@ -222,6 +222,7 @@ class _Run:
             n_objectives=len(self.study.directions),
             services=self.services,
             catch=self.opts.catch,
+            study=self.study.name,
         )
         flight.future = self.backend.submit(job, TrialProxy(trial, self.lock), self._on_start(trial.number))
         return True

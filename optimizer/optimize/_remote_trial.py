@@ -62,9 +62,11 @@ def make_job(
     n_objectives: int,
     services: bytes | None,
     catch: tuple[type[BaseException], ...],
+    study: str = "",
 ) -> dict[str, Any]:
     """The plain-data description of one trial that ``run_trial`` takes."""
     return {
+        "study": study,
         "number": number,
         "objective": objective,
         "params": params,

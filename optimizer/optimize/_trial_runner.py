@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from studyhall.bridge import TaskRecorder, recording, worker_channel
+from studyhall.optimizer import _otel
 from studyhall.optimizer.optimize._evaluation import Evaluation
 
 TRACEBACK_LINES = 20
@@ -164,12 +165,15 @@ def run_trial(job: dict[str, Any], call: Callable[[Any], Any] | None = None) -> 
         channel.send({"studyhall": STARTED, "at": time.time()})
         call = channel.call
     with contextlib.ExitStack() as stack:
-        rec = stack.enter_context(recording())
+        rec = stack.enter_context(recording(_otel.recorder()))  # with OpenTelemetry on: LLM calls as spans too
         if job["services"] is not None:
             from studyhall.optimizer import services  # only when there are services to restore
 
             stack.enter_context(services.restore(_unpickle(job["services"])))
+        # the trial's span: what the objective records (steps, workflows, LLM calls) nests under it
+        span = stack.enter_context(_otel.span("studyhall.trial", _otel.trial_attributes(job)))
         out = _run(job, call, rec)
+        _otel.set_attributes(span, _otel.outcome_attributes(out))
     samples, counters = rec.snapshot()
     for name, xs in samples.items():
         out["metrics"].setdefault(name, []).extend(xs)

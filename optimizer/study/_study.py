@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +35,8 @@ from studyhall.storage._trials import finish_trial, read_trial_metrics, requeue_
 
 if TYPE_CHECKING:
     from studyhall.optimizer.optimize._report import OptimizeReport
+    from studyhall.optimizer.telemetry._compare import Comparison
+    from studyhall.optimizer.telemetry._selection import Selection
     from studyhall.optimizer.telemetry._study import StudyMetrics
 
 SPACE_ATTR = "studyhall:space"
@@ -141,9 +144,54 @@ class Study:
         return study_metrics(self, name)
 
     def trial_metrics(self, number: int) -> dict[str, Summary]:
-        """Every distribution stored for trial ``number`` (``score``, ``llm.latency_s``, ...)."""
+        """Every distribution stored for trial ``number`` (``score``, ``llm.latency_s``, ...), with the mean's 95% CI."""
         rows = read_trial_metrics(self.storage, self._trial_id(number))
         return {name: Summary.from_dict(row) for name, row in rows.items()}
+
+    def compare(self, a: int | str, b: int | str, metric: str = "score") -> Comparison:
+        """Is A better than B? The mean difference of ``metric``, its 95% interval and a p-value.
+
+        ``a``/``b``: trial numbers, ``"full:N"`` (MiproLoop's Nth full evaluation) or
+        ``"selected"``. Where both scored the same examples (by example id, else by
+        position when n is equal) a paired t-test on the per-example differences;
+        otherwise Welch's unpaired t-test, and ``note`` says the examples differ.
+
+        Example:
+            >>> print(study.compare(14, 22))  # doctest: +SKIP
+            trial 14 - trial 22: score 0.9 - 0.8333 = +0.06667, 95% CI [-0.1, +0.23], p = 0.42 (paired t-test, ...
+        """
+        from studyhall.optimizer.telemetry._compare import compare
+
+        return compare(self, a, b, metric)
+
+    def select(
+        self,
+        params: Mapping[str, Any],
+        *,
+        scores: Sequence[float] | np.ndarray | Summary,
+        trial: int | None = None,
+        source: str = "",
+        full_eval: int | None = None,
+        metric: str = "score",
+    ) -> Selection:
+        """Record ``params`` as the study's answer, chosen by something other than the trial values.
+
+        ``scores``: the per-example scores it was chosen on (or their Summary), kept as
+        mean, 95% interval and n; ``trial``: a trial with these params. Stored in the
+        study user attr ``studyhall:selection`` and shown at the top of the study's
+        optuna-dashboard note; ``studyhall studies``/``trials``/``report`` show it too.
+        MiproLoop calls this with its best full evaluation.
+        """
+        from studyhall.optimizer.telemetry._selection import select
+
+        return select(self, params, scores=scores, trial=trial, source=source, full_eval=full_eval, metric=metric)
+
+    @property
+    def selection(self) -> Selection | None:
+        """The study's recorded answer (:meth:`select`), or None; may differ from ``best_trial``, a minibatch's best."""
+        from studyhall.optimizer.telemetry._selection import selection
+
+        return selection(self)
 
     # ---- ask ---------------------------------------------------------------------------
 
@@ -408,6 +456,7 @@ class Study:
         progress: bool = True,
         max_total_trials: int | None = None,
         catch: tuple[type[BaseException], ...] = (Exception,),
+        artifacts: str | Path | None | bool = None,
     ) -> OptimizeReport:
         """Run ``objective`` on trials of this study in ``workers`` subprocesses (0: in this thread).
 
@@ -432,17 +481,23 @@ class Study:
                 has this many finished trials.
             catch: exceptions that fail a trial and let the run go on; any other stops
                 asking, lets the running trials finish, and is raised here.
+            artifacts: a folder for Optuna artifacts: at the end, the study report's figure
+                is stored there for optuna-dashboard (``studyhall dashboard`` finds it);
+                default ``$STUDYHALL_ARTIFACTS`` if set, else none; False: never.
 
         Raises:
             InvalidRequest: a bad argument, or an objective that cannot reach a worker.
             KeyboardInterrupt: after Ctrl-C, once no trial of this call is left RUNNING.
         """
         from studyhall.optimizer.optimize._optimize import optimize
+        from studyhall.optimizer.telemetry._artifacts import attach_if_configured
 
-        return optimize(
+        report = optimize(
             self, objective, n_trials=n_trials, timeout=timeout, workers=workers, trial_timeout=trial_timeout,
             retries=retries, space=space, progress=progress, max_total_trials=max_total_trials, catch=catch,
         )
+        attach_if_configured(self, artifacts)
+        return report
 
 
 def _check_lease(lease_s: float | None) -> float | None:

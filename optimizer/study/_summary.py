@@ -1,12 +1,23 @@
 """Distributions, not means: ``summarize(samples) -> Summary``.
 
 A Summary is n, mean, std (population, ddof=0), min, p50, p90, p99 (numpy's
-linear interpolation), max and a histogram of at most 20 equal-width bins.
+linear interpolation), max and a histogram of at most 20 equal-width bins, and
+how sure the mean is: its standard error ``sem`` (sample std, ddof=1, over
+sqrt(n)) and a 95% confidence interval [``ci_low``, ``ci_high``]:
+
+- ``ci_method == "wilson"`` when every sample is 0 or 1 (pass/fail scores): the
+  Wilson score interval, which stays inside [0, 1] and is not degenerate at 0/n
+  or n/n, unlike the normal approximation;
+- ``ci_method == "t"`` otherwise: Student's t interval, mean ± t(0.975, n-1)·sem.
+
+n = 1 or all-equal samples give a degenerate but finite interval (sem 0; the
+Wilson interval of a single 0 or 1 is still wide, as it should be).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +28,29 @@ from studyhall.storage import InvalidRequest
 
 MAX_BINS = 20
 FIELDS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
+INTERVAL_FIELDS = ("sem", "ci_low", "ci_high")
+"""The mean's uncertainty, beside FIELDS in as_dict() and in the ``name.sem``-style user_attrs."""
+Z95 = 1.959963984540054  # the normal distribution's 0.975 quantile
+_MAX = sys.float_info.max
+# Student's t 0.975 quantiles for 1-30 degrees of freedom (scipy.stats.t.ppf); beyond 30 the
+# Cornish-Fisher expansion in _t975 is within 4e-8 of them, with no scipy import on tell's path.
+_T975 = (
+    12.7062047362, 4.3026527297, 3.1824463053, 2.7764451052, 2.5705818356, 2.4469118511, 2.3646242516,
+    2.3060041352, 2.2621571628, 2.228138852, 2.2009851601, 2.1788128297, 2.1603686565, 2.1447866879,
+    2.1314495456, 2.1199052992, 2.1098155778, 2.1009220402, 2.0930240544, 2.0859634473, 2.0796138447,
+    2.0738730679, 2.0686576104, 2.0638985616, 2.0595385528, 2.0555294386, 2.0518305165, 2.0484071418,
+    2.0452296421, 2.0422724563,
+)
 
 
 @dataclass(frozen=True)
 class Summary:
-    """The distribution of one metric: count, moments, quantiles and a histogram."""
+    """The distribution of one metric: count, moments, quantiles, a histogram and the mean's 95% interval.
+
+    ``sem``, ``ci_low``, ``ci_high`` and ``ci_method`` (``"wilson"`` for 0/1 samples,
+    ``"t"`` otherwise) are derived from the others when not given, so a Summary
+    built from the eight statistics alone (an older storage row) has them too.
+    """
 
     n: int
     mean: float
@@ -32,23 +61,35 @@ class Summary:
     p99: float
     max: float
     histogram: list[tuple[float, float, int]] = field(default_factory=list)
+    sem: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    ci_method: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.ci_method and self.n > 0:
+            sem, lo, hi, method = mean_interval(self.n, self.mean, self.std, _looks_binary(self))
+            for k, v in (("sem", sem), ("ci_low", lo), ("ci_high", hi), ("ci_method", method)):
+                object.__setattr__(self, k, v)
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-ready data (histogram as [lo, hi, count] lists)."""
         # Built by hand: dataclasses.asdict deep-copies, and tell() calls this per metric.
         d: dict[str, Any] = {k: getattr(self, k) for k in FIELDS}
         d["histogram"] = [list(b) for b in self.histogram]
+        d["sem"], d["ci_low"], d["ci_high"], d["ci_method"] = self.sem, self.ci_low, self.ci_high, self.ci_method
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Summary:
-        """Rebuild a Summary from :meth:`as_dict` output or a storage row."""
+        """Rebuild a Summary from :meth:`as_dict` output or a storage row (the interval derived if absent)."""
         hist = [(float(lo), float(hi), int(c)) for lo, hi, c in d.get("histogram") or []]
-        return cls(
-            n=int(d["n"]),
-            **{k: float(d[k]) if d[k] is not None else math.nan for k in FIELDS[1:]},
-            histogram=hist,
-        )
+        extra: dict[str, Any] = {}
+        if d.get("ci_method"):
+            extra = {k: float(d[k]) if d.get(k) is not None else math.nan for k in INTERVAL_FIELDS}
+            extra["ci_method"] = str(d["ci_method"])
+        stats: dict[str, Any] = {k: float(d[k]) if d[k] is not None else math.nan for k in FIELDS[1:]}
+        return cls(n=int(d["n"]), **stats, histogram=hist, **extra)
 
 
 def as_array(samples: Iterable[float], what: str = "samples") -> np.ndarray:
@@ -88,7 +129,8 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
     mean = float(scaled.sum()) / n  # the same pairwise sums as numpy's mean and std
     dev = scaled - mean
     std = math.sqrt(float((dev * dev).sum()) / n)
-    nbins = max(1, min(bins, 1 + int(np.count_nonzero(srt[1:] != srt[:-1]))))
+    distinct = 1 + int(np.count_nonzero(srt[1:] != srt[:-1]))
+    nbins = max(1, min(bins, distinct))
     if hi > lo:  # np.linspace(lo, hi, nbins + 1), without its per-call checks
         steps = _STEPS[nbins] if nbins <= MAX_BINS else np.arange(nbins + 1, dtype=np.float64)
         width = hi - lo
@@ -104,7 +146,58 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
     cuts = [0, *np.searchsorted(srt, edges[1:-1], side="left").tolist(), n]
     e = edges.tolist()
     hist = [(e[i], e[i + 1], cuts[i + 1] - cuts[i]) for i in range(len(e) - 1)]
-    return Summary(n=n, mean=mean * scale, std=std * scale, min=lo, p50=p50, p90=p90, p99=p99, max=hi, histogram=hist)
+    mean, std = mean * scale, std * scale
+    binary = distinct <= 2 and lo in (0.0, 1.0) and hi in (0.0, 1.0)  # at most two distinct values, both 0 or 1
+    sem, ci_low, ci_high, method = mean_interval(n, mean, std, binary)
+    return Summary(n=n, mean=mean, std=std, min=lo, p50=p50, p90=p90, p99=p99, max=hi, histogram=hist,
+                   sem=sem, ci_low=ci_low, ci_high=ci_high, ci_method=method)
+
+
+def mean_interval(n: int, mean: float, std: float, binary: bool) -> tuple[float, float, float, str]:
+    """(sem, ci_low, ci_high, method) of the mean of ``n`` samples with population std ``std``.
+
+    ``binary``: the samples are all 0 or 1, so the Wilson score interval; else Student's t.
+    Always finite for finite inputs (bounds beyond the float range are clamped to it).
+
+    Example:
+        >>> [round(x, 3) for x in mean_interval(30, 0.9, 0.3, True)[1:3]]
+        [0.744, 0.965]
+    """
+    if n <= 0 or not math.isfinite(mean) or not math.isfinite(std):
+        return math.nan, math.nan, math.nan, ""
+    sem = std / math.sqrt(n - 1) if n > 1 else 0.0  # the sample std (ddof=1) over sqrt(n)
+    if binary:
+        p, z2n = min(1.0, max(0.0, mean)), Z95 * Z95 / n
+        center = (p + z2n / 2) / (1 + z2n)
+        half = Z95 * math.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
+        return sem, max(0.0, center - half), min(1.0, center + half), "wilson"
+    half = _t975(n - 1) * sem if n > 1 else 0.0
+    return sem, _clamp(mean - half), _clamp(mean + half), "t"
+
+
+def _t975(df: int) -> float:
+    """Student's t 0.975 quantile with ``df`` degrees of freedom."""
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z, z2 = Z95, Z95 * Z95  # Cornish-Fisher: the normal quantile plus terms in 1/df
+    return z + z * (
+        (z2 + 1) / (4 * df)
+        + (5 * z2 * z2 + 16 * z2 + 3) / (96 * df**2)
+        + ((3 * z2 + 19) * z2 * z2 + 17 * z2 - 15) / (384 * df**3)
+        + (((79 * z2 + 776) * z2 + 1482) * z2 * z2 - 1920 * z2 - 945) / (92160 * df**4)
+    )
+
+
+def _clamp(x: float) -> float:
+    # mean ± t·sem of samples near the float limit can leave the float range: a bound stays finite.
+    return _MAX if x > _MAX else -_MAX if x < -_MAX else x
+
+
+def _looks_binary(s: Summary) -> bool:
+    """Whether a Summary given without its interval summarises 0/1 samples (from its min, max and bins)."""
+    if s.min not in (0.0, 1.0) or s.max not in (0.0, 1.0):
+        return False
+    return s.min == s.max or len(s.histogram) == 2  # two bins from 0 to 1: exactly two distinct values
 
 
 _STEPS = [np.arange(k + 1, dtype=np.float64) for k in range(MAX_BINS + 1)]
@@ -123,5 +216,13 @@ def _quantile(srt: np.ndarray, q: float) -> float:
 
 
 def summary_attrs(name: str, s: Summary) -> dict[str, float | int]:
-    """The flat ``name.p50``-style user_attrs that optuna-dashboard shows for a summary."""
-    return {f"{name}.{k}": getattr(s, k) for k in FIELDS}
+    """The flat ``name.p50``-style user_attrs that optuna-dashboard shows for a summary (``name.ci_low`` too)."""
+    return {f"{name}.{k}": getattr(s, k) for k in (*FIELDS, *INTERVAL_FIELDS)}
+
+
+def interval_text(low: Any, high: Any, method: Any = None) -> str:
+    """``[0.744, 0.965] (Wilson)``: a 95% interval as the note, the CLI and the report print it."""
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or math.isnan(low) or math.isnan(high):
+        return "-"
+    how = {"wilson": " (Wilson)", "t": " (t)"}.get(str(method), "")
+    return f"[{low:.3g}, {high:.3g}]{how}"

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from studyhall.optimizer.events._steps import trial_steps
-from studyhall.optimizer.study._summary import FIELDS
+from studyhall.optimizer.study._summary import FIELDS, interval_text
 from studyhall.storage._notes import note_writer
 
 if TYPE_CHECKING:
@@ -41,10 +41,11 @@ def before_tell(
 
 def trial_note(number: int, rows: Sequence[tuple[str, Mapping[str, Any], Any]], attrs: Mapping[str, Any]) -> str:
     """The markdown note optuna-dashboard shows for a trial: its distributions as a table."""
-    lines = [f"### Trial {number}: distributions", "", "| metric | " + " | ".join(FIELDS) + " |",
-             "|---" * (len(FIELDS) + 1) + "|"]
+    lines = [f"### Trial {number}: distributions", "", "| metric | " + " | ".join(FIELDS) + " | sem | mean, 95% CI |",
+             "|---" * (len(FIELDS) + 3) + "|"]
     for name, summary, _ in rows:
         cells = [_cell(summary.get(k)) for k in FIELDS]
+        cells += [_cell(summary.get("sem")), interval_text(summary.get("ci_low"), summary.get("ci_high"), summary.get("ci_method"))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     totals = {k: v for k, v in attrs.items() if k.startswith("llm.") and not any(k.startswith(n + ".") for n, _, _ in rows)}
     if totals:

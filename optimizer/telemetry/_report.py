@@ -3,6 +3,7 @@
 ::
 
     study.metrics(name) ─┬─ per-trial samples ──> box strips, best trials highlighted
+                         ├─ per-trial means ────> interval bars (the mean's 95% CI)
                          ├─ pooled llm.latency_s ─> histogram with p50 / p90 / p99
                          └─ trial values ────────> value by trial number, best so far
     .png: the figure       .html: the figure as base64 plus the summary tables
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from studyhall.optimizer.study._summary import FIELDS, Summary
+from studyhall.optimizer.study._summary import FIELDS, Summary, interval_text
 from studyhall.optimizer.telemetry._registry import LATENCY
 from studyhall.optimizer.telemetry._study import StudyMetrics
 from studyhall.storage import InvalidRequest
@@ -30,11 +31,12 @@ from studyhall.storage._trials import read_study_samples
 
 if TYPE_CHECKING:
     from studyhall.optimizer.study._study import Study
+    from studyhall.optimizer.telemetry._selection import Selection
 
 MAX_TRIALS = 60  # box strips on one axis before they become unreadable
 N_BEST = 3
 MAX_LEVELS = 6  # at most this many distinct scores: plot shares, not boxes
-BEST_COLOR, OTHER_COLOR = "#d95f02", "#7570b3"
+BEST_COLOR, OTHER_COLOR, SELECTED_COLOR = "#d95f02", "#7570b3", "#1b9e77"
 
 
 def render_report(study: Study, out: str | Path, name: str = "score", max_trials: int = MAX_TRIALS) -> Path:
@@ -83,11 +85,13 @@ def render_png(study: Study, metrics: StudyMetrics, max_trials: int = MAX_TRIALS
     samples = {n: x for n, x in samples.items() if x.size}
     latency = read_study_samples(study.storage, study._study_id, LATENCY)
     best = _best_numbers(study, N_BEST)
-    fig = Figure(figsize=(12, 9), dpi=100, layout="constrained")
+    fig = Figure(figsize=(12, 12), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplot_mosaic([["box", "box"], ["lat", "val"]])
-    ax_box, ax_lat, ax_val = axes["box"], axes["lat"], axes["val"]
-    fig.suptitle(f"study {study.name}: {metrics.n_trials} trials, {metrics.n_complete} complete")
+    axes = fig.subplot_mosaic([["box", "box"], ["ci", "ci"], ["lat", "val"]], height_ratios=[1.0, 0.8, 1.0])
+    ax_box, ax_ci, ax_lat, ax_val = axes["box"], axes["ci"], axes["lat"], axes["val"]
+    sel = study.selection
+    title = f"study {study.name}: {metrics.n_trials} trials, {metrics.n_complete} complete"
+    fig.suptitle(title + (f"\n{sel.line()}" if sel else ""))
 
     numbers = _pick(sorted(samples), best, max_trials)
     if numbers:
@@ -96,6 +100,11 @@ def render_png(study: Study, metrics: StudyMetrics, max_trials: int = MAX_TRIALS
             ax_box.set_title(ax_box.get_title() + f"\n{len(numbers)} of {len(samples)} trials shown: the best and the latest")
     else:
         _empty(ax_box, f"no per-example {metrics.name!r} samples yet: tell trials with scores=[...]")
+    if numbers:
+        _interval_bars(ax_ci, [metrics.per_trial[n] for n in numbers], numbers, best, metrics.name,
+                       sel if sel is not None and sel.metric == metrics.name else None)
+    else:
+        _empty(ax_ci, f"no per-trial {metrics.name!r} means yet")
 
     pooled = [x for x in latency.values() if x.size]
     if pooled:
@@ -154,6 +163,38 @@ def _score_strips(ax: Any, data: list[np.ndarray], numbers: list[int], best: lis
     ax.set_xlabel("trial")
 
 
+def _interval_bars(
+    ax: Any, summaries: list[Summary], numbers: list[int], best: list[int], name: str, sel: Selection | None = None
+) -> None:
+    """Each trial's mean with its 95% interval: overlapping bars are trials the data cannot tell apart.
+
+    The selection's score and interval (on its own, usually larger, set of examples) is a green band.
+    """
+    xs = np.arange(len(numbers))
+    means = np.array([s.mean for s in summaries])
+    lows = np.array([s.ci_low for s in summaries])
+    highs = np.array([s.ci_high for s in summaries])
+    colors = [BEST_COLOR if n in best else OTHER_COLOR for n in numbers]
+    ax.vlines(xs, lows, highs, colors=colors, linewidth=2.5, alpha=0.8)
+    ax.scatter(xs, means, color=colors, s=18, zorder=3)
+    methods = sorted({s.ci_method for s in summaries if s.ci_method})
+    how = " and ".join({"wilson": "Wilson", "t": "t"}.get(m, m) for m in methods)
+    ax.set_title(f"mean {name} by trial with its 95% confidence interval ({how}); overlapping bars: not distinguishable")
+    ax.set_ylabel(f"mean {name}")
+    if sel is not None:
+        ax.axhspan(sel.ci_low, sel.ci_high, color=SELECTED_COLOR, alpha=0.15)
+        ax.axhline(sel.score, color=SELECTED_COLOR, label=f"selected (trial {sel.trial}): {sel.score:.3g} on {sel.n} examples")
+        if sel.trial in numbers:
+            i = numbers.index(sel.trial)
+            ax.scatter([xs[i]], [means[i]], s=120, facecolors="none", edgecolors=SELECTED_COLOR, linewidths=2, zorder=4)
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xticks(xs, [str(n) for n in numbers])
+    if len(numbers) > 25:
+        ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    ax.set_xlim(-0.6, len(numbers) - 0.4)
+    ax.set_xlabel("trial")
+
+
 def _colors(n: int) -> list[Any]:
     from matplotlib import colormaps
 
@@ -200,18 +241,36 @@ def _fmt(v: float | int) -> str:
     return str(v)
 
 
+def _selection_html(study: Study) -> str:
+    """The study's selected answer (and how it differs from the best trial), or nothing."""
+    sel = study.selection
+    if sel is None:
+        return ""
+    return (
+        f'<h2>Selected answer</h2><p class="selection"><b>{html.escape(sel.line())}</b></p>'
+        "<p>The <i>best trials</i> below rank trials by their value (the mean over a minibatch); the selected "
+        "answer was chosen on more examples (its interval is over those) and is the study's answer.</p>"
+    )
+
+
 def _html(study: Study, metrics: StudyMetrics, png: bytes) -> str:
-    head = "".join(f"<th>{k}</th>" for k in ("", *FIELDS))
+    head = "".join(f"<th>{k}</th>" for k in ("", *FIELDS, "sem", "mean, 95% CI"))
     body = []
     for label, s in summary_rows(metrics):
-        cells = "".join(f"<td>{_fmt(getattr(s, k))}</td>" for k in FIELDS) if s else f"<td colspan={len(FIELDS)}>-</td>"
+        if s:
+            cells = "".join(f"<td>{_fmt(getattr(s, k))}</td>" for k in (*FIELDS, "sem"))
+            cells += f"<td>{html.escape(interval_text(s.ci_low, s.ci_high, s.ci_method))}</td>"
+        else:
+            cells = f"<td colspan={len(FIELDS) + 2}>-</td>"
         body.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
     best_rows = []
     for n in _best_numbers(study, 10):
         t = study.trial(n)
         s = metrics.per_trial.get(n)
         params = ", ".join(f"{k}={v}" for k, v in t.params.items())
-        stats = "".join(f"<td>{_fmt(getattr(s, k))}</td>" for k in ("n", "mean", "p50", "p90")) if s else "<td colspan=4>-</td>"
+        stats = "".join(f"<td>{_fmt(getattr(s, k))}</td>" for k in ("n", "mean")) if s else "<td colspan=3>-</td>"
+        if s:
+            stats += f"<td>{html.escape(interval_text(s.ci_low, s.ci_high, s.ci_method))}</td>"
         value = ", ".join(_fmt(v) for v in (t.values or []))
         best_rows.append(f"<tr><td>{n}</td><td>{value}</td>{stats}<td>{html.escape(params)}</td></tr>")
     img = base64.b64encode(png).decode("ascii")
@@ -223,10 +282,11 @@ def _html(study: Study, metrics: StudyMetrics, png: bytes) -> str:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:100%}}</style></head>
 <body><h1>{title}</h1>
 <p>{metrics.n_trials} trials, {metrics.n_complete} complete; directions: {", ".join(study.directions)}</p>
+{_selection_html(study)}
 <h2>Study summary</h2>
 <table><tr>{head}</tr>{"".join(body)}</table>
 <h2>Best trials</h2>
-<table><tr><th>#</th><th>value</th><th>{name} n</th><th>mean</th><th>p50</th><th>p90</th><th>params</th></tr>{"".join(best_rows)}</table>
+<table><tr><th>#</th><th>value</th><th>{name} n</th><th>mean</th><th>95% CI</th><th>params</th></tr>{"".join(best_rows)}</table>
 <img alt="per-trial {name} distributions and LLM latency" src="data:image/png;base64,{img}">
 </body></html>
 """

@@ -52,7 +52,8 @@ def test_studies_and_trials_as_json_and_tables(sqlite_url, study_name):
     table = run("trials", study_name, "--storage", sqlite_url)
     assert table.returncode == 0, table.stderr
     header = next(line for line in table.stdout.splitlines() if "state" in line)
-    assert "p90" in header and "lat p50 s" in header
+    assert "p90" in header and "lat p50 s" in header and "score mean [95% CI]" in header
+    assert "0.75 [0.301, 0.954]" in table.stdout  # 3 of 4: the mean and its Wilson interval
     assert "provider down" in table.stdout
     assert study_name in run("studies", "--storage", sqlite_url).stdout
 

@@ -142,3 +142,19 @@ def test_a_failed_trial_told_by_hand_gets_its_trace(sqlite_url, study_name):
     assert [s["data"]["i"] for s in frozen.user_attrs["trace"]] == list(range(5, 25))
     assert len(events.query(study.storage, trial=t)) == 25
     assert events.trial_steps(t.trial_id) == []  # told: the buffer is gone
+
+
+def test_each_summary_carries_its_interval_to_attrs_note_and_metrics(sqlite_url, study_name):
+    study = Orchestrator(sqlite_url).create_study(study_name, direction="maximize")
+    t = study.ask(SPACE)
+    study.tell(t, scores=[1.0] * 27 + [0.0] * 3, metrics={"llm.latency_s": [0.5, 1.5, 1.0]})
+    attrs = study.trial(t.number).user_attrs
+    assert (round(attrs["score.ci_low"], 3), round(attrs["score.ci_high"], 3)) == (0.744, 0.965)
+    assert attrs["score.sem"] == pytest.approx(np.std([1.0] * 27 + [0.0] * 3, ddof=1) / np.sqrt(30))
+    assert attrs["llm.latency_s.ci_low"] == pytest.approx(1.0 - 4.302652729 * 0.5 / np.sqrt(3))
+    note = optuna_dashboard.get_note(optuna.Trial(study.optuna, t.trial_id))
+    assert "[0.744, 0.965] (Wilson)" in note and "(t)" in note
+    stored = study.trial_metrics(t.number)["score"]  # rebuilt from the storage row
+    pooled = study.metrics().per_trial[t.number]
+    assert (stored.ci_low, stored.ci_high, stored.ci_method) == (pooled.ci_low, pooled.ci_high, "wilson")
+    assert stored.ci_low == attrs["score.ci_low"]

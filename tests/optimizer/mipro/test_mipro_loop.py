@@ -261,6 +261,8 @@ def test_demo_command_fresh_then_resumed(sqlite_url: str) -> None:
     assert first.exit_code == 0, first.output
     assert "best instruction" in first.output and f"optuna-dashboard {sqlite_url}" in first.output
     assert "429s (retried)" in first.output and "latency p50" in first.output
+    sel = Orchestrator(sqlite_url).load_study("demo").selection
+    assert sel is not None and sel.line() in first.output  # the demo's answer is the study's recorded selection
     resumed = CliRunner().invoke(app, ["demo", "--trials", "5", "--resume", *small])
     assert resumed.exit_code == 0, resumed.output
     assert len(Orchestrator(sqlite_url).load_study("demo").trials()) == 6  # 5 search trials and the baseline
