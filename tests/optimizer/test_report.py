@@ -62,7 +62,9 @@ def test_the_report_command(study, tmp_path):
     out = tmp_path / "report.html"
     res = runner.invoke(app, ["report", study.name, "--storage", study.storage.url, "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout) == {"study": study.name, "out": str(out), "bytes": out.stat().st_size}
+    assert json.loads(res.stdout) == {
+        "study": study.name, "out": str(out), "bytes": out.stat().st_size, "artifacts": [], "artifact_dir": None
+    }
     bad = runner.invoke(app, ["report", study.name, "--storage", study.storage.url, "--out", str(tmp_path / "x.txt")])
     assert bad.exit_code == 2 and "error:" in bad.output
     missing = runner.invoke(app, ["report", "no-such-study", "--storage", study.storage.url])
