@@ -108,7 +108,6 @@ def test_compare_command(sqlite_url, study_name):
 
 
 def test_select_and_read_back_on_every_backend(storage_url, study_name):
-    from studyhall.optimizer.cli._studies import studies  # noqa: F401 - the command reads every study's selection
     from studyhall.optimizer.telemetry._selection import SELECTION_ATTR
     from studyhall.storage._study_attrs import study_user_attr_by_name
 
