@@ -8,11 +8,13 @@ screenshot it takes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import urllib.request
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
@@ -71,7 +73,10 @@ def test_demo_telemetry_is_visible_in_optuna_dashboard(tmp_path: Path) -> None:
 
     study = Orchestrator(url).load_study("demo")
     best = study.best_trial
-    assert "score.p90" in best.user_attrs
+    assert "score.p90" in best.user_attrs and "score.ci_low" in best.user_attrs
+    sel = study.selection
+    assert sel is not None and sel.line() in demo.stdout  # the demo prints the study's recorded selection
+    assert any((tmp_path / "studyhall-artifacts").iterdir())  # the report's figure, beside the database
 
     port = _free_port()
     dash = subprocess.Popen(
@@ -92,6 +97,22 @@ def test_demo_telemetry_is_visible_in_optuna_dashboard(tmp_path: Path) -> None:
         assert "score.p90" in html and "llm.latency_s.p90" in html
         assert f"Trial {best.number}: distributions" in html
         assert "mipro.0_instruction" in html
+
+        # the selection: a study note on the study's note page, and the selected trial's note says so
+        note = _browse(["--dump-dom", f"{base}/dashboard/studies/{study._study_id}/note"], tmp_path / "profile-note")
+        assert note.returncode == 0, note.stderr[-2000:]
+        assert "Selected answer" in note.stdout and html_escape(sel.line()) in note.stdout
+        chosen = _browse(["--dump-dom", f"{base}/dashboard/studies/{study._study_id}/trials?numbers={sel.trial}"],
+                         tmp_path / "profile-chosen")
+        assert "This combination is the study" in chosen.stdout
+
+        # the report's figure as a study artifact: an <img> on the study page whose source is a PNG
+        top = _browse(["--dump-dom", f"{base}/dashboard/studies/{study._study_id}"], tmp_path / "profile-top")
+        assert top.returncode == 0, top.stderr[-2000:]
+        img = re.search(r'<img[^>]*alt="studyhall-report.png"[^>]*src="(/artifacts/[^"]+)"', top.stdout)
+        assert img is not None, "the study page shows no studyhall-report.png artifact"
+        with urllib.request.urlopen(base + img.group(1), timeout=10) as resp:  # noqa: S310 - loopback only
+            assert resp.read(8) == b"\x89PNG\r\n\x1a\n"
 
         shot = tmp_path / "dashboard.png"
         png = _browse(["--window-size=1400,1100", f"--screenshot={shot}", page], tmp_path / "profile-shot")

@@ -26,8 +26,8 @@ def _scored(objective_trial):  # type: ignore[no-untyped-def]
     return [1.0 if i / 10 < x else 0.0 for i in range(10)]
 
 
-def test_the_report_is_one_study_artifact_rewritten_in_place(sqlite_url, study_name, tmp_path):
-    study = Orchestrator(sqlite_url).create_study(study_name, direction="maximize")
+def test_the_report_is_one_study_artifact_rewritten_in_place(storage_url, study_name, tmp_path):
+    study = Orchestrator(storage_url).create_study(study_name, direction="maximize")
     for scores in ([1, 0, 1, 1], [0, 0, 1, 0]):
         study.tell(study.ask(SPACE), scores=scores)
     where = tmp_path / "arts"

@@ -23,8 +23,8 @@ def _tell(study, scores, **attrs):  # type: ignore[no-untyped-def]
     return t.number
 
 
-def test_paired_comparison_matches_scipy_ttest_rel(sqlite_url, study_name):
-    study = Orchestrator(sqlite_url).create_study(study_name, direction="maximize")
+def test_paired_comparison_matches_scipy_ttest_rel(storage_url, study_name):
+    study = Orchestrator(storage_url).create_study(study_name, direction="maximize")
     rng = np.random.default_rng(0)
     a = (rng.random(30) < 0.9).astype(float)
     b = np.where(rng.random(30) < 0.8, a, 1 - a)
@@ -105,3 +105,16 @@ def test_compare_command(sqlite_url, study_name):
     assert "not distinguishable at 95%" in out.stdout and "paired by position" in out.stdout
     doc = json.loads(run(str(ta), str(tb), "--json").stdout)
     assert doc["paired"] is True and doc["n"] == 30 and doc["significant"] is False
+
+
+def test_select_and_read_back_on_every_backend(storage_url, study_name):
+    from studyhall.optimizer.telemetry._selection import SELECTION_ATTR
+    from studyhall.storage._study_attrs import study_user_attr_by_name
+
+    study = Orchestrator(storage_url).create_study(study_name, direction="maximize")
+    t = _tell(study, [1, 0, 1, 1])
+    sel = study.select({"x": 0.5}, scores=[1.0] * 27 + [0.0] * 3, trial=t, source="a check")
+    assert study.selection == sel and (round(sel.ci_low, 3), round(sel.ci_high, 3)) == (0.744, 0.965)
+    assert study_user_attr_by_name(study.storage, SELECTION_ATTR)[study_name] == sel.as_dict()
+    with pytest.raises(TrialNotFound):
+        study.select({"x": 0.5}, scores=[1.0], trial=42)
