@@ -39,6 +39,20 @@ class TaskRecorder:
         with self._lock:
             self.counters[name] = self.counters.get(name, 0.0) + amount
 
+    def llm_call(self, model: str, latency_s: float, prompt_tokens: int, completion_tokens: int, attempts: int,
+                 finish_reason: str | None = None) -> None:
+        """Record one answered LLM call: its latency and tokens as samples, its tokens and retries as totals.
+
+        Subclasses that export calls elsewhere (OpenTelemetry spans) extend this one hook.
+        """
+        self.observe("llm.latency_s", latency_s)
+        self.observe("llm.prompt_tokens", prompt_tokens)
+        self.observe("llm.completion_tokens", completion_tokens)
+        self.observe("llm.attempts", attempts)
+        self.add("llm.tokens", prompt_tokens + completion_tokens)
+        if attempts > 1:
+            self.add("llm.retries", attempts - 1)
+
     def snapshot(self) -> tuple[dict[str, list[float]], dict[str, float]]:
         """Copies of the samples and counters, safe to pickle while threads still record."""
         with self._lock:

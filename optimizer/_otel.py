@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -147,35 +146,22 @@ def outcome_attributes(out: Mapping[str, Any]) -> dict[str, Any]:
 class OtelRecorder(TaskRecorder):
     """A trial's recorder that also makes a GenAI span of each LLM call reported on it.
 
-    bridge reports an answered call as ``observe("llm.latency_s")``, the tokens and, last,
-    ``observe("llm.attempts")``, all from the calling thread; the span ends there, started
-    ``latency_s`` earlier, as a child of that thread's current span (the trial's).
+    bridge reports an answered call through :meth:`TaskRecorder.llm_call` from the calling
+    thread; the span ends there, started ``latency_s`` earlier, as a child of that
+    thread's current span (the trial's).
     """
 
     def __init__(self, tracer: Any) -> None:
         super().__init__()
         self._tracer = tracer
-        self._pending = threading.local()
 
-    def observe(self, name: str, value: float) -> None:
-        """Record the sample; the last sample of an LLM call ends its span."""
-        super().observe(name, value)
-        if not name.startswith("llm."):
-            return
-        if name == "llm.latency_s":
-            # The Completion being reported, from bridge's reporting frame (ChatCall._record's local):
-            # its model names the span. Without it the span still has the tokens and latency.
-            caller = sys._getframe(1).f_locals.get("completion")
-            self._pending.call = {"latency_s": value, "model": getattr(caller, "model", None),
-                                  "finish_reason": getattr(caller, "finish_reason", None)}
-            return
-        call = getattr(self._pending, "call", None)
-        if call is None:
-            return
-        call[name] = value
-        if name == "llm.attempts":
-            self._pending.call = None
-            self._emit(call)
+    def llm_call(self, model: str, latency_s: float, prompt_tokens: int, completion_tokens: int, attempts: int,
+                 finish_reason: str | None = None) -> None:
+        """Record the call's samples and totals, and end its span."""
+        super().llm_call(model, latency_s, prompt_tokens, completion_tokens, attempts, finish_reason)
+        self._emit({"model": model or None, "latency_s": latency_s, "finish_reason": finish_reason,
+                    "llm.prompt_tokens": prompt_tokens, "llm.completion_tokens": completion_tokens,
+                    "llm.attempts": attempts})
 
     def _emit(self, call: dict[str, Any]) -> None:
         end = time.time_ns()

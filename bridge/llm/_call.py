@@ -158,13 +158,8 @@ class ChatCall:
         rec = self.rec
         if rec is None:
             return
-        rec.observe("llm.latency_s", completion.latency_s)
-        rec.observe("llm.prompt_tokens", completion.prompt_tokens)
-        rec.observe("llm.completion_tokens", completion.completion_tokens)
-        rec.observe("llm.attempts", completion.attempts)
-        rec.add("llm.tokens", completion.total_tokens)
-        if completion.attempts > 1:
-            rec.add("llm.retries", completion.attempts - 1)
+        rec.llm_call(completion.model, completion.latency_s, completion.prompt_tokens, completion.completion_tokens,
+                     completion.attempts, completion.finish_reason)
 
     def _count_failure(self) -> None:
         if self.rec is not None:
