@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +52,13 @@ def _close_in_owner(http: httpx.Client, pid: int) -> None:
 
 
 class _Secret:
-    """Holds the API key; its repr is masked, so vars(), tracebacks with locals and logs never show it."""
+    """Holds the API key; its repr is masked, so vars(), tracebacks with locals and logs never show it.
+
+    The plain key is never bound to a local variable anywhere: ``authorize`` writes
+    it straight into the request's headers (whose repr httpx masks) and ``scrub``
+    compares against the attribute. A traceback that captures locals (Sentry,
+    ``rich.traceback`` with ``show_locals``) thus sees only this masked object.
+    """
 
     __slots__ = ("value",)
 
@@ -64,6 +70,33 @@ class _Secret:
 
     def __reduce__(self) -> Any:
         raise TypeError("an API key is never pickled; the other side reads it from its environment")
+
+    def authorize(self, request: httpx.Request) -> None:
+        """Put ``Authorization: Bearer <key>`` on the request (nothing without a key)."""
+        if self.value:
+            request.headers["Authorization"] = f"Bearer {self.value}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the key replaced by ``***``."""
+        # A key of a few characters is no secret worth hiding and would mangle
+        # ordinary words ("sim" in "sim-small"); real keys are long.
+        if self.value and len(self.value) >= 8 and self.value in text:
+            return text.replace(self.value, "***")
+        return text
+
+
+class _BearerAuth(httpx.Auth):
+    """httpx's hook for the key: the header is set inside the request object, never in a caller's frame."""
+
+    def __init__(self, secret: _Secret) -> None:
+        self._secret = secret
+
+    def __repr__(self) -> str:
+        return f"_BearerAuth({self._secret!r})"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self._secret.authorize(request)
+        yield request
 
 
 class LLMClient:
@@ -146,6 +179,7 @@ class LLMClient:
         self._setup()
 
     def _setup(self) -> None:
+        self._auth = _BearerAuth(self._api_key)
         self._http: httpx.Client | None = None
         self._http_pid = 0
         self._lock = threading.Lock()
@@ -156,7 +190,7 @@ class LLMClient:
         return f"LLMClient(model={self.model!r}, base_url={self.base_url!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_http", "_http_pid", "_lock", "_api_key")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_http", "_http_pid", "_lock", "_api_key", "_auth")}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -255,12 +289,7 @@ class LLMClient:
     # ------------------------------------------------------------ internals
 
     def _scrub(self, text: str) -> str:
-        key = self._api_key.value
-        # A key of a few characters is no secret worth hiding and would mangle
-        # ordinary words ("sim" in "sim-small"); real keys are long.
-        if key and len(key) >= 8 and key in text:
-            text = text.replace(key, "***")
-        return text
+        return self._api_key.scrub(text)
 
     def _check_messages(self, messages: Messages) -> list[dict[str, Any]]:
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
@@ -309,11 +338,10 @@ class LLMClient:
 
     def _post(self, body: dict[str, Any], timeout: float) -> tuple[httpx.Response, float]:
         """POST one attempt; the response and its round-trip time (httpx errors propagate)."""
-        key = self._api_key.value
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        # The key goes in through the auth hook: no frame of this call holds it (issue 13 item 10).
         http = self._client()
         t0 = time.monotonic()
-        resp = http.post(f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=timeout)
+        resp = http.post(f"{self.base_url}/chat/completions", json=body, auth=self._auth, timeout=timeout)
         return resp, time.monotonic() - t0
 
     def _provider_message(self, resp: httpx.Response) -> str:
