@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import pickle
 import socket
 import traceback
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from studyhall.bridge import FakeProvider, LLMClient, StudyhallError
+from studyhall.bridge import FakeProvider, InvalidRequest, LLMClient, StudyhallError, WorkerPool
 
 # Module-level, not a local of the test: the test's own frame is in every traceback.
 KEY = f"sk-frames-{uuid.uuid4().hex}"
@@ -108,3 +109,69 @@ def test_the_key_still_authenticates_and_never_pickles() -> None:
             assert lm.chat(Q).text
             assert KEY.encode() not in pickle.dumps(lm)
         assert fp.stats()["bad_requests"] == 0
+
+
+# ---------------------------------------------------------------- the key reaches pool workers (issue 13 item 11)
+
+POOL_KEY = f"sk-pool-{uuid.uuid4().hex}"
+
+
+def _ask(lm: LLMClient) -> str:
+    return lm.chat(Q, max_tokens=8).text
+
+
+def test_a_pickled_client_carries_no_key_and_a_pool_worker_gets_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeProvider(rpm=None, tpm=None, latency_s=0.0, api_key=POOL_KEY) as fp:
+        lm = LLMClient("fake-model", base_url=fp.base_url, api_key=POOL_KEY, max_retries=0)
+        blob = pickle.dumps(lm)
+        assert POOL_KEY.encode() not in blob
+        with WorkerPool(min_workers=1, max_workers=2) as pool:
+            # as an argument, and inside a closure (cloudpickled by value)
+            assert "fake answer" in pool.submit(_ask, lm).result(timeout=30)
+            assert "fake answer" in pool.submit(lambda: lm.chat(Q, max_tokens=8).text).result(timeout=30)
+            # a client made after the workers started: its key goes before the task that carries it
+            late = LLMClient("fake-model", base_url=fp.base_url, api_key=POOL_KEY, max_retries=0)
+            assert "fake answer" in pool.submit(_ask, late).result(timeout=30)
+        stats = fp.stats()
+    assert stats["completed"] == 3 and stats["bad_requests"] == 0, stats
+
+
+def test_optimize_workers_authenticate_with_the_api_key_argument(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url: str, study_name: str
+) -> None:
+    from studyhall.optimizer import Orchestrator
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeProvider(rpm=None, tpm=None, latency_s=0.0, api_key=POOL_KEY) as fp:
+        lm = LLMClient("fake-model", base_url=fp.base_url, api_key=POOL_KEY, max_retries=0)
+
+        def objective(trial: Any) -> float:
+            trial.suggest_float("x", 0, 1)
+            return float(len(lm.chat(Q, max_tokens=8).text))
+
+        study = Orchestrator(sqlite_url).create_study(study_name, direction="maximize", sampler="random", seed=0)
+        report = study.optimize(objective, n_trials=4, workers=2, progress=False)
+        stats = fp.stats()
+    assert report.completed == 4, report
+    assert stats["completed"] == 4 and stats["bad_requests"] == 0, stats
+
+
+def test_a_client_whose_key_cannot_be_found_refuses_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeProvider(rpm=None, tpm=None, latency_s=0.0, api_key=POOL_KEY) as fp:
+        lm = LLMClient("fake-model", base_url=fp.base_url, api_key=POOL_KEY, max_retries=0)
+        blob = pickle.dumps(lm)
+        del lm
+        gc.collect()  # the key's only holder is gone: as in a process no pool sent it to
+        copy = pickle.loads(blob)
+        with pytest.raises(InvalidRequest, match=r"api_key=.*OPENAI_API_KEY|OPENAI_API_KEY.*api_key="):
+            copy.chat(Q)
+        assert fp.stats()["requests"] == 0  # nothing went out unauthenticated
+        monkeypatch.setenv("OPENAI_API_KEY", POOL_KEY)  # the environment still serves, as before
+        assert copy.chat(Q).text
+    # A client that never had a key sends none, as before (local servers need none).
+    with FakeProvider(rpm=None, tpm=None, latency_s=0.0) as open_fp:
+        monkeypatch.delenv("OPENAI_API_KEY")
+        keyless = pickle.loads(pickle.dumps(LLMClient("fake-model", base_url=open_fp.base_url)))
+        assert keyless.chat(Q).text
