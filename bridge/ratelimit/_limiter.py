@@ -167,7 +167,10 @@ class RateLimiter:
         if grant.wait_s <= 0:
             # Granted at once: a pause after this instant concerns later requests only.
             return time.monotonic() - start
-        target = start + grant.wait_s
+        # The wait counts from the buckets' clock when the slot was booked, which (on a
+        # database, after waiting for the rows' lock) is later than ``start``: counted
+        # from ``start`` the request would go early by the lock wait.
+        target = time.monotonic() + grant.wait_s
         booked_pause = grant.pause_total
         try:
             while True:
@@ -248,7 +251,7 @@ class RateLimiter:
             raise self._timeout_error(costs, timeout, grant.wait_s)
         if grant.wait_s <= 0:
             return time.monotonic() - start
-        target = start + grant.wait_s
+        target = time.monotonic() + grant.wait_s  # from the booking, not from start (see acquire)
         booked_pause = grant.pause_total
         try:
             while True:

@@ -75,7 +75,7 @@ def shared_url(request: pytest.FixtureRequest) -> str:
 
 def test_storage_limiter_shares_and_keeps_state(store):
     name = f"shared-{uuid.uuid4().hex[:8]}"
-    limits = [Limit(requests=3, per=3600), Limit(tokens=100, per=3600)]
+    limits = [Limit(requests=3, per=3600, headroom=0), Limit(tokens=100, per=3600, headroom=0)]
     lim = RateLimiter(name, limits=limits, storage=store)
     assert [bool(lim.try_acquire(tokens=30)) for _ in range(3)] == [True, True, True]
     denied = lim.try_acquire(tokens=1)
@@ -143,9 +143,12 @@ def test_three_processes_share_one_limit(shared_url):
     with FakeProvider(rpm=40, tpm=12_000, per=2.0, latency_s=(0.005, 0.03), api_key=key) as fp:
         limiter = RateLimiter(
             f"procs-{uuid.uuid4().hex[:8]}",
-            # A fifth of each burst held back (0.4 s of refill): scheduling jitter between
-            # processes on a loaded machine does not turn into 429s.
-            limits=[Limit(requests=40, per=2.0, burst=32), Limit(tokens=12_000, per=2.0, burst=9_600)],
+            # The provider's own limits. Held back: 0.5 s of refill, the default for a one-minute
+            # window scaled to this 2 s one would be 0.2 s, but a cold process's first request
+            # (connecting, on a loaded machine) takes as long here as anywhere, and the provider
+            # refills nothing while it is full. A slot's wait counts from its booking (it used to
+            # count from before the wait for the rows' lock: requests went early).
+            limits=[Limit(requests=40, per=2.0, headroom=0.5), Limit(tokens=12_000, per=2.0, headroom=0.5)],
             storage=shared_url,
         )
         lm = LLMClient("fake-model", base_url=fp.base_url, limiter=limiter, timeout=60, max_retries=8)
@@ -163,4 +166,4 @@ def test_three_processes_share_one_limit(shared_url):
     assert [r["errors"] for r in results] == [[], [], []]
     assert sum(r["ok"] for r in results) == 3 * per_child
     assert stats["completed"] == 3 * per_child
-    assert stats["rate_limited"] <= 0.01 * stats["requests"], stats
+    assert stats["rate_limited"] == 0, stats
