@@ -26,6 +26,11 @@ request queues behind it: a large request is never starved by a stream of small
 ones, across threads, processes and hosts alike. (Booking a future slot keeps the
 bucket conformant: for any interval the booked costs fit ``burst + rate * length``.)
 
+A slot missed by more than ``REBOOK_LATE_S`` (the process was stopped, its host
+cut off from the database while it slept) is not used late, on top of the slots
+booked since: on waking, ``acquire`` compares the buckets' clock with its slot and
+books a new one (the missed slot stays spent).
+
 ``pause(s)`` (a provider's 429 Retry-After) moves the whole schedule: nobody is
 granted before ``now + s``, and requests already booked shift their slot by the
 pause they did not know about, so the schedule resumes with its spacing intact
@@ -50,6 +55,8 @@ KINDS = ("requests", "tokens", "input_tokens", "output_tokens")
 HEADROOM_SHARE = 0.1
 #: ... at most this many seconds of refill, held back from the burst.
 MAX_HEADROOM_S = 1.0
+#: A booked slot this many seconds in the past when its request wakes is re-booked, not used.
+REBOOK_LATE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -143,11 +150,13 @@ class BucketState(Protocol):
 
 @dataclass
 class Grant:
-    """What ``reserve`` decided: whether the slot is booked, the wait until it, the pause total at booking."""
+    """What ``reserve`` decided: whether the slot is booked, the wait until it, the pause total at booking,
+    and the buckets' clock then (the slot is at ``at + wait_s`` on that clock)."""
 
     granted: bool
     wait_s: float
     pause_total: float
+    at: float = 0.0
 
 
 def reserve(s: BucketState, limits: Iterable[Limit], costs: dict[str, float], max_wait: float | None) -> Grant:
@@ -156,12 +165,12 @@ def reserve(s: BucketState, limits: Iterable[Limit], costs: dict[str, float], ma
     t = max(_earliest(limits, costs, s.tats, s.now), s.paused_until)
     wait = max(0.0, t - s.now)
     if max_wait is not None and wait > max_wait:
-        return Grant(False, wait, s.pause_total)
+        return Grant(False, wait, s.pause_total, s.now)
     for lim in limits:
         cost = costs.get(lim.bucket, 0.0)
         if cost > 0:
             s.tats[lim.bucket] = max(s.tats.get(lim.bucket, t), t) + cost * lim.interval
-    return Grant(True, wait, s.pause_total)
+    return Grant(True, wait, s.pause_total, s.now)
 
 
 def adjust(s: BucketState, limits: Iterable[Limit], deltas: dict[str, float]) -> None:

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,13 @@ elif mode == "acquire_on_go":
     sys.stdin.readline()
     lim.acquire(tokens=100, timeout=30)
     print(json.dumps({"granted_at": lim.storage.now()}), flush=True)
+elif mode == "acquire_report":
+    lim = obj
+    lim.available()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    lim.acquire(timeout=60)
+    print(json.dumps({"granted_at": lim.storage.now(), "rebooked": getattr(lim, "rebooked", None)}), flush=True)
 """
 
 
@@ -167,3 +175,33 @@ def test_three_processes_share_one_limit(shared_url):
     assert sum(r["ok"] for r in results) == 3 * per_child
     assert stats["completed"] == 3 * per_child
     assert stats["rate_limited"] == 0, stats
+
+
+@pytest.mark.slow
+def test_a_slot_missed_while_stopped_is_rebooked_not_used_late(shared_url):
+    # issue 15: a request that slept through its slot (its process stopped, its host cut
+    # off) must not go on top of the slots booked meanwhile; it books a new one.
+    st = connect(shared_url)
+    lim = RateLimiter(f"stale-{uuid.uuid4().hex[:8]}", limits=[Limit(requests=2, per=3.0, headroom=0)], storage=st)
+    child = spawn("acquire_report", lim)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        drained = st.now()
+        lim.adjust(requests=2)  # empty: the next slot is 1.5 s away, one more every 1.5 s
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        wait_until(lambda: lim.available()["requests/3s"] < -0.5, what="the child to book its slot")
+        child.send_signal(signal.SIGSTOP)  # asleep until its slot (drained + 1.5 s), and now stopped
+        lim.acquire(timeout=10)  # this process's request: the slot after the child's
+        mine = st.now()
+        assert mine > drained + 1.5 + 1.0  # the child's slot is over a second past
+        child.send_signal(signal.SIGCONT)
+        result = finish(child)
+    finally:
+        child.send_signal(signal.SIGCONT)
+        child.kill()
+        child.wait()
+    # Not sent at once on waking, on top of this process's request: one interval after it.
+    assert result["granted_at"] >= mine + 1.0, (result, mine)
+    assert result["rebooked"] == 1
