@@ -9,8 +9,9 @@ One ``chat()``::
 
 The API key (argument or ``$OPENAI_API_KEY``) only ever travels in the
 Authorization header: it is not logged, stored, pickled, cached, put in events or
-shown in an error or repr. A pickled client (on its way to a pool worker) reads
-the key from the environment on the other side.
+shown in an error or repr. A pickled client carries only a random id for it; a
+WorkerPool sends the key itself to its workers over their sockets (memory only), and
+a client that had a key but cannot find it where it was unpickled refuses to send.
 
 Telemetry, on ``bridge.current_recorder()`` when a trial is recording: samples
 ``llm.latency_s``, ``llm.prompt_tokens``, ``llm.completion_tokens``,
@@ -26,7 +27,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from studyhall.bridge.llm._cache import CacheMode
 from studyhall.bridge.llm._call import ChatCall
 from studyhall.bridge.llm._completion import Completion, from_cache, to_cache
 from studyhall.bridge.llm._tokens import Messages
+from studyhall.bridge.pool import _secrets
 
 if TYPE_CHECKING:
     from studyhall.bridge.ratelimit import RateLimiter
@@ -52,18 +54,76 @@ def _close_in_owner(http: httpx.Client, pid: int) -> None:
 
 
 class _Secret:
-    """Holds the API key; its repr is masked, so vars(), tracebacks with locals and logs never show it."""
+    """Holds the API key; its repr is masked, so vars(), tracebacks with locals and logs never show it.
 
-    __slots__ = ("value",)
+    The plain key is never bound to a local variable anywhere: ``authorize`` writes
+    it straight into the request's headers (whose repr httpx masks) and ``scrub``
+    compares against the attribute. A traceback that captures locals (Sentry,
+    ``rich.traceback`` with ``show_locals``) thus sees only this masked object.
 
-    def __init__(self, value: str | None) -> None:
-        self.value = value
+    A key is registered with the pool's secrets (``bridge/pool/_secrets.py``): a
+    pickled client carries only the random ``id``, and a ``WorkerPool`` hands the key
+    to its workers over their sockets, in memory.
+    """
+
+    __slots__ = ("_plain", "id", "env", "__weakref__")
+
+    def __init__(self, value: str | None, env: str, secret_id: str | None = None) -> None:
+        self._plain = value
+        self.env = env
+        self.id = secret_id if secret_id is not None or not value else _secrets.register(self)
+
+    @classmethod
+    def restore(cls, secret_id: str | None, env: str) -> _Secret:
+        """The key of an unpickled client: sent by its pool under ``secret_id``, else ``$env``."""
+        found = _secrets.lookup(secret_id) if secret_id is not None else None
+        return cls(found if found is not None else os.environ.get(env), env, secret_id)
+
+    @property
+    def value(self) -> str | None:
+        """The key, or None (no key: requests go without Authorization)."""
+        if self._plain is None and self.id is not None:
+            # Its pool may have sent it after the client was unpickled.
+            self._plain = _secrets.lookup(self.id) or os.environ.get(self.env)
+        return self._plain
+
+    @property
+    def missing(self) -> bool:
+        """Whoever pickled the client had a key, and it is known neither here nor in ``$env``."""
+        return self.id is not None and self.value is None
 
     def __repr__(self) -> str:
-        return "_Secret('***')" if self.value else "_Secret(None)"
+        return "_Secret('***')" if self._plain else "_Secret(None)"
 
     def __reduce__(self) -> Any:
-        raise TypeError("an API key is never pickled; the other side reads it from its environment")
+        raise TypeError("an API key is never pickled; a WorkerPool carries it to its workers in memory")
+
+    def authorize(self, request: httpx.Request) -> None:
+        """Put ``Authorization: Bearer <key>`` on the request (nothing without a key)."""
+        if self.value:
+            request.headers["Authorization"] = f"Bearer {self.value}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the key replaced by ``***``."""
+        # A key of a few characters is no secret worth hiding and would mangle
+        # ordinary words ("sim" in "sim-small"); real keys are long.
+        if self.value and len(self.value) >= 8 and self.value in text:
+            return text.replace(self.value, "***")
+        return text
+
+
+class _BearerAuth(httpx.Auth):
+    """httpx's hook for the key: the header is set inside the request object, never in a caller's frame."""
+
+    def __init__(self, secret: _Secret) -> None:
+        self._secret = secret
+
+    def __repr__(self) -> str:
+        return f"_BearerAuth({self._secret!r})"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self._secret.authorize(request)
+        yield request
 
 
 class LLMClient:
@@ -142,10 +202,11 @@ class LLMClient:
             self._cache_storage = connect(storage)
         elif limiter is not None and limiter.storage is not None:
             self._cache_storage = limiter.storage
-        self._api_key = _Secret(api_key if api_key is not None else os.environ.get(api_key_env))
+        self._api_key = _Secret(api_key if api_key is not None else os.environ.get(api_key_env), api_key_env)
         self._setup()
 
     def _setup(self) -> None:
+        self._auth = _BearerAuth(self._api_key)
         self._http: httpx.Client | None = None
         self._http_pid = 0
         self._lock = threading.Lock()
@@ -156,12 +217,16 @@ class LLMClient:
         return f"LLMClient(model={self.model!r}, base_url={self.base_url!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_http", "_http_pid", "_lock", "_api_key")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_http", "_http_pid", "_lock", "_api_key", "_auth")}
+        # Only the key's random id: a WorkerPool sends the key itself to its workers (issue 13 item 11).
+        state["_api_key_id"] = self._api_key.id
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        secret_id = state.pop("_api_key_id", None)
         self.__dict__.update(state)
-        self._api_key = _Secret(os.environ.get(self.api_key_env))
+        self._api_key = _Secret.restore(secret_id, self.api_key_env)
         self._setup()
 
     def _client(self) -> httpx.Client:
@@ -255,12 +320,7 @@ class LLMClient:
     # ------------------------------------------------------------ internals
 
     def _scrub(self, text: str) -> str:
-        key = self._api_key.value
-        # A key of a few characters is no secret worth hiding and would mangle
-        # ordinary words ("sim" in "sim-small"); real keys are long.
-        if key and len(key) >= 8 and key in text:
-            text = text.replace(key, "***")
-        return text
+        return self._api_key.scrub(text)
 
     def _check_messages(self, messages: Messages) -> list[dict[str, Any]]:
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
@@ -280,6 +340,15 @@ class LLMClient:
     ) -> Completion:
         """One call without the fallbacks: a cached answer, else a ChatCall (whose answer is cached)."""
         body = self._request_body(messages, max_tokens, temperature, params)
+        if self._api_key.missing:
+            # An unauthenticated request would be a 401 that says nothing of the cause.
+            raise InvalidRequest(
+                f"LLMClient({self.model!r}) has no API key in this process (pid {os.getpid()}): it had one "
+                f"(api_key= or ${self.api_key_env}) where it was created, but it was unpickled outside a "
+                f"WorkerPool that could bring the key, and ${self.api_key_env} is not set here. Pass the client "
+                f"through a WorkerPool or optimize(workers=...), set ${self.api_key_env} in this process, or "
+                "create the client here with api_key="
+            )
         rec = current_recorder()
         key = _cache.cache_key(self.cache, self.model, body)
         if key is not None:
@@ -309,11 +378,10 @@ class LLMClient:
 
     def _post(self, body: dict[str, Any], timeout: float) -> tuple[httpx.Response, float]:
         """POST one attempt; the response and its round-trip time (httpx errors propagate)."""
-        key = self._api_key.value
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        # The key goes in through the auth hook: no frame of this call holds it (issue 13 item 10).
         http = self._client()
         t0 = time.monotonic()
-        resp = http.post(f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=timeout)
+        resp = http.post(f"{self.base_url}/chat/completions", json=body, auth=self._auth, timeout=timeout)
         return resp, time.monotonic() - t0
 
     def _provider_message(self, resp: httpx.Response) -> str:

@@ -123,7 +123,7 @@ class TaskDispatch(PoolCore):
         # Wake the supervisor only when a deadline is sooner than it plans to look.
         if any(t.deadline is not None and t.deadline < self._planned for t in tasks):
             self._wake()
-        worker.send(*[(_worker.TASK, t.id, t.blob) for t in tasks])
+        worker.send_tasks([(_worker.TASK, t.id, t.blob) for t in tasks])
 
     def _task_of(self, worker: WorkerProcess, task_id: int) -> Task | None:
         task = worker.task

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import os
 import threading
 import weakref
@@ -112,9 +113,9 @@ class WorkerPool(TaskDispatch, Supervisor):
         _check_bounds(min_workers, max_workers)
         _check_positive("task_timeout", task_timeout)
         _check_positive("health_check_interval", health_check_interval)
-        _check_positive("idle_shrink_after", idle_shrink_after)
-        _check_positive("max_tasks_per_worker", max_tasks_per_worker)
-        _check_positive("max_memory_mb", max_memory_mb)
+        _check_positive("idle_shrink_after", idle_shrink_after, optional=False)
+        _check_positive("max_tasks_per_worker", max_tasks_per_worker, integer=True)
+        _check_positive("max_memory_mb", max_memory_mb, finite=True)
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= MAX_PREFETCH:
             raise InvalidRequest(
                 f"prefetch must be an int from 0 to {MAX_PREFETCH} (tasks sent ahead to a busy worker); got {prefetch!r}"
@@ -124,6 +125,8 @@ class WorkerPool(TaskDispatch, Supervisor):
                 "prefetch=1 cannot be combined with max_memory_mb: a worker replaced for its memory "
                 "would still run the task sent ahead to it; use one or the other"
             )
+        if timeouts is not None and not isinstance(timeouts, PoolTimeouts):
+            raise InvalidRequest(f"timeouts must be a PoolTimeouts(...) or None, got {type(timeouts).__name__}")
         self._prefetch = prefetch
         self._min, self._max = min_workers, max_workers
         self._task_timeout = task_timeout
@@ -342,17 +345,39 @@ class WorkerPool(TaskDispatch, Supervisor):
         self._wake()
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_bounds(min_workers: int, max_workers: int) -> None:
-    if not (isinstance(min_workers, int) and isinstance(max_workers, int)) or not 0 <= min_workers <= max_workers or max_workers < 1:
+    if not (_is_int(min_workers) and _is_int(max_workers)) or not 0 <= min_workers <= max_workers or max_workers < 1:
         raise InvalidRequest(
-            f"need 0 <= min_workers <= max_workers and max_workers >= 1, got min_workers={min_workers!r}, "
+            f"need ints with 0 <= min_workers <= max_workers and max_workers >= 1, got min_workers={min_workers!r}, "
             f"max_workers={max_workers!r}"
         )
 
 
-def _check_positive(name: str, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise InvalidRequest(f"{name} must be positive (or None for no limit), got {value!r}")
+def _check_positive(
+    name: str, value: object, *, integer: bool = False, finite: bool = False, optional: bool = True
+) -> None:
+    """Refuse anything but a positive number (an int with ``integer``; ``math.inf`` unless ``finite``)."""
+    if value is None and optional:
+        return
+    if integer:
+        ok = _is_int(value) and value > 0  # type: ignore[operator]
+        kind = "a positive int"
+    else:
+        # bool is an int to Python, but True seconds or megabytes is a mistake, not a setting.
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and value > 0
+            and not (finite and math.isinf(value))
+        )
+        kind = "a positive finite number" if finite else "a positive number"
+    if not ok:
+        none = " (or None for no limit)" if optional else ""
+        raise InvalidRequest(f"{name} must be {kind}{none}, got {value!r}")
 
 
 @atexit.register

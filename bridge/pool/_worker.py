@@ -4,7 +4,7 @@ A worker is started by the pool as ``python -P -c WORKER_BOOT <root> <fd> <paren
 in a session (and so a process group) of its own. It talks to the pool over one
 Unix socket, with length-prefixed pickled tuples::
 
-    pool -> worker   CONFIG(sys_path, health_check, initializer)  TASK(id, blob)
+    pool -> worker   CONFIG(sys_path, health_check, initializer, secrets)  TASK(id, blob)  SECRETS({id: secret})
                      REPLY(call, ok, blob)  PING(seq)  STOP
     worker -> pool   READY(pid)  DONE(id, status, ...)  CALL(id, call, blob)  SEND(id, blob)
                      PONG(seq, ok, reason)  INIT_FAILED(reason), then it exits
@@ -41,8 +41,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from studyhall.bridge.pool import _secrets
+
 # Message kinds. Short strings: they are pickled with every message.
-CONFIG, TASK, REPLY, PING, STOP = "config", "task", "reply", "ping", "stop"
+CONFIG, TASK, REPLY, PING, STOP, SECRETS = "config", "task", "reply", "ping", "stop", "secrets"
 READY, DONE, CALL, SEND, PONG, INIT_FAILED = "ready", "done", "call", "send", "pong", "init_failed"
 INIT_FAILED_EXIT = 3  # the exit code of a worker whose initializer raised
 # DONE statuses.
@@ -292,6 +294,8 @@ class _Worker:
             kind = message[0]
             if kind == TASK:
                 self.run_task(message[1], message[2])
+            elif kind == SECRETS:  # new secrets of the pool's process, sent before the task that may need them
+                _secrets.receive(message[1])
             elif kind == PING:
                 self.send((PONG, message[1], *self.check_health()))
             elif kind == STOP:
@@ -430,8 +434,9 @@ def main(argv: list[str]) -> None:
     _guard_parent(parent_pid)
     os.set_inheritable(fd, False)  # what the task starts must not hold our socket open
     wire = Wire(socket.socket(fileno=fd))
-    kind, sys_path, health_blob, init_blob = wire.recv()
+    kind, sys_path, health_blob, init_blob, sent = wire.recv()
     assert kind == CONFIG, kind
+    _secrets.receive(sent)  # before the initializer unpickles whatever needs them
     sys.path[:] = sys_path
     health_check = pickle.loads(health_blob) if health_blob is not None else None
     if isinstance(health_check, str):

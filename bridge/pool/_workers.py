@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import studyhall
-from studyhall.bridge.pool import _worker
+from studyhall.bridge.pool import _secrets, _worker
 
 if TYPE_CHECKING:
     from studyhall.bridge.pool._tasks import Task
@@ -99,7 +99,11 @@ class WorkerProcess:
         self.handling = False  # the lane is inside on_call/on_send (not waiting on the socket)
         self.drain_deadline: float | None = None
         self.start_error = ""  # what its initializer raised, if it did
-        self.send((_worker.CONFIG, sys_path, health_blob, init_blob))
+        # The secrets of this process (API keys of the clients a task may carry) go over
+        # this socket, in memory, never in a pickle that is stored (see _secrets.py).
+        self._secrets_lock = threading.Lock()
+        self._secrets_gen, sent = _secrets.snapshot()
+        self.send((_worker.CONFIG, sys_path, health_blob, init_blob, sent))
         self.lane = threading.Thread(target=self._read, name=f"studyhall-pool-lane-{self.pid}", daemon=True)
 
     def start_lane(self) -> None:
@@ -116,6 +120,21 @@ class WorkerProcess:
         except OSError:
             return False
         return True
+
+    def send_tasks(self, tasks: list[tuple[Any, ...]]) -> None:
+        """Send TASK messages, preceded by the secrets registered since the worker was last sent them."""
+        # A task's secrets were registered before it was pickled; the generation is
+        # recorded only once they are written, so an equal one means they went ahead.
+        if _secrets.generation() == self._secrets_gen:  # the common case: nothing new, no lock
+            self.send(*tasks)
+            return
+        with self._secrets_lock:
+            gen, sent = _secrets.snapshot()
+            if gen == self._secrets_gen:
+                self.send(*tasks)
+            else:
+                self.send((_worker.SECRETS, sent), *tasks)
+                self._secrets_gen = gen
 
     def _read(self) -> None:
         # Messages are handled in the order the worker sent them, on this thread:

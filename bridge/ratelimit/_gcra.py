@@ -26,6 +26,11 @@ request queues behind it: a large request is never starved by a stream of small
 ones, across threads, processes and hosts alike. (Booking a future slot keeps the
 bucket conformant: for any interval the booked costs fit ``burst + rate * length``.)
 
+A slot missed by more than ``REBOOK_LATE_S`` (the process was stopped, its host
+cut off from the database while it slept) is not used late, on top of the slots
+booked since: on waking, ``acquire`` compares the buckets' clock with its slot and
+books a new one (the missed slot stays spent).
+
 ``pause(s)`` (a provider's 429 Retry-After) moves the whole schedule: nobody is
 granted before ``now + s``, and requests already booked shift their slot by the
 pause they did not know about, so the schedule resumes with its spacing intact
@@ -46,15 +51,26 @@ from typing import Protocol
 from studyhall.bridge._errors import InvalidRequest
 
 KINDS = ("requests", "tokens", "input_tokens", "output_tokens")
+#: Default ``Limit.headroom``: this share of the window, ...
+HEADROOM_SHARE = 0.1
+#: ... at most this many seconds of refill, held back from the burst.
+MAX_HEADROOM_S = 1.0
+#: A booked slot this many seconds in the past when its request wakes is re-booked, not used.
+REBOOK_LATE_S = 1.0
 
 
 @dataclass(frozen=True)
 class Limit:
     """One limit: ``requests`` (or ``tokens``, ``input_tokens``, ``output_tokens``) per ``per`` seconds.
 
-    ``burst`` is the bucket's capacity (default: the limit itself). Against a
-    strict provider, holding back a little burst (say 95%) absorbs network jitter
-    between this limiter and the provider without lowering steady throughput.
+    ``burst`` is the bucket's capacity (default: the limit itself). ``headroom``
+    is how many seconds of refill are held back from it: requests sent on schedule
+    arrive at the provider bunched up by network jitter, and a strict provider
+    answers 429 to one that arrives early into an empty bucket. The default, 10% of
+    ``per`` up to 1 s (1 s of a one-minute limit), absorbs that without lowering the
+    steady rate, so a limit copied from the provider's docs draws no 429s. It never
+    holds back the last unit of a bucket (a 1-request bucket keeps its burst of 1).
+    ``headroom=0`` books exactly the published limit.
     """
 
     requests: float | None = None
@@ -63,6 +79,7 @@ class Limit:
     output_tokens: float | None = None
     per: float = 60.0
     burst: float | None = None
+    headroom: float | None = None
 
     def __post_init__(self) -> None:
         given = [k for k in KINDS if getattr(self, k) is not None]
@@ -77,6 +94,11 @@ class Limit:
             raise InvalidRequest(f"Limit per={self.per!r} must be a positive number of seconds")
         if self.burst is not None and not (self.burst > 0 and math.isfinite(self.burst)):
             raise InvalidRequest(f"Limit burst={self.burst!r} must be a positive number")
+        h = self.headroom
+        if h is not None and (isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 <= h < self.per):
+            raise InvalidRequest(
+                f"Limit headroom={h!r} must be seconds of refill from 0 to per={self.per:g} (None: the default)"
+            )
 
     @property
     def kind(self) -> str:
@@ -104,9 +126,17 @@ class Limit:
         return self.per / self.amount
 
     @property
+    def headroom_s(self) -> float:
+        """Seconds of refill held back from the burst (``headroom``, else the default)."""
+        if self.headroom is not None:
+            return float(self.headroom)
+        return min(HEADROOM_SHARE * self.per, MAX_HEADROOM_S)
+
+    @property
     def tolerance(self) -> float:
-        """GCRA's burst tolerance in seconds."""
-        return self.capacity * self.interval
+        """GCRA's burst tolerance in seconds: the capacity's refill less the headroom (never below one unit)."""
+        full = self.capacity * self.interval
+        return max(full - self.headroom_s, min(full, self.interval))
 
 
 class BucketState(Protocol):
@@ -120,11 +150,13 @@ class BucketState(Protocol):
 
 @dataclass
 class Grant:
-    """What ``reserve`` decided: whether the slot is booked, the wait until it, the pause total at booking."""
+    """What ``reserve`` decided: whether the slot is booked, the wait until it, the pause total at booking,
+    and the buckets' clock then (the slot is at ``at + wait_s`` on that clock)."""
 
     granted: bool
     wait_s: float
     pause_total: float
+    at: float = 0.0
 
 
 def reserve(s: BucketState, limits: Iterable[Limit], costs: dict[str, float], max_wait: float | None) -> Grant:
@@ -133,12 +165,12 @@ def reserve(s: BucketState, limits: Iterable[Limit], costs: dict[str, float], ma
     t = max(_earliest(limits, costs, s.tats, s.now), s.paused_until)
     wait = max(0.0, t - s.now)
     if max_wait is not None and wait > max_wait:
-        return Grant(False, wait, s.pause_total)
+        return Grant(False, wait, s.pause_total, s.now)
     for lim in limits:
         cost = costs.get(lim.bucket, 0.0)
         if cost > 0:
             s.tats[lim.bucket] = max(s.tats.get(lim.bucket, t), t) + cost * lim.interval
-    return Grant(True, wait, s.pause_total)
+    return Grant(True, wait, s.pause_total, s.now)
 
 
 def adjust(s: BucketState, limits: Iterable[Limit], deltas: dict[str, float]) -> None:

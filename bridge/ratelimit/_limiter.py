@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from studyhall.bridge._errors import InvalidRequest, RateLimitTimeout
 from studyhall.bridge.ratelimit import _gcra
 from studyhall.bridge.ratelimit._buckets import Buckets, MemoryBuckets, storage_buckets
-from studyhall.bridge.ratelimit._gcra import Grant, Limit
+from studyhall.bridge.ratelimit._gcra import REBOOK_LATE_S, Grant, Limit
 
 if TYPE_CHECKING:
     from studyhall.storage import Storage
@@ -86,6 +86,8 @@ class RateLimiter:
             raise InvalidRequest(f"RateLimiter({name!r}) has two limits on the same bucket: {', '.join(dupes)}")
         self.name = name
         self.limits: tuple[Limit, ...] = tuple(all_limits)
+        #: Requests of this object whose slot passed while they slept (re-booked, not sent late).
+        self.rebooked = 0
         self.storage: Storage | None
         self._buckets: Buckets
         if storage is None:
@@ -137,10 +139,40 @@ class RateLimiter:
     def _reserve(self, costs: dict[str, float], max_wait: float | None) -> Grant:
         return self._buckets.apply(lambda s: _gcra.reserve(s, self.limits, costs, max_wait))
 
-    def _extra_pause(self, booked_pause: float) -> tuple[float, float]:
-        """After sleeping to a booked slot: (seconds a later pause moved it by, new pause total)."""
-        _, _, total = self._buckets.pause_state()
-        return max(0.0, total - booked_pause), total
+    def _due(
+        self,
+        booking: _Booking,
+        state: tuple[float, float, float],
+        costs: dict[str, float],
+        start: float,
+        timeout: float | None,
+    ) -> bool:
+        """Woken at its slot: True to go now; False after moving it (a pause since, or a re-booking).
+
+        ``state`` is the buckets' ``(now, paused_until, pause_total)`` read on waking.
+        """
+        now, _, total = state
+        extra = total - booking.pause_total
+        if extra > 0:  # a pause taken while it slept moves its slot
+            booking.pause_total = total
+            booking.slot += extra
+            booking.target += extra
+            if timeout is not None and booking.target - start > timeout:
+                raise self._timeout_error(costs, timeout, booking.target - time.monotonic())
+            return False
+        if now - booking.slot <= REBOOK_LATE_S:
+            return True
+        # Its slot passed long ago (this process was stopped, or its host cut off, while it
+        # slept): going now would land on top of the slots booked since. It is spent; book anew.
+        booking.held = False
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+        grant = self._reserve(costs, left)
+        if not grant.granted:
+            raise self._timeout_error(costs, timeout, grant.wait_s)
+        booking.held = True
+        booking.book(grant)
+        self.rebooked += 1
+        return grant.wait_s <= 0
 
     # ------------------------------------------------------------ public
 
@@ -167,21 +199,17 @@ class RateLimiter:
         if grant.wait_s <= 0:
             # Granted at once: a pause after this instant concerns later requests only.
             return time.monotonic() - start
-        target = start + grant.wait_s
-        booked_pause = grant.pause_total
+        booking = _Booking(grant)
         try:
             while True:
-                remaining = target - time.monotonic()
+                remaining = booking.target - time.monotonic()
                 if remaining > 0:
                     time.sleep(remaining)
-                extra, booked_pause = self._extra_pause(booked_pause)
-                if extra <= 0:
+                if self._due(booking, self._buckets.pause_state(), costs, start, timeout):
                     break
-                target += extra
-                if timeout is not None and target - start > timeout:
-                    raise self._timeout_error(costs, timeout, target - time.monotonic())
         except BaseException:
-            self._refund(costs)
+            if booking.held:
+                self._refund(costs)
             raise
         return time.monotonic() - start
 
@@ -248,26 +276,40 @@ class RateLimiter:
             raise self._timeout_error(costs, timeout, grant.wait_s)
         if grant.wait_s <= 0:
             return time.monotonic() - start
-        target = start + grant.wait_s
-        booked_pause = grant.pause_total
+        booking = _Booking(grant)
         try:
             while True:
-                remaining = target - time.monotonic()
+                remaining = booking.target - time.monotonic()
                 if remaining > 0:
                     await asyncio.sleep(remaining)
                 if self.storage is not None:
-                    extra, booked_pause = await asyncio.to_thread(self._extra_pause, booked_pause)
+                    due = await asyncio.to_thread(
+                        lambda: self._due(booking, self._buckets.pause_state(), costs, start, timeout)
+                    )
                 else:
-                    extra, booked_pause = self._extra_pause(booked_pause)
-                if extra <= 0:
+                    due = self._due(booking, self._buckets.pause_state(), costs, start, timeout)
+                if due:
                     break
-                target += extra
-                if timeout is not None and target - start > timeout:
-                    raise self._timeout_error(costs, timeout, target - time.monotonic())
         except BaseException:
-            self._refund(costs)
+            if booking.held:
+                self._refund(costs)
             raise
         return time.monotonic() - start
+
+
+class _Booking:
+    """A slot ``acquire`` waits for: where it is on the buckets' clock and on this process's."""
+
+    def __init__(self, grant: Grant) -> None:
+        self.held = True  # its capacity is booked (given back if the wait is abandoned)
+        self.book(grant)
+
+    def book(self, grant: Grant) -> None:
+        self.slot = grant.at + grant.wait_s  # on the buckets' clock (the database's, if shared)
+        # From now rather than from before the booking: on a database, the booking waited
+        # for the rows' lock, and counted from before it the request would go early.
+        self.target = time.monotonic() + grant.wait_s
+        self.pause_total = grant.pause_total
 
 
 def _rebuild(name: str, limits: tuple[Limit, ...], url: str | None) -> RateLimiter:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -48,3 +52,33 @@ def test_tpm_bound_workload_uses_the_token_limit():
     rate = steady_rate(admitted, use_tokens=True)
     assert 0.9 * tpm / per <= rate <= 1.05 * tpm / per
     assert sum(c for _, c in admitted) == pytest.approx(stats["tokens"])
+
+
+class JitteryClient(LLMClient):
+    """An LLMClient whose requests take 0-10 ms (seeded) to leave, as over a real network:
+    requests the limiter spaced evenly arrive bunched up."""
+
+    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+
+    def _post(self, body: dict[str, Any], timeout: float) -> Any:
+        with self._rng_lock:
+            delay = self._rng.uniform(0.0, 0.010)
+        time.sleep(delay)  # the network's delay, not a synchronisation
+        return super()._post(body, timeout)
+
+
+def test_a_limit_copied_from_the_providers_docs_draws_no_429s():
+    # issue 13 item 18: the limiter set to exactly the provider's published limit; the
+    # default headroom (10% of the window, here 0.6 s) absorbs the jitter.
+    rpm, per = 360, 6.0  # 60 requests/s
+    with FakeProvider(rpm=rpm, tpm=None, per=per, latency_s=(0.005, 0.02)) as fp:
+        lim = RateLimiter(f"docs-{uuid.uuid4().hex[:8]}", limits=[Limit(requests=rpm, per=per)])
+        with JitteryClient("fake-model", base_url=fp.base_url, limiter=lim, timeout=60, max_retries=6) as lm:
+            out = lm.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(540)], concurrency=8, max_tokens=8)
+        stats, admitted = fp.stats(), fp.admitted()
+    assert all(isinstance(c, Completion) for c in out)
+    assert stats["rate_limited"] == 0, stats
+    assert steady_rate(admitted, use_tokens=False) >= 0.95 * rpm / per

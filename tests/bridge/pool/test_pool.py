@@ -248,11 +248,45 @@ def test_stats_counts() -> None:
         {"task_timeout": 0},
         {"max_memory_mb": -1},
         {"health_check": "not a target"},
+        # issue 13 item 16: wrong types, NaN and bools are refused up front, not
+        # met later as a TypeError or a pool that never times anything out
+        {"max_memory_mb": "lots"},
+        {"max_memory_mb": float("nan")},
+        {"max_memory_mb": float("inf")},
+        {"max_memory_mb": True},
+        {"min_workers": 1.5},
+        {"max_workers": "4"},
+        {"max_workers": True},
+        {"min_workers": -1},
+        {"task_timeout": "10"},
+        {"task_timeout": float("nan")},
+        {"task_timeout": True},
+        {"task_timeout": -1.0},
+        {"health_check_interval": "1"},
+        {"health_check_interval": float("nan")},
+        {"idle_shrink_after": None},
+        {"idle_shrink_after": "soon"},
+        {"idle_shrink_after": float("nan")},
+        {"max_tasks_per_worker": 2.5},
+        {"max_tasks_per_worker": True},
+        {"max_tasks_per_worker": 0},
+        {"prefetch": True},
+        {"timeouts": {"kill_grace": 1.0}},
     ],
 )
 def test_bad_settings_are_rejected(kwargs: dict[str, object]) -> None:
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest, match=next(iter(kwargs))):
         WorkerPool(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_submit_timeout_is_rejected() -> None:
+    pool = WorkerPool(min_workers=0, max_workers=1)
+    try:
+        for bad in ("5", float("nan"), True, 0):
+            with pytest.raises(InvalidRequest, match="timeout"):
+                pool.submit(h.double, 1, timeout=bad)  # type: ignore[arg-type]
+    finally:
+        pool.shutdown()
 
 
 def test_errors_say_what_to_do() -> None:

@@ -41,10 +41,18 @@ def test_limit_validation_names_the_problem():
         RateLimiter(name(), rpm=10, limits=[Limit(requests=20, per=60)])
     lim = Limit(output_tokens=1000, per=30, burst=900)
     assert (lim.kind, lim.amount, lim.capacity, lim.bucket) == ("output_tokens", 1000.0, 900.0, "output_tokens/30s")
+    for bad in (-0.1, 30.0, "1s", True, float("nan")):
+        with pytest.raises(InvalidRequest, match="headroom"):
+            Limit(output_tokens=1000, per=30, headroom=bad)  # type: ignore[arg-type]
+    # 10% of the window up to 1 s is held back by default; never the last unit
+    assert Limit(requests=600, per=60).tolerance == pytest.approx(59.0)
+    assert Limit(requests=100, per=2).tolerance == pytest.approx(1.8)
+    assert Limit(requests=1, per=60).tolerance == pytest.approx(60.0)
+    assert Limit(requests=600, per=60, headroom=0).tolerance == pytest.approx(60.0)
 
 
 def test_try_acquire_decisions_and_retry_after():
-    lim = RateLimiter(name(), limits=[Limit(requests=3, per=1.0)])
+    lim = RateLimiter(name(), limits=[Limit(requests=3, per=1.0, headroom=0)])
     assert [bool(lim.try_acquire()) for _ in range(3)] == [True, True, True]
     d = lim.try_acquire()
     assert isinstance(d, Decision) and not d.allowed
@@ -53,7 +61,7 @@ def test_try_acquire_decisions_and_retry_after():
 
 
 def test_all_buckets_are_checked_and_consumed_together():
-    lim = RateLimiter(name(), limits=[Limit(requests=10, per=3600), Limit(tokens=100, per=3600)])
+    lim = RateLimiter(name(), limits=[Limit(requests=10, per=3600, headroom=0), Limit(tokens=100, per=3600, headroom=0)])
     assert lim.try_acquire(tokens=80)
     denied = lim.try_acquire(tokens=30)
     assert not denied and denied.retry_after_s > 60
@@ -67,7 +75,8 @@ def test_rpm_and_tpm_shorthands_make_minute_buckets():
     lim = RateLimiter(name(), rpm=500, tpm=200_000)
     assert [lim_.bucket for lim_ in lim.limits] == ["requests/60s", "tokens/60s"]
     assert lim.acquire(tokens=1200, timeout=1.0) < 0.1
-    assert lim.available()["tokens/60s"] == pytest.approx(200_000 - 1200, abs=10)
+    # 1 s of refill is held back by default (Limit.headroom)
+    assert lim.available()["tokens/60s"] == pytest.approx(200_000 - 1200 - 200_000 / 60, abs=10)
 
 
 def test_oversize_request_is_rejected_at_once():
@@ -78,13 +87,13 @@ def test_oversize_request_is_rejected_at_once():
     with pytest.raises(InvalidRequest):
         lim.try_acquire(tokens=1000)
     assert time.monotonic() - start < 1.0
-    assert lim.available()["tokens/60s"] == pytest.approx(100, abs=0.01)
+    assert lim.available()["tokens/60s"] == pytest.approx(100 - 100 / 60, abs=0.01)  # untouched, less the headroom
     with pytest.raises(InvalidRequest, match="non-negative"):
         lim.acquire(tokens=-1)
 
 
 def test_acquire_blocks_until_the_slot_then_returns_the_wait():
-    lim = RateLimiter(name(), limits=[Limit(requests=5, per=1.0)])
+    lim = RateLimiter(name(), limits=[Limit(requests=5, per=1.0, headroom=0)])
     for _ in range(5):
         assert lim.acquire() < 0.05
     waited = lim.acquire(timeout=5.0)
