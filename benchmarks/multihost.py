@@ -51,7 +51,9 @@ study = Orchestrator(connect(url)).load_study(name)
 time.sleep(max(0.0, go - time.time()))
 t0 = time.time()
 report = study.optimize("multihost:objective", workers={WORKERS}, timeout=seconds, progress=False)
-print(json.dumps({{"start": t0, "end": time.time()}}))
+import os
+end, cpu = time.time(), sum(os.times()[:4])  # this process and its reaped pool workers
+print(json.dumps({{"start": t0, "end": end, "cpu": cpu}}))
 """
 
 OPTUNA_PROCESS = """
@@ -65,12 +67,13 @@ study = optuna.create_study(storage=url, study_name=name, load_if_exists=True)
 time.sleep(max(0.0, go - time.time()))
 t0 = time.time()
 study.optimize(objective, timeout=seconds)
-print(json.dumps({"start": t0, "end": time.time()}))
+import os
+print(json.dumps({"start": t0, "end": time.time(), "cpu": sum(os.times()[:4])}))
 """
 
 
-def run(kind: str, url: str, hosts: int, seconds: float) -> float:
-    """Aggregate COMPLETE trials/s of one configuration (its own study)."""
+def run(kind: str, url: str, hosts: int, seconds: float) -> tuple[float, float]:
+    """Aggregate COMPLETE trials/s of one configuration (its own study), and CPU ms per trial."""
     name = f"mh-{kind}-{hosts}-{uuid.uuid4().hex[:6]}"
     if kind == "studyhall":
         from studyhall import Orchestrator
@@ -97,7 +100,7 @@ def run(kind: str, url: str, hosts: int, seconds: float) -> float:
         results.append(json.loads(out.strip().splitlines()[-1]))
     start, end = min(r["start"] for r in results), max(r["end"] for r in results)
     complete = _complete(url, name)
-    return complete / (end - start)
+    return complete / (end - start), 1000 * sum(r["cpu"] for r in results) / max(1, complete)
 
 
 def _complete(url: str, name: str) -> int:
@@ -119,12 +122,14 @@ def main() -> None:
         print(f"aggregate COMPLETE trials/s, {WORKERS} workers per host, {OBJECTIVE_S * 1000:.0f} ms objective, "
               f"{args.seconds:.0f} s per configuration (ideal: {WORKERS / OBJECTIVE_S:.0f}/s per host); "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-        print(f"{'hosts':>5} {'studyhall':>10} {'optuna':>10} {'ratio':>7}")
+        # CPU ms per trial (including imports and start-up): on a machine with fewer cores than
+        # processes, aggregate trials/s is bounded by cores / CPU per trial, however many hosts.
+        print(f"{'hosts':>5} {'studyhall':>10} {'optuna':>10} {'ratio':>7} {'cpu ms/trial (sh, optuna)':>27}")
         rates: dict[int, tuple[float, float]] = {}
         for hosts in (1, 2, 3):
-            ours, theirs = run("studyhall", url, hosts, args.seconds), run("optuna", url, hosts, args.seconds)
+            (ours, our_cpu), (theirs, their_cpu) = run("studyhall", url, hosts, args.seconds), run("optuna", url, hosts, args.seconds)
             rates[hosts] = (ours, theirs)
-            print(f"{hosts:>5} {ours:>10.1f} {theirs:>10.1f} {ours / theirs:>6.2f}x", flush=True)
+            print(f"{hosts:>5} {ours:>10.1f} {theirs:>10.1f} {ours / theirs:>6.2f}x {our_cpu:>13.0f} {their_cpu:>13.0f}", flush=True)
         ratio3 = rates[3][0] / rates[3][1]
         linear = rates[3][0] / (3 * rates[1][0])
         print(f"3 hosts: studyhall/optuna {ratio3:.2f}x (target >= 2x: {'met' if ratio3 >= 2 else 'NOT met'}); "
