@@ -22,17 +22,11 @@ import collections
 import itertools
 import json
 import os
-import selectors
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -41,7 +35,7 @@ import pytest
 from studyhall.optimizer import Orchestrator
 from studyhall.storage import connect
 from tests._util import ROOT, wait_until
-from tests.conftest import IN_CI
+from tests.integration.multihost_net import Host, descendants, kill_tree, make_hosts
 
 pytestmark = [pytest.mark.slow, pytest.mark.multihost]
 
@@ -51,180 +45,12 @@ TOTAL, WORKERS, GRACE_S = 120, 2, 3
 LIMIT = (8.0, 1.0, 2.0)  # requests, per seconds, burst: binding (six workers could go ~17/s)
 
 
-# ---- the network --------------------------------------------------------------------
-
-
-def _ip(*args: str, ns: str | None = None) -> None:
-    cmd = ["ip", "netns", "exec", ns, "ip", *args] if ns else ["ip", *args]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=10)
-
-
-class Forwarder:
-    """Accepts on ``listen`` and pipes every connection to ``target`` (threads; closed on ``close``)."""
-
-    def __init__(self, listen: str, target: tuple[str, int]) -> None:
-        self.target = target
-        self.server = socket.create_server((listen, 0))
-        self.port = self.server.getsockname()[1]
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name=f"forward-{listen}").start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                if self._closed:
-                    client.close()
-                    upstream.close()
-                    return
-                self._socks += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(a, selectors.EVENT_READ, b)
-        sel.register(b, selectors.EVENT_READ, a)
-        try:
-            while True:
-                for key, _ in sel.select(timeout=1.0):
-                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-                    if not data:
-                        return
-                    key.data.sendall(data)
-        except OSError:
-            return
-        finally:
-            sel.close()
-            a.close()
-            b.close()
-
-    def close(self) -> None:
-        """Stop accepting and close every piped connection."""
-        self._closed = True
-        self.server.close()
-        with self._lock:
-            for s in self._socks:
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-
-@dataclass
-class Host:
-    """One namespace, its link to the root namespace and its forwarder to PostgreSQL."""
-
-    name: str
-    ns: str
-    root_if: str
-    host_if: str
-    gateway: str
-    forwarder: Forwarder | None = None
-    procs: list[subprocess.Popen[str]] = field(default_factory=list)
-
-    def cut(self) -> None:
-        """Take the link down on both ends: the host's route to the database is gone."""
-        _ip("link", "set", self.host_if, "down", ns=self.ns)
-        _ip("link", "set", self.root_if, "down")
-
-    def restore(self) -> None:
-        """Bring the link back up."""
-        _ip("link", "set", self.root_if, "up")
-        _ip("link", "set", self.host_if, "up", ns=self.ns)
-
-
-def _can_make_namespaces() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces (ip netns add)"
-    if shutil.which("ip") is None:
-        return "needs iproute2's `ip` to create network namespaces"
-    probe = f"sh-probe-{uuid.uuid4().hex[:6]}"
-    try:
-        _ip("netns", "add", probe)
-    except (subprocess.CalledProcessError, OSError) as exc:
-        return f"`ip netns add` failed here ({getattr(exc, 'stderr', '') or exc})"
-    _ip("netns", "del", probe)
-    return None
-
-
-def _free_subnet_base() -> int:
-    # third octet of 10.213.x.0/24: three consecutive subnets no route on this machine uses
-    routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True, check=True).stdout
-    for base in range(16, 240, 4):
-        if not any(f"10.213.{base + k}." in routes for k in range(3)):
-            return base
-    raise AssertionError("no free 10.213.x.0/24 subnet for the test's hosts")
-
-
 @pytest.fixture
 def hosts() -> Iterator[list[Host]]:
-    """Three namespaces with a veth link each and a forwarder to PostgreSQL; all removed at the end."""
-    why = _can_make_namespaces()
-    if why is not None:
-        if IN_CI:
-            pytest.fail(f"{why}; CI=true requires the multi-host test to run", pytrace=False)
-        pytest.skip(why)
-    tag = uuid.uuid4().hex[:5]
-    base = _free_subnet_base()
-    made: list[Host] = []
-    try:
-        for k in range(3):
-            h = Host(f"host{k + 1}", f"sh-mh-{tag}-{k + 1}", f"shr{tag}{k + 1}", f"shh{tag}{k + 1}", f"10.213.{base + k}.1")
-            _ip("netns", "add", h.ns)
-            made.append(h)
-            _ip("link", "add", h.root_if, "type", "veth", "peer", "name", h.host_if)
-            _ip("link", "set", h.host_if, "netns", h.ns)
-            _ip("addr", "add", f"{h.gateway}/24", "dev", h.root_if)
-            _ip("link", "set", h.root_if, "up")
-            _ip("addr", "add", f"10.213.{base + k}.2/24", "dev", h.host_if, ns=h.ns)
-            _ip("link", "set", h.host_if, "up", ns=h.ns)
-            _ip("link", "set", "lo", "up", ns=h.ns)
-            h.forwarder = Forwarder(h.gateway, ("127.0.0.1", 5432))
+    """Three hosts; removed at the end."""
+    with make_hosts(3) as made:
         yield made
-    finally:
-        for h in made:
-            for p in h.procs:
-                _kill_tree(p)
-            if h.forwarder is not None:
-                h.forwarder.close()
-            subprocess.run(["ip", "link", "del", h.root_if], capture_output=True, timeout=10)  # takes its peer along
-            subprocess.run(["ip", "netns", "del", h.ns], capture_output=True, timeout=10)
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert f"sh-mh-{tag}" not in left, f"namespaces left behind: {left}"
 
-
-def _descendants(p: subprocess.Popen[str]) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(p.pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _kill_tree(p: subprocess.Popen[str]) -> None:
-    for proc in _descendants(p):
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    try:
-        p.communicate(timeout=10)
-    except (subprocess.TimeoutExpired, ValueError):
-        pass
-
-
-# ---- the scenario -------------------------------------------------------------------
 
 
 def _start_worker(h: Host, url: str, study_name: str, logs: Path) -> subprocess.Popen[str]:
@@ -248,8 +74,7 @@ def _start_worker(h: Host, url: str, study_name: str, logs: Path) -> subprocess.
 
 
 def _host_url(h: Host, postgresql_url: str) -> str:
-    assert h.forwarder is not None
-    return postgresql_url.replace("127.0.0.1:5432", f"{h.gateway}:{h.forwarder.port}")
+    return postgresql_url.replace("127.0.0.1:5432", f"{h.gateway}:{h.forward(5432)}")
 
 
 def _records(logs: Path) -> dict[str, list[dict[str, object]]]:
@@ -288,7 +113,7 @@ def test_three_hosts_one_killed_one_cut_off(hosts, postgresql_url, study_name, t
     # host 1 dies with everything it runs
     wait_until(lambda: finished() >= 20, timeout=90, interval=0.2, what="20 finished trials")
     assert all(p.poll() is None for p in procs.values()), {n: p.poll() for n, p in procs.items()}
-    for proc in _descendants(procs["host1"]):
+    for proc in descendants(procs["host1"]):
         proc.kill()
     # host 2 is cut off for longer than the grace period, then comes back
     wait_until(lambda: finished() >= 40, timeout=90, interval=0.2, what="40 finished trials")
@@ -301,11 +126,11 @@ def test_three_hosts_one_killed_one_cut_off(hosts, postgresql_url, study_name, t
         try:
             outputs[name] = p.communicate(timeout=150)
         except subprocess.TimeoutExpired:
-            _kill_tree(p)
+            kill_tree(p)
             raise AssertionError(f"{name} did not exit") from None
     elapsed = time.monotonic() - started
     for h in hosts:  # nothing left running on any host
-        assert not [p for p in h.procs for p in _descendants(p) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not [p for p in h.procs for p in descendants(p) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
     assert procs["host1"].returncode == -signal.SIGKILL
     assert procs["host3"].returncode == 0, outputs["host3"][1][-3000:]
