@@ -19,6 +19,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from studyhall.storage._errors import StudyhallError
+from studyhall.storage._retry import is_transient
+
 if TYPE_CHECKING:
     from studyhall.storage._storage import Storage
 
@@ -76,8 +79,9 @@ class Heartbeat:
         if trials:
             try:
                 self._storage.optuna.detach_trials(trials)
-            except Exception:  # the interpreter is exiting: say so, never raise
-                _log.warning("could not detach trials %s; they will be failed as stale", trials, exc_info=True)
+            except Exception as exc:  # the interpreter is exiting: say so, never raise
+                expected = isinstance(exc, StudyhallError) or is_transient(exc)
+                _log.warning("could not detach trials %s (%s); they will be failed as stale", trials, exc, exc_info=not expected)
 
     def close(self) -> None:
         """Stop the thread and forget the trials (the storage is being closed)."""
@@ -96,8 +100,10 @@ class Heartbeat:
     def _beat(self, trial_ids: list[int]) -> None:
         try:
             lost = self._storage.optuna.record_heartbeats(trial_ids)  # one transaction for all of them
-        except Exception:  # a missed beat is retried next round; never kill the thread
-            _log.warning("heartbeat for trials %s failed", trial_ids, exc_info=True)
+        except Exception as exc:  # a missed beat is retried next round; never kill the thread
+            # A database out of reach is expected (an outage, a cut link): one line, no traceback.
+            expected = isinstance(exc, StudyhallError) or is_transient(exc)
+            _log.warning("heartbeat for trials %s failed: %s", trial_ids, exc, exc_info=not expected)
             return
         for trial_id in lost:  # requeued and handed out elsewhere while this process stalled
             _log.warning("trial id %s went to another process while this one stalled; no more beats for it", trial_id)

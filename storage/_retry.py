@@ -86,9 +86,22 @@ def _matches(exc: BaseException | None, sqlstates: set[str], mysql: set[int], te
             text = str(exc).lower()
             if any(t in text for t in texts):
                 return True
-        exc = exc.__cause__ or exc.__context__
+        exc = _next_in_chain(exc)
         seen += 1
     return False
+
+
+def _next_in_chain(exc: BaseException) -> BaseException | None:
+    # A wrapper's cause, or the error a database error was raised while handling. Not the
+    # context of any other exception: an answer such as "the row changed" raised on a
+    # retry that followed a dropped connection is that answer, not a connection problem.
+    if exc.__cause__ is not None:
+        return exc.__cause__
+    wrapper = isinstance(exc, (sa.exc.SQLAlchemyError, OSError, sqlite3.Error)) or type(exc).__name__ in (
+        "StorageInternalError",
+        "OperationalError",
+    )
+    return exc.__context__ if wrapper and not exc.__suppress_context__ else None
 
 
 def is_setup_race(exc: BaseException | None) -> bool:

@@ -49,6 +49,7 @@ from studyhall.optimizer.optimize._remote_trial import (
 )
 from studyhall.optimizer.optimize._report import OptimizeReport, Options
 from studyhall.optimizer.study._space import Space
+from studyhall.storage import StudyhallError
 from studyhall.storage._studies import running_and_waiting
 from studyhall.storage.rdb import TotalReached
 
@@ -259,8 +260,8 @@ class _Run:
         try:
             with self.interrupts.shield():
                 self._requeue_queued()
-        except BaseException:  # the trial stays RUNNING in inflight and is failed below
-            _log.warning("could not give queued trials back", exc_info=True)
+        except BaseException as failure:  # the trial stays RUNNING in inflight and is failed below
+            _log.warning("could not give queued trials back (%s)", failure, exc_info=not isinstance(failure, StudyhallError))
         if isinstance(exc, KeyboardInterrupt):
             deadline = time.monotonic() + GRACE_S
             try:
@@ -285,9 +286,12 @@ class _Run:
                 with self.interrupts.shield():
                     self.outcomes.fail(fl, why, "interrupted")
                     self.report.interrupted += 1
-            except BaseException:  # keep failing the others, even on another Ctrl-C
+            except BaseException as failure:  # keep failing the others, even on another Ctrl-C
                 # No beat from here any more, and not detached at exit: it goes stale and
                 # another process fails and retries it (detached, it would stay RUNNING).
                 self.study.storage.heartbeat.discard(fl.trial_id)
-                _log.warning("could not fail trial %s; it goes stale and is failed later", fl.number, exc_info=True)
+                _log.warning(
+                    "could not fail trial %s (%s); it goes stale and is failed elsewhere", fl.number, failure,
+                    exc_info=not isinstance(failure, StudyhallError),  # an unreachable database needs no traceback
+                )
         self.inflight.clear()

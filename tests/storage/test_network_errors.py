@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from studyhall.storage import InvalidRequest, TransientStorageError, connect, is_transient
 from studyhall.storage._retry import is_connection_error
+from studyhall.storage._storage import Storage
 
 # A loopback port nothing listens on: every connection is refused at once.
 CLOSED = {"postgresql": "postgresql+psycopg://postgres@127.0.0.1:1/test", "mysql": "mysql+pymysql://root@127.0.0.1:1/test"}
@@ -56,7 +57,7 @@ def test_other_failures_are_not_connection_problems(error):
 
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])
 def test_an_unreachable_database_is_retried_then_reported_as_a_connection_problem(backend, request):
-    st = connect(request.getfixturevalue(f"{backend}_url"))
+    st = Storage(request.getfixturevalue(f"{backend}_url"))  # its own: no other test's heartbeat on its engine
     closed = sa.create_engine(CLOSED[backend])
     attempts = []
     sa.event.listen(closed, "do_connect", lambda *a: attempts.append(1))
@@ -74,6 +75,7 @@ def test_an_unreachable_database_is_retried_then_reported_as_a_connection_proble
     finally:
         st.engine, st.optuna.engine = engines
         closed.dispose()
+        st.close()
 
 
 def test_connect_to_a_closed_port_says_it_could_not_reach_the_database():
@@ -99,3 +101,18 @@ def test_a_silent_postgresql_peer_is_given_up_after_the_grace_period(postgresql_
     with st.engine.connect() as conn:
         params = conn.connection.dbapi_connection.info.get_parameters()
     assert (params["tcp_user_timeout"], params["keepalives"], params["keepalives_idle"]) == ("4000", "1", "2")
+
+
+def test_an_answer_raised_while_handling_a_dropped_connection_is_not_transient():
+    # A retried tell finds the trial failed meanwhile: that answer is final, not a connection problem.
+    class Changed(Exception):
+        pass
+
+    try:
+        try:
+            raise _driver_error("server closed the connection unexpectedly")
+        except sa.exc.OperationalError:
+            raise Changed()  # noqa: B904 - the implicit context, as on a retry
+    except Changed as exc:
+        answer = exc
+    assert answer.__context__ is not None and not is_transient(answer)
