@@ -29,9 +29,10 @@ demo: $(STAMP)
 test: $(STAMP) $(OPTUNA_TESTS)
 	$(BIN)/python -m pytest -q
 
-# The unit-level tests while you work (about a minute): no integration, slow or browser tests.
+# The unit-level tests while you work (about a minute): SQLite only; no integration, slow
+# or browser tests, and no cases on PostgreSQL or MariaDB (make test runs all of them).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -x -m "not slow and not integration and not e2e"
+	$(BIN)/python -m pytest -q -x -m "not slow and not integration and not e2e and not server"
 
 # The packages pass mypy --strict and everything passes ruff (settings in pyproject.toml).
 lint: $(STAMP)

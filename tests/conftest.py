@@ -25,11 +25,19 @@ BACKENDS = ["sqlite", "postgresql", "mysql"]
 SESSION_TAG = uuid.uuid4().hex[:10]
 
 
+_SERVERS = {"postgresql", "mysql"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/integration is an integration test (``make test-fast`` leaves them out)."""
+    """Mark what ``make test-fast`` leaves out: tests/integration, and the cases on a database server."""
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+        spec = getattr(item, "callspec", None)
+        values = spec.params.values() if spec is not None else ()
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if any(isinstance(v, str) and v in _SERVERS for v in values) or {f"{s}_url" for s in _SERVERS} & fixtures:
+            item.add_marker(pytest.mark.server)
 
 
 def _unavailable(what: str, exc: Exception) -> None:
