@@ -470,7 +470,11 @@ def _keep(fd: int) -> None:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         return
     keeper = os.getpid()
-    worker = os.fork()
+    try:
+        worker = os.fork()
+    except OSError:  # out of processes: serve without a keeper rather than not at all
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        return
     if worker == 0:
         # The worker. Nothing to clean up if its keeper dies: the keeper, or the pool, does.
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
