@@ -141,6 +141,7 @@ class TaskDispatch(PoolCore):
         elif kind == _worker.SEND:
             deliver_send(self._task_of(worker, message[1]), message[2])
         elif kind == _worker.READY:
+            worker.task_pid = int(message[1])
             self._on_ready(worker)
         elif kind == _worker.PONG:
             self._on_pong(worker, message)

@@ -1,8 +1,12 @@
 """The worker side of ``WorkerPool``: one subprocess, one task at a time.
 
 A worker is started by the pool as ``python -P -c WORKER_BOOT <root> <fd> <parent pid>``
-in a session (and so a process group) of its own. It talks to the pool over one
-Unix socket, with length-prefixed pickled tuples::
+in a session (and so a process group) of its own. On Linux that process forks at
+once and becomes the worker's *keeper* (``_keep``): a child subreaper that does
+nothing but wait, so that whatever a task starts stays below it even after leaving
+the process group or losing its parent, and that kills all of it when the worker
+exits, however it exits. The worker proper is the keeper's child. It talks to the
+pool over one Unix socket, with length-prefixed pickled tuples::
 
     pool -> worker   CONFIG(sys_path, health_check, initializer, secrets)  TASK(id, blob)  SECRETS({id: secret})
                      REPLY(call, ok, blob)  PING(seq)  STOP
@@ -14,8 +18,8 @@ that uses ``Channel.call`` needs someone reading while it runs: its first call
 starts the *reader* thread, which from then on takes everything off the socket
 (tasks and pings go to the main thread's inbox, replies wake the caller waiting
 for them). Plain tasks thus pay no thread hand-off. End-of-file on the socket, or
-SIGHUP (PR_SET_PDEATHSIG), means the pool's process is gone: the worker kills its
-whole process group, itself and whatever its task started.
+SIGHUP (PR_SET_PDEATHSIG), means the pool's process is gone: the worker exits and
+its keeper kills everything below it and its process group, itself included.
 
 ``WORKER_BOOT`` imports this module the ordinary way, never runs it as
 ``__main__``: it is then the very module ``studyhall.bridge.worker_channel`` names,
@@ -38,6 +42,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -388,8 +393,115 @@ def _kill_own_group() -> None:
     _flush_stdio()
     # Only when we lead our own group: never signal the group we were started in.
     if os.getpgid(0) == os.getpid():
+        _kill_descendants(os.getpid())  # the keeper: those that left the group too
         os.killpg(os.getpid(), signal.SIGKILL)
     os._exit(1)
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (from /proc; zombies left out), parents before children."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) < 2 or fields[0] == b"Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_descendants(root: int) -> None:
+    """SIGKILL every process below ``root`` (this process) and reap those that end up its children."""
+    for _ in range(100):  # a fork bomb is not stopped here, but neither is it waited for forever
+        pids = descendants(root)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        reaped = False
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            reaped = True
+        if not pids and not reaped:
+            return
+        if not reaped:
+            time.sleep(0.005)  # killed ones still exiting
+
+
+def _keep(fd: int) -> None:
+    """Split into the keeper (this process, the pool's child) and the worker (its child, returned to).
+
+    The keeper is a child subreaper: whatever a task starts stays below it even when it
+    leaves the process group (``start_new_session=True``) or its parent exits (a
+    daemon's double fork). When the worker exits, however it ends (a timeout's signal,
+    ``os._exit``, a crash), the keeper SIGKILLs everything still below it and exits as
+    the worker did (same code or signal). On other systems, or if the kernel refuses,
+    there is no keeper and the worker is this process, as before.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        return
+    keeper = os.getpid()
+    try:
+        worker = os.fork()
+    except OSError:  # out of processes: serve without a keeper rather than not at all
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        return
+    if worker == 0:
+        # The worker. Nothing to clean up if its keeper dies: the keeper, or the pool, does.
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != keeper:
+            os._exit(1)
+        return
+    os.close(fd)  # the worker's socket: the pool must see EOF when the worker goes
+    # The pool's SIGTERM (a timeout) is for the worker; the keeper outlives it to clean up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    status = 0
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        if pid == worker:
+            break
+    _kill_descendants(keeper)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # die of the worker's signal, so that the pool reports it
+        try:
+            signal.signal(-code, signal.SIG_DFL)  # (SIGKILL's cannot be set, nor needs to be)
+        except (OSError, ValueError):
+            pass
+        os.kill(keeper, -code)
+        code = 128 - code
+    os._exit(code)
 
 
 def _on_parent_death(signum: int, frame: object) -> None:
@@ -433,6 +545,7 @@ def main(argv: list[str]) -> None:
     fd, parent_pid = int(argv[0]), int(argv[1])
     _guard_parent(parent_pid)
     os.set_inheritable(fd, False)  # what the task starts must not hold our socket open
+    _keep(fd)  # from here on, the worker is the keeper's child (on Linux)
     wire = Wire(socket.socket(fileno=fd))
     kind, sys_path, health_blob, init_blob, sent = wire.recv()
     assert kind == CONFIG, kind

@@ -1,11 +1,12 @@
 """Worker management for ``bridge.WorkerPool``: one ``WorkerProcess`` per subprocess.
 
 A ``WorkerProcess`` starts ``python -P -c WORKER_BOOT`` in a new session (so it leads
-its own process group), owns the parent's end of the worker's socket, a pidfd
-that becomes readable when the process exits, and the *lane* thread that reads
-the socket in order and hands every message to the pool. It knows how to signal
-its whole process group and how much memory the group uses; the pool decides
-when.
+its own process group; on Linux it is the worker's keeper, see ``_worker._keep``),
+owns the parent's end of the worker's socket, a pidfd that becomes readable when
+the process exits, and the *lane* thread that reads the socket in order and hands
+every message to the pool. It knows how to signal its whole process group (a
+SIGKILL also reaches what left the group) and how much memory it uses; the pool
+decides when.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class WorkerProcess:
         self.handling = False  # the lane is inside on_call/on_send (not waiting on the socket)
         self.drain_deadline: float | None = None
         self.start_error = ""  # what its initializer raised, if it did
+        self.task_pid = 0  # the process that runs tasks (READY says): the keeper's child, on Linux
         # The secrets of this process (API keys of the clients a task may carry) go over
         # this socket, in memory, never in a pickle that is stored (see _secrets.py).
         self._secrets_lock = threading.Lock()
@@ -157,13 +159,22 @@ class WorkerProcess:
             self._on_lane_closed(self)
 
     def signal_group(self, sig: int) -> None:
-        """Send ``sig`` to the worker's whole process group (no-op once it is reaped)."""
+        """Send ``sig`` to the worker's whole process group (no-op once it is reaped); a SIGKILL
+        also reaches every process below it that left the group."""
         if self._reaped:
             return
+        # Listed before the kill: once the keeper (the subreaper, see _worker._keep) is dead,
+        # what it kept goes to init and out of reach.
+        escaped = _worker.descendants(self.pid) if sig == signal.SIGKILL else []
         try:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+        for pid in escaped:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def reap(self) -> int:
         """Kill what is left of the group (a task's children), then collect the exit status."""
@@ -195,7 +206,7 @@ class WorkerProcess:
     def own_memory_mb(self) -> float:
         """Resident memory of the worker process alone, in MiB (one small /proc read on Linux)."""
         try:
-            with open(f"/proc/{self.pid}/statm", "rb") as f:
+            with open(f"/proc/{self.task_pid or self.pid}/statm", "rb") as f:
                 return int(f.read().split()[1]) * _PAGE / (1024 * 1024)
         except (OSError, ValueError, IndexError):
             return self.memory_mb()

@@ -122,6 +122,36 @@ def start_sleeper_then_hang() -> None:
     sleep_forever()
 
 
+def start_escapees() -> list[int]:
+    """Start two grandchildren that leave the worker's process group: ``sleep 300`` in a
+    session of its own, and a daemon (``setsid sleep 300`` backgrounded by a shell that
+    exits at once, so its parent is gone). Tell the submitter their pids; return them."""
+    own = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    shell = subprocess.run(
+        ["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 </dev/null & echo $!"], capture_output=True, text=True, check=True
+    )
+    pids = [own.pid, int(shell.stdout.strip())]
+    worker_channel().send(pids)  # type: ignore[union-attr]
+    return pids
+
+
+def start_escapees_then_hang() -> None:
+    start_escapees()
+    sleep_forever()
+
+
+def start_escapees_deaf_to_sigterm() -> None:
+    """The same, in a worker that ignores SIGTERM: only the SIGKILL after the grace ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    start_escapees()
+    sleep_forever()
+
+
+def start_escapees_then_exit() -> None:
+    start_escapees()
+    os._exit(3)
+
+
 def hog(megabytes: int) -> int:
     block = bytearray(megabytes * 1024 * 1024)
     block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page so it is resident

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -106,6 +107,29 @@ def test_a_timeout_kills_what_the_task_started() -> None:
             pool.submit(h.start_sleeper_then_hang, timeout=1.0, on_send=sleepers.append).result(timeout=30)
         assert len(sleepers) == 1
         h.wait_until(lambda: gone(sleepers[0]), timeout=10, what="the grandchild `sleep 1000` to die")
+
+
+@pytest.mark.parametrize("how", ["timeout", "timeout-sigterm-ignored", "crash"])
+def test_grandchildren_that_left_the_process_group_die_with_the_task(how: str) -> None:
+    # issue 13 item 13: a new session (start_new_session=True) or a daemon whose parent
+    # exited is out of reach of the group kill; the worker's subreaper keeps them reachable.
+    with WorkerPool(min_workers=1, max_workers=1) as pool:
+        escaped: list[list[int]] = []
+        if how.startswith("timeout"):
+            task = h.start_escapees_then_hang if how == "timeout" else h.start_escapees_deaf_to_sigterm
+            with pytest.raises(TaskTimeout):
+                pool.submit(task, timeout=2.0, on_send=escaped.append).result(timeout=30)
+        else:
+            with pytest.raises(WorkerCrashed):
+                pool.submit(h.start_escapees_then_exit, on_send=escaped.append).result(timeout=30)
+        pids = escaped[0]
+        try:
+            h.wait_until(lambda: all(gone(p) for p in pids), timeout=10, what=f"the escaped grandchildren {pids} to die")
+        finally:
+            for p in pids:  # never leave them behind, whatever the outcome
+                with contextlib.suppress(OSError):
+                    os.kill(p, signal.SIGKILL)
+        assert pool.submit(h.double, 2).result(timeout=30) == 4  # and the pool goes on
 
 
 def test_a_worker_over_max_memory_is_replaced_before_it_gets_work() -> None:
