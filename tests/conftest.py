@@ -108,3 +108,24 @@ def store(storage_url: str) -> Storage:
 def study_name(request: pytest.FixtureRequest) -> str:
     """A study name no other test (or test run) uses."""
     return f"{request.node.name[:60]}-{uuid.uuid4().hex[:8]}"
+
+
+_UPSTREAM_TEST = "test_optuna_upstream.py::test_optunas_own_tests_pass_on_studyhalls_storage"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start Optuna's own suite now, beside the rest, when its test is selected (minutes of one subprocess)."""
+    if any(item.nodeid.endswith(_UPSTREAM_TEST) for item in session.items) and not session.config.option.collectonly:
+        from tests.storage._upstream import RUN_KEY, UpstreamRun
+
+        run = session.config.stash[RUN_KEY] = UpstreamRun()
+        run.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop Optuna's suite if it still runs and drop its scratch databases."""
+    from tests.storage._upstream import RUN_KEY
+
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.close()
