@@ -139,6 +139,25 @@ def test_max_total_trials_counts_the_whole_study(study):
     assert_nothing_left(study)
 
 
+def test_max_total_trials_leaves_room_for_retries(study, tmp_path, monkeypatch):
+    # Every first attempt crashes once: the total counts the 4 trials, and each crash's retry still runs.
+    monkeypatch.setenv("STUDYHALL_TEST_MARKERS", str(tmp_path))
+    report = study.optimize(f"{OBJ}:crash_once", max_total_trials=4, workers=2, retries=1, progress=False)
+    trials = study.trials()
+    first = [t for t in trials if "retry" not in t.user_attrs]
+    assert len(first) == 4 and all(t.state.name == "FAIL" for t in first)
+    assert sorted(t.user_attrs["retry_of"] for t in trials if t.state.name == "COMPLETE") == [t.number for t in first]
+    assert (report.crashed, report.completed, report.retried) == (4, 4, 4)
+    assert_nothing_left(study)
+
+
+def test_a_full_study_does_not_wait_for_a_trial_detached_for_good(study):
+    left = study.ask({"x": Float(0, 1)})
+    study.storage.optuna.detach_trials([left.trial_id])  # its script exited; it is told some day, from anywhere
+    report = study.optimize(f"{OBJ}:quadratic", max_total_trials=3, workers=2, progress=False, timeout=60)
+    assert report.completed == 2 and report.elapsed_s < 30
+
+
 def test_multi_objective_sequences_are_values(sqlite_url, study_name):
     study = Orchestrator(sqlite_url).create_study(study_name, directions=["minimize", "maximize"])
     report = study.optimize(lambda t: (t.suggest_float("x", 0, 1), 2.0), n_trials=2, workers=0, progress=False)
