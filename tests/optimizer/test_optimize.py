@@ -158,6 +158,30 @@ def test_a_full_study_does_not_wait_for_a_trial_detached_for_good(study):
     assert report.completed == 2 and report.elapsed_s < 30
 
 
+def test_a_database_out_of_reach_leaves_the_running_trials_to_go_stale(study, monkeypatch):
+    # Cut off, the host cannot tell: its other trials must go stale and be retried elsewhere,
+    # not be failed "interrupted" for good in the moment the database is back.
+    from studyhall.optimizer.study import _study
+    from studyhall.storage import TransientStorageError
+
+    real_finish = _study.finish_trial
+    outage = [True]  # one tell meets the outage; by the time optimize stops, the database is back
+
+    def cut_off(st, **kw):  # type: ignore[no-untyped-def]
+        if outage and len(study.trials(states=["running"])) >= 2:
+            outage.clear()
+            raise TransientStorageError("could not reach the database through 8 attempts: the connection failed")
+        return real_finish(st, **kw)
+
+    monkeypatch.setattr(_study, "finish_trial", cut_off)
+    monkeypatch.setenv("STUDYHALL_TEST_SLEEP", "0.5")
+    with pytest.raises(TransientStorageError):
+        study.optimize(f"{OBJ}:sleepy", n_trials=6, workers=2, progress=False)
+    running = study.trials(states=["running"])
+    assert running and not [t for t in study.trials() if t.user_attrs.get("failure") == "interrupted"]
+    assert not {study.trial_id(t.number) for t in running} & study.storage.heartbeat.tracked()
+
+
 def test_multi_objective_sequences_are_values(sqlite_url, study_name):
     study = Orchestrator(sqlite_url).create_study(study_name, directions=["minimize", "maximize"])
     report = study.optimize(lambda t: (t.suggest_float("x", 0, 1), 2.0), n_trials=2, workers=0, progress=False)
