@@ -11,7 +11,8 @@ Targets (issue 15): studyhall's aggregate >= 2x plain Optuna's at 3 hosts, and >
 of linear from 1 to 3 hosts (3-host rate >= 0.8 * 3 * 1-host rate).
 
     python benchmarks/multihost.py             # D = 10 s per configuration
-    python benchmarks/multihost.py --seconds 5
+    python benchmarks/multihost.py --seconds 20  # less of the processes' start-up in the figures
+    python benchmarks/multihost.py --quick       # 3 s per configuration
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ def _complete(url: str, name: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="how long each configuration runs")
+    parser.add_argument("--quick", action="store_true", help="3 s per configuration")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds = 3.0
     url = scratch_schema_url()
     if url is None:
         print("multihost: needs PostgreSQL on 127.0.0.1:5432")

@@ -64,10 +64,20 @@ def study_rows(st: Storage) -> list[StudyRow]:
 
 
 def running_and_waiting(st: Storage, study_id: int) -> tuple[list[int], int]:
-    """The ids of the study's RUNNING trials, and how many wait in its queue (WAITING)."""
-    t = table("TrialModel")
+    """The ids of the study's RUNNING trials that will end by themselves, and how many wait in its queue.
+
+    Left out: trials detached without a lease (their process exited and left them to
+    be told from anywhere, some day): they neither end nor go stale on their own.
+    """
+    from studyhall.storage.rdb._storage import DETACHED_ATTR
+
+    t, attrs = table("TrialModel"), table("TrialSystemAttributeModel")
+    detached_for_good = sa.exists().where(
+        attrs.c.trial_id == t.c.trial_id, attrs.c.key == DETACHED_ATTR, attrs.c.value_json == "true"
+    )
     query = sa.select(t.c.trial_id, t.c.state).where(
-        t.c.study_id == study_id, t.c.state.in_((TrialState.RUNNING, TrialState.WAITING))
+        t.c.study_id == study_id,
+        sa.or_(t.c.state == TrialState.WAITING, sa.and_(t.c.state == TrialState.RUNNING, ~detached_for_good)),
     )
 
     def read(conn: sa.Connection) -> tuple[list[int], int]:

@@ -19,8 +19,10 @@
     │    study.tell(value | scores, metrics, user_attrs)  or  FAIL / PRUNED  (+ study.retry;
     │    _outcomes.py)
     ├─ timeout or a stop: the queued trial goes back to the study's queue (WAITING), never run
-    └─ Ctrl-C: queued trial back to WAITING, 2 s grace, FAIL "interrupted" for the rest,
-       pool shut down, KeyboardInterrupt again
+    ├─ Ctrl-C: queued trial back to WAITING, 2 s grace, FAIL "interrupted" for the rest,
+    │  pool shut down, KeyboardInterrupt again
+    └─ the database out of reach (TransientStorageError): pool shut down, the trials left to go stale
+       (another host fails and retries them), the error raised
 
 ``workers=0`` runs each trial in this thread with the same RemoteTrial code.
 """
@@ -49,7 +51,7 @@ from studyhall.optimizer.optimize._remote_trial import (
 )
 from studyhall.optimizer.optimize._report import OptimizeReport, Options
 from studyhall.optimizer.study._space import Space
-from studyhall.storage import StudyhallError
+from studyhall.storage import StudyhallError, TransientStorageError
 from studyhall.storage._studies import running_and_waiting
 from studyhall.storage.rdb import TotalReached
 
@@ -280,6 +282,17 @@ class _Run:
             self.backend.close(exc)  # kills what still runs, so nothing writes after the FAIL
         except Exception:
             _log.warning("worker pool shutdown failed", exc_info=True)
+        if isinstance(exc, TransientStorageError):
+            # The database went out of reach (a cut link, an outage): the trials were cut short by
+            # the infrastructure, not by anyone's choice. Leave them to go stale, so that another
+            # host fails them as stale and retries them, rather than FAIL them "interrupted" for
+            # good in the moment the database may be back.
+            for fl in self.inflight.values():
+                self.study.storage.heartbeat.discard(fl.trial_id)
+            if self.inflight:
+                _log.warning("trials %s are left to go stale and be retried elsewhere", sorted(self.inflight))
+            self.inflight.clear()
+            return
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"interrupted: optimize() stopped on {type(exc).__name__}: {exc}"
         for fl in list(self.inflight.values()):
             try:

@@ -139,6 +139,49 @@ def test_max_total_trials_counts_the_whole_study(study):
     assert_nothing_left(study)
 
 
+def test_max_total_trials_leaves_room_for_retries(study, tmp_path, monkeypatch):
+    # Every first attempt crashes once: the total counts the 4 trials, and each crash's retry still runs.
+    monkeypatch.setenv("STUDYHALL_TEST_MARKERS", str(tmp_path))
+    report = study.optimize(f"{OBJ}:crash_once", max_total_trials=4, workers=2, retries=1, progress=False)
+    trials = study.trials()
+    first = [t for t in trials if "retry" not in t.user_attrs]
+    assert len(first) == 4 and all(t.state.name == "FAIL" for t in first)
+    assert sorted(t.user_attrs["retry_of"] for t in trials if t.state.name == "COMPLETE") == [t.number for t in first]
+    assert (report.crashed, report.completed, report.retried) == (4, 4, 4)
+    assert_nothing_left(study)
+
+
+def test_a_full_study_does_not_wait_for_a_trial_detached_for_good(study):
+    left = study.ask({"x": Float(0, 1)})
+    study.storage.optuna.detach_trials([left.trial_id])  # its script exited; it is told some day, from anywhere
+    report = study.optimize(f"{OBJ}:quadratic", max_total_trials=3, workers=2, progress=False, timeout=60)
+    assert report.completed == 2 and report.elapsed_s < 30
+
+
+def test_a_database_out_of_reach_leaves_the_running_trials_to_go_stale(study, monkeypatch):
+    # Cut off, the host cannot tell: its other trials must go stale and be retried elsewhere,
+    # not be failed "interrupted" for good in the moment the database is back.
+    from studyhall.optimizer.study import _study
+    from studyhall.storage import TransientStorageError
+
+    real_finish = _study.finish_trial
+    outage = [True]  # one tell meets the outage; by the time optimize stops, the database is back
+
+    def cut_off(st, **kw):  # type: ignore[no-untyped-def]
+        if outage and len(study.trials(states=["running"])) >= 2:
+            outage.clear()
+            raise TransientStorageError("could not reach the database through 8 attempts: the connection failed")
+        return real_finish(st, **kw)
+
+    monkeypatch.setattr(_study, "finish_trial", cut_off)
+    monkeypatch.setenv("STUDYHALL_TEST_SLEEP", "0.5")
+    with pytest.raises(TransientStorageError):
+        study.optimize(f"{OBJ}:sleepy", n_trials=6, workers=2, progress=False)
+    running = study.trials(states=["running"])
+    assert running and not [t for t in study.trials() if t.user_attrs.get("failure") == "interrupted"]
+    assert not {study.trial_id(t.number) for t in running} & study.storage.heartbeat.tracked()
+
+
 def test_multi_objective_sequences_are_values(sqlite_url, study_name):
     study = Orchestrator(sqlite_url).create_study(study_name, directions=["minimize", "maximize"])
     report = study.optimize(lambda t: (t.suggest_float("x", 0, 1), 2.0), n_trials=2, workers=0, progress=False)
