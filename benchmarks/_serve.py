@@ -25,9 +25,23 @@ def serve(url: str) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if k != "STUDYHALL_TOKEN"}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from studyhall.optimizer.cli import main; main()", "serve", "--storage", url,
-         "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from studyhall.optimizer.cli import main; main()",
+            "serve",
+            "--storage",
+            url,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

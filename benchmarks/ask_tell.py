@@ -106,7 +106,9 @@ def main() -> None:
     k = min(100, n_long // 4)
     for label, lat in (("optuna", raw), ("studyhall", ours)):
         early, late = statistics.median(lat[:k]) * 1e3, statistics.median(lat[-k:]) * 1e3
-        print(f"  {label:<10} trials 1-{k}: {early:6.2f}   trials {n_long - k + 1}-{n_long}: {late:6.2f}   growth {late / early:4.2f}x")
+        print(
+            f"  {label:<10} trials 1-{k}: {early:6.2f}   trials {n_long - k + 1}-{n_long}: {late:6.2f}   growth {late / early:4.2f}x"
+        )
     if pg:
         drop_scratch_schema(pg)
 

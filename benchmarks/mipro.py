@@ -34,8 +34,17 @@ from studyhall.optimizer import MiproLoop, MiproResult, arith_task  # noqa: E402
 
 def _loop(url: str, name: str, base_url: str, task, *, limiter=None, **kw) -> MiproLoop:  # type: ignore[no-untyped-def]
     lm = LLMClient("sim-small", base_url=base_url, api_key="sim", limiter=limiter, timeout=120.0)
-    return MiproLoop(task.program, task.metric, instructions=task.instructions, demos=task.demos, valset=task.valset,
-                     lm=lm, study=name, storage=url, **kw)
+    return MiproLoop(
+        task.program,
+        task.metric,
+        instructions=task.instructions,
+        demos=task.demos,
+        valset=task.valset,
+        lm=lm,
+        study=name,
+        storage=url,
+        **kw,
+    )
 
 
 def _cost_to_reach(result: MiproResult, target: float) -> tuple[int, int] | None:
@@ -48,7 +57,9 @@ def _cost_to_reach(result: MiproResult, target: float) -> tuple[int, int] | None
 def pruning(url: str, seeds: list[int], trials: int) -> None:
     task = arith_task(n_val=100)
     print(f"\n== pruning: {trials} trials, minibatch 35, valset 100, seeds {seeds}")
-    print(f"{'seed':>4}  {'target':>6}  {'calls plain':>11}  {'calls pruned':>12}  {'tokens plain':>12}  {'tokens pruned':>13}  pruned trials")
+    print(
+        f"{'seed':>4}  {'target':>6}  {'calls plain':>11}  {'calls pruned':>12}  {'tokens plain':>12}  {'tokens pruned':>13}  pruned trials"
+    )
     tot = {"cp": 0, "cq": 0, "tp": 0, "tq": 0}
     with FakeProvider(rpm=None, tpm=None, latency_s=(0.005, 0.02), responder=task.responder()) as fp:
         for seed in seeds:
@@ -58,14 +69,18 @@ def pruning(url: str, seeds: list[int], trials: int) -> None:
             target = min(plain.best_full_score or 0.0, pruned.best_full_score or 0.0)
             a, b = _cost_to_reach(plain, target), _cost_to_reach(pruned, target)
             assert a is not None and b is not None
-            print(f"{seed:>4}  {target:>6.3f}  {a[0]:>11}  {b[0]:>12}  {a[1]:>12}  {b[1]:>13}  {pruned.pruned}/{pruned.trials}"
-                  f"  (whole runs: {plain.llm_calls} vs {pruned.llm_calls} calls, best {plain.best_full_score:.3f} vs {pruned.best_full_score:.3f})")
+            print(
+                f"{seed:>4}  {target:>6.3f}  {a[0]:>11}  {b[0]:>12}  {a[1]:>12}  {b[1]:>13}  {pruned.pruned}/{pruned.trials}"
+                f"  (whole runs: {plain.llm_calls} vs {pruned.llm_calls} calls, best {plain.best_full_score:.3f} vs {pruned.best_full_score:.3f})"
+            )
             tot["cp"] += a[0]
             tot["cq"] += b[0]
             tot["tp"] += a[1]
             tot["tq"] += b[1]
-    print(f"to reach the same best full-eval score, pruning used {tot['cq'] / tot['cp']:.2f}x the LLM calls "
-          f"and {tot['tq'] / tot['tp']:.2f}x the tokens of the unpruned search (sum over seeds)")
+    print(
+        f"to reach the same best full-eval score, pruning used {tot['cq'] / tot['cp']:.2f}x the LLM calls "
+        f"and {tot['tq'] / tot['tp']:.2f}x the tokens of the unpruned search (sum over seeds)"
+    )
 
 
 def workers(url: str, trials: int, limits: list[float | None]) -> None:
@@ -75,22 +90,43 @@ def workers(url: str, trials: int, limits: list[float | None]) -> None:
         times, rates = {}, {}
         for n in (1, 2):
             rpm = per_s if per_s is not None else None
-            with FakeProvider(rpm=rpm, tpm=None, per=1.0, latency_s=(0.1, 0.3), responder=task.responder(), seed=1) as fp:
+            with FakeProvider(
+                rpm=rpm, tpm=None, per=1.0, latency_s=(0.1, 0.3), responder=task.responder(), seed=1
+            ) as fp:
                 # the limiter is told the provider's limit, in the database, shared by the workers
-                lim = None if per_s is None else RateLimiter(
-                    f"bench-{n}-{time.monotonic_ns()}", limits=[Limit(requests=per_s, per=1.0)], storage=url)
+                lim = (
+                    None
+                    if per_s is None
+                    else RateLimiter(
+                        f"bench-{n}-{time.monotonic_ns()}", limits=[Limit(requests=per_s, per=1.0)], storage=url
+                    )
+                )
                 start = time.monotonic()
-                r = _loop(url, f"workers-{n}-{per_s}", fp.base_url, task, limiter=lim, minibatch_size=20,
-                          full_eval_every=5, seed=0, workers=n, concurrency=4).run(n_trials=trials)
+                r = _loop(
+                    url,
+                    f"workers-{n}-{per_s}",
+                    fp.base_url,
+                    task,
+                    limiter=lim,
+                    minibatch_size=20,
+                    full_eval_every=5,
+                    seed=0,
+                    workers=n,
+                    concurrency=4,
+                ).run(n_trials=trials)
                 times[n] = time.monotonic() - start
                 rates[n] = r.llm_calls / times[n]
                 stats = fp.stats()
             label = "no limit" if per_s is None else f"limit {per_s:g}/s"
-            print(f"  {label:>13}, {n} worker{'s' if n > 1 else ' '}: {times[n]:6.1f} s  {r.llm_calls} calls "
-                  f"({rates[n]:.1f}/s), 429s {stats['rate_limited']}, best full score {r.best_full_score:.3f}")
+            print(
+                f"  {label:>13}, {n} worker{'s' if n > 1 else ' '}: {times[n]:6.1f} s  {r.llm_calls} calls "
+                f"({rates[n]:.1f}/s), 429s {stats['rate_limited']}, best full score {r.best_full_score:.3f}"
+            )
         capped = per_s is not None and rates[2] >= 0.85 * per_s
-        print(f"  {label:>13}: 2 workers took {times[2] / times[1]:.2f}x the wall time of 1 "
-              f"(speed-up {times[1] / times[2]:.2f}x{'; the limit caps it' if capped else ''})")
+        print(
+            f"  {label:>13}: 2 workers took {times[2] / times[1]:.2f}x the wall time of 1 "
+            f"(speed-up {times[1] / times[2]:.2f}x{'; the limit caps it' if capped else ''})"
+        )
 
 
 def main() -> None:

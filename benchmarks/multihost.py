@@ -89,8 +89,14 @@ def run(kind: str, url: str, hosts: int, seconds: float) -> tuple[float, float]:
     go = time.time() + 4.0 + 0.3 * procs_n  # every process imported and connected by then
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, url, name, str(go), str(HERE), str(seconds)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        subprocess.Popen(
+            [sys.executable, "-c", code, url, name, str(go), str(HERE), str(seconds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         for _ in range(procs_n)
     ]
     results = []
@@ -123,22 +129,32 @@ def main() -> None:
         print("multihost: needs PostgreSQL on 127.0.0.1:5432")
         return
     try:
-        print(f"aggregate COMPLETE trials/s, {WORKERS} workers per host, {OBJECTIVE_S * 1000:.0f} ms objective, "
-              f"{args.seconds:.0f} s per configuration (ideal: {WORKERS / OBJECTIVE_S:.0f}/s per host); "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"aggregate COMPLETE trials/s, {WORKERS} workers per host, {OBJECTIVE_S * 1000:.0f} ms objective, "
+            f"{args.seconds:.0f} s per configuration (ideal: {WORKERS / OBJECTIVE_S:.0f}/s per host); "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        )
         # CPU ms per trial (including imports and start-up): on a machine with fewer cores than
         # processes, aggregate trials/s is bounded by cores / CPU per trial, however many hosts.
         print(f"{'hosts':>5} {'studyhall':>10} {'optuna':>10} {'ratio':>7} {'cpu ms/trial (sh, optuna)':>27}")
         rates: dict[int, tuple[float, float]] = {}
         for hosts in (1, 2, 3):
-            (ours, our_cpu), (theirs, their_cpu) = run("studyhall", url, hosts, args.seconds), run("optuna", url, hosts, args.seconds)
+            (ours, our_cpu), (theirs, their_cpu) = (
+                run("studyhall", url, hosts, args.seconds),
+                run("optuna", url, hosts, args.seconds),
+            )
             rates[hosts] = (ours, theirs)
-            print(f"{hosts:>5} {ours:>10.1f} {theirs:>10.1f} {ours / theirs:>6.2f}x {our_cpu:>13.0f} {their_cpu:>13.0f}", flush=True)
+            print(
+                f"{hosts:>5} {ours:>10.1f} {theirs:>10.1f} {ours / theirs:>6.2f}x {our_cpu:>13.0f} {their_cpu:>13.0f}",
+                flush=True,
+            )
         ratio3 = rates[3][0] / rates[3][1]
         linear = rates[3][0] / (3 * rates[1][0])
-        print(f"3 hosts: studyhall/optuna {ratio3:.2f}x (target >= 2x: {'met' if ratio3 >= 2 else 'NOT met'}); "
-              f"1 -> 3 hosts {linear:.0%} of linear (target >= 80%: {'met' if linear >= 0.8 else 'NOT met'}); "
-              f"load average after {os.getloadavg()[0]:.1f}")
+        print(
+            f"3 hosts: studyhall/optuna {ratio3:.2f}x (target >= 2x: {'met' if ratio3 >= 2 else 'NOT met'}); "
+            f"1 -> 3 hosts {linear:.0%} of linear (target >= 80%: {'met' if linear >= 0.8 else 'NOT met'}); "
+            f"load average after {os.getloadavg()[0]:.1f}"
+        )
     finally:
         drop_scratch_schema(url)
 

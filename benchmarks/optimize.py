@@ -71,15 +71,19 @@ def main() -> None:
     n = args.trials or (16 if args.quick else 40)
     rounds = args.rounds or (1 if args.quick else 3)
     samplers = ["random"] if args.quick else ["random", "tpe"]
-    print(f"{n} trials of a {SLEEP_S * 1000:.0f} ms objective; studyhall with workers={args.workers}; "
-          f"median of {rounds} alternating round(s)")
+    print(
+        f"{n} trials of a {SLEEP_S * 1000:.0f} ms objective; studyhall with workers={args.workers}; "
+        f"median of {rounds} alternating round(s)"
+    )
     print(f"{'sampler':8} {'optuna seq/s':>13} {'studyhall/s':>12} {'ratio':>7} {'steady/s':>9} {'ratio':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for sampler in samplers:
             raws, ours, steadies = [], [], []
             for r in range(rounds):
                 raws.append(run_optuna(f"sqlite:///{Path(tmp) / f'raw-{sampler}-{r}.db'}", sampler, n))
-                total, steady = run_studyhall(f"sqlite:///{Path(tmp) / f'sh-{sampler}-{r}.db'}", sampler, n, args.workers)
+                total, steady = run_studyhall(
+                    f"sqlite:///{Path(tmp) / f'sh-{sampler}-{r}.db'}", sampler, n, args.workers
+                )
                 ours.append(total)
                 steadies.append(steady)
             raw, our, steady = (statistics.median(x) for x in (raws, ours, steadies))

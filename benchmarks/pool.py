@@ -264,7 +264,7 @@ def main() -> None:
     for mine in ours_all:
         ours = results[mine.name]
         print(f"  {mine.name}")
-        for c in contenders[len(ours_all):]:
+        for c in contenders[len(ours_all) :]:
             other = results[c.name]
             print(
                 f"    vs {c.name:30} throughput x{ours['throughput'] / other['throughput']:.2f}"  # type: ignore[operator]
@@ -274,8 +274,10 @@ def main() -> None:
     pebble = results[Pebble.name]
     ours, fast = results[Studyhall.name], results[StudyhallPrefetch.name]
     checks = [
-        ("throughput >= pebble (prefetch=16, the setting for many tiny tasks)",
-         fast["throughput"] >= pebble["throughput"]),  # type: ignore[operator]
+        (
+            "throughput >= pebble (prefetch=16, the setting for many tiny tasks)",
+            fast["throughput"] >= pebble["throughput"],
+        ),  # type: ignore[operator]
         ("throughput >= pebble (default settings)", ours["throughput"] >= pebble["throughput"]),  # type: ignore[operator]
         ("median crash->result <= 0.5 s", ours["crash"] <= 0.5),  # type: ignore[operator]
         ("median timeout overshoot <= 100 ms", ours["overshoot"] is not None and ours["overshoot"] <= 0.1),

@@ -53,7 +53,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="40 round trips per scenario, random sampler only")
     ap.add_argument("-n", type=int, default=None, help="round trips per scenario (default 180, 40 with --quick)")
-    ap.add_argument("--rounds", type=int, default=3, help="alternate in-process and HTTP this many times; report medians")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="alternate in-process and HTTP this many times; report medians"
+    )
     ap.add_argument("--storage", default=None, help="storage URL (default: a fresh SQLite file)")
     args = ap.parse_args()
     n = args.n or (40 if args.quick else 180)
@@ -79,7 +81,9 @@ def main() -> None:
 
                     local_rates, http_rates = [], []
                     for _ in range(rounds):  # alternating, so that load from elsewhere hits both sides alike
-                        local_rates.append(rate(n // rounds, clients, lambda name=name: orch.load_study(f"{name}-local")))
+                        local_rates.append(
+                            rate(n // rounds, clients, lambda name=name: orch.load_study(f"{name}-local"))
+                        )
                         http_rates.append(rate(n // rounds, clients, remote_study))
                     for c in opened:
                         c.close()

@@ -87,14 +87,21 @@ def studyhall_loop(url: str, sampler: str, n: int) -> float:
 def part_single(backends: dict[str, Callable[[], str]], n: int, tmp: Path) -> None:
     print(f"\n== single process: ask+tell trials/s ({n} trials, 3 parameters)")
     print(f"{'backend':<11}{'sampler':<8}{'RDBStorage':>11}{'Journal':>9}{'studyhall':>11}{'vs RDB':>8}  target")
-    targets = {("sqlite", "random"): 5.0, ("sqlite", "tpe"): 3.0, ("postgresql", "random"): 2.0, ("postgresql", "tpe"): 2.0}
+    targets = {
+        ("sqlite", "random"): 5.0,
+        ("sqlite", "tpe"): 3.0,
+        ("postgresql", "random"): 2.0,
+        ("postgresql", "tpe"): 2.0,
+    }
     for backend, url_for in backends.items():
         for smp in ("random", "tpe"):
             rdb = optuna_loop(url_for(), smp, n)
             journal = None
             if backend == "sqlite":
                 path = tmp / f"journal-{uuid.uuid4().hex[:6]}.log"
-                journal = optuna_loop(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path))), smp, n)
+                journal = optuna_loop(
+                    optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path))), smp, n
+                )
             ours = studyhall_loop(url_for(), smp, n)
             target = targets.get((backend, smp))
             flag = "" if target is None else f">= {target:.0f}x {verdict(ours / rdb >= target)}"
@@ -131,12 +138,17 @@ print(json.dumps({"start": t0, "end": time.time(), "errors": errors}))
 """
 
 
-def run_processes(kind: str, url: str, name: str, procs: int, n_each: int, env: dict[str, str] | None = None) -> tuple[float, int, list[str]]:
+def run_processes(
+    kind: str, url: str, name: str, procs: int, n_each: int, env: dict[str, str] | None = None
+) -> tuple[float, int, list[str]]:
     """Aggregate trials/s of ``procs`` processes on one study, their error count and stderr tails."""
     children = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, kind, url, name, str(n_each), str(Path(__file__).parent)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
         )
         for _ in range(procs)
     ]
@@ -169,8 +181,11 @@ def part_processes(backends: dict[str, Callable[[], str]], procs: int, n_each: i
         rate_o, err_o, _ = run_processes("optuna", url_o, name, procs, n_each)
         rate_s, err_s, tails = run_processes("studyhall", url_s, name, procs, n_each)
         ok = rate_s >= 3 * rate_o and err_s == 0
-        print(f"{backend:<11}{rate_o:>8.0f}{rate_s:>11.0f}{rate_s / max(rate_o, 1e-9):>7.2f}x{err_s:>8}  {verdict(ok)}"
-              f"{'' if not err_o else f' (optuna errors: {err_o})'}", flush=True)
+        print(
+            f"{backend:<11}{rate_o:>8.0f}{rate_s:>11.0f}{rate_s / max(rate_o, 1e-9):>7.2f}x{err_s:>8}  {verdict(ok)}"
+            f"{'' if not err_o else f' (optuna errors: {err_o})'}",
+            flush=True,
+        )
         for tail in tails[:2]:
             print("   ", tail.strip().replace("\n", "\n    "))
 
@@ -249,8 +264,10 @@ def part_service(url: str, n: int, clients: int = 8) -> None:
         for c in opened:
             c.close()
     p99 = statistics.quantiles(asks, n=100)[98] * 1e3
-    print(f"in-process {local:.0f}/s, HTTP {http:.0f}/s: {http / local:.2f}x (target >= 0.8x {verdict(http / local >= 0.8)}); "
-          f"ask p50 {statistics.median(asks) * 1e3:.1f} ms, p99 {p99:.1f} ms (target < 100 ms {verdict(p99 < 100)})")
+    print(
+        f"in-process {local:.0f}/s, HTTP {http:.0f}/s: {http / local:.2f}x (target >= 0.8x {verdict(http / local >= 0.8)}); "
+        f"ask p50 {statistics.median(asks) * 1e3:.1f} ms, p99 {p99:.1f} ms (target < 100 ms {verdict(p99 < 100)})"
+    )
 
 
 # ---- cold start -----------------------------------------------------------------------------
@@ -287,12 +304,19 @@ def part_cold(url: str, n_trials: int) -> None:
     times: dict[str, list[float]] = {"optuna": [], "studyhall": []}
     for _ in range(3):
         for kind in times:
-            out = subprocess.run([sys.executable, "-c", COLD, kind, url, name, str(Path(__file__).parent)],
-                                 capture_output=True, text=True, check=True, timeout=600).stdout
+            out = subprocess.run(
+                [sys.executable, "-c", COLD, kind, url, name, str(Path(__file__).parent)],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=600,
+            ).stdout
             times[kind].append(float(out.strip().splitlines()[-1]))
     o, s = statistics.median(times["optuna"]) * 1e3, statistics.median(times["studyhall"]) * 1e3
-    print(f"RDBStorage {o:.0f} ms, studyhall {s:.0f} ms (range {min(times['studyhall']) * 1e3:.0f}-"
-          f"{max(times['studyhall']) * 1e3:.0f}; target <= 200 ms {verdict(s <= 200)})")
+    print(
+        f"RDBStorage {o:.0f} ms, studyhall {s:.0f} ms (range {min(times['studyhall']) * 1e3:.0f}-"
+        f"{max(times['studyhall']) * 1e3:.0f}; target <= 200 ms {verdict(s <= 200)})"
+    )
 
 
 # ---- dropped connections --------------------------------------------------------------------
@@ -315,9 +339,12 @@ def killing(backend: str, admin_url: str, tag: str, every_s: float = 0.7) -> Ite
                     ).all()
                     killed[0] += len(rows)
                 else:
-                    ids = [r[0] for r in c.exec_driver_sql(
-                        f"SELECT id FROM information_schema.processlist WHERE db = '{tag}' AND id <> CONNECTION_ID()"
-                    )]
+                    ids = [
+                        r[0]
+                        for r in c.exec_driver_sql(
+                            f"SELECT id FROM information_schema.processlist WHERE db = '{tag}' AND id <> CONNECTION_ID()"
+                        )
+                    ]
                     for i in ids:
                         with contextlib.suppress(Exception):
                             c.exec_driver_sql(f"KILL {i}")
@@ -351,15 +378,20 @@ def part_chaos(pg: str | None, mysql: str | None, procs: int = 4, n_each: int = 
         trials = Orchestrator(url).load_study(name).trials()
         states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "RUNNING", "FAIL", "WAITING")}
         ok = len(trials) == procs * n_each and states["RUNNING"] == 0 and errors == 0
-        print(f"{backend:<11} {killed[0]} connections killed; {len(trials)} trials {states}; errors {errors}: "
-              f"{verdict(ok)}", flush=True)
+        print(
+            f"{backend:<11} {killed[0]} connections killed; {len(trials)} trials {states}; errors {errors}: "
+            f"{verdict(ok)}",
+            flush=True,
+        )
         for tail in tails[:2]:
             print("   ", tail.strip().replace("\n", "\n    "))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="single,processes,optimize,service,cold,chaos", help="parts to run, comma-separated")
+    ap.add_argument(
+        "--only", default="single,processes,optimize,service,cold,chaos", help="parts to run, comma-separated"
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes, SQLite only")
     args = ap.parse_args()
     parts = set(args.only.split(","))
@@ -378,7 +410,11 @@ def main() -> None:
         if "processes" in parts:
             part_processes(backends, 4, 20 if args.quick else 75)
         if "optimize" in parts:
-            part_optimize({k: v for k, v in backends.items() if k != "mysql"}, [4] if args.quick else [4, 8, 16], 4 if args.quick else 8)
+            part_optimize(
+                {k: v for k, v in backends.items() if k != "mysql"},
+                [4] if args.quick else [4, 8, 16],
+                4 if args.quick else 8,
+            )
         if "service" in parts:
             part_service(backends["sqlite"](), 80 if args.quick else 400)
         if "cold" in parts:

@@ -65,8 +65,12 @@ def bench_tell(url: str, n: int, n_scores: int) -> None:
     plain = orch.create_study(f"plain-{uuid.uuid4().hex[:6]}", direction="maximize", sampler="random")
     dist = orch.create_study(f"dist-{uuid.uuid4().hex[:6]}", direction="maximize", sampler="random")
     llm = orch.create_study(f"llm-{uuid.uuid4().hex[:6]}", direction="maximize", sampler="random")
-    raw = optuna.create_study(storage=orch.storage.optuna, study_name=f"raw-{uuid.uuid4().hex[:6]}",
-                              sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    raw = optuna.create_study(
+        storage=orch.storage.optuna,
+        study_name=f"raw-{uuid.uuid4().hex[:6]}",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        direction="maximize",
+    )
     dists = {"x": SPACE["x"].distribution()}
     t_plain, t_dist, t_llm, t_raw = [], [], [], []
     for _ in range(n):  # interleaved, so that drift (file growth, other load) hits all three alike
@@ -95,11 +99,15 @@ def bench_tell(url: str, n: int, n_scores: int) -> None:
     mp, md, ml, mr = (statistics.median(x) * 1e3 for x in (t_plain, t_dist, t_llm, t_raw))
     ratio = sum(t_dist) / sum(t_plain)
     flag = "ok" if ratio <= 1.3 else "> 1.3"
-    print(f"  tell, median ms: optuna value {mr:.2f} | studyhall value {mp:.2f} | {n_scores} scores {md:.2f} "
-          f"| {n_scores} scores + 40 latencies + a counter {ml:.2f}")
-    print(f"  tell with {n_scores} scores / tell with a value: {ratio:.2f}x {flag}   "
-          f"(with the latencies and counter too: {sum(t_llm) / sum(t_plain):.2f}x; "
-          f"studyhall value / optuna value: {sum(t_plain) / sum(t_raw):.2f}x)")
+    print(
+        f"  tell, median ms: optuna value {mr:.2f} | studyhall value {mp:.2f} | {n_scores} scores {md:.2f} "
+        f"| {n_scores} scores + 40 latencies + a counter {ml:.2f}"
+    )
+    print(
+        f"  tell with {n_scores} scores / tell with a value: {ratio:.2f}x {flag}   "
+        f"(with the latencies and counter too: {sum(t_llm) / sum(t_plain):.2f}x; "
+        f"studyhall value / optuna value: {sum(t_plain) / sum(t_raw):.2f}x)"
+    )
 
 
 # ---- 2. record ----------------------------------------------------------------------------
@@ -113,16 +121,26 @@ def bench_record(st: Any, n: int) -> None:
     ours = time.perf_counter() - t0
 
     def insert(conn: sa.Connection, i: int) -> None:
-        conn.execute(sa.insert(events_table).values(
-            correlation_id="bare", event_type="bench.bare", parent_id=None, path=f"bare{i}", depth=0,
-            created_at=time.time(), data={"i": i, "status": 200}))
+        conn.execute(
+            sa.insert(events_table).values(
+                correlation_id="bare",
+                event_type="bench.bare",
+                parent_id=None,
+                path=f"bare{i}",
+                depth=0,
+                created_at=time.time(),
+                data={"i": i, "status": 200},
+            )
+        )
 
     t0 = time.perf_counter()
     for i in range(n):
         st.transaction(lambda conn, i=i: insert(conn, i))
     bare = time.perf_counter() - t0
-    print(f"  record: {n / ours:.0f} events/s ({ours / n * 1e3:.2f} ms) vs bare INSERT {n / bare:.0f}/s: "
-          f"{ours / bare:.2f}x (a parent's path lookup and the path update ride in the same transaction)")
+    print(
+        f"  record: {n / ours:.0f} events/s ({ours / n * 1e3:.2f} ms) vs bare INSERT {n / bare:.0f}/s: "
+        f"{ours / bare:.2f}x (a parent's path lookup and the path update ride in the same transaction)"
+    )
 
 
 # ---- 3. queries at scale ------------------------------------------------------------------
@@ -156,8 +174,18 @@ def populate(st: Any, n_events: int) -> list[str]:
             eid = next_id
             next_id += 1
             status = 429 if rng.random() < 0.05 else 200
-            rows.append(_row(eid, corr, "llm.call", pid, f"{ppath}.{eid:010d}", 2, now,
-                             {"name": "Observation", "status": status, "model": rng.choice(["a", "b"])}))
+            rows.append(
+                _row(
+                    eid,
+                    corr,
+                    "llm.call",
+                    pid,
+                    f"{ppath}.{eid:010d}",
+                    2,
+                    now,
+                    {"name": "Observation", "status": status, "model": rng.choice(["a", "b"])},
+                )
+            )
         now += TRACE_SIZE
         if len(rows) >= 20_000:
             _flush(st, rows)
@@ -166,8 +194,18 @@ def populate(st: Any, n_events: int) -> list[str]:
 
 
 def _row(eid: int, corr: str, kind: str, parent: int | None, path: str, depth: int, t: float, data: dict) -> dict:
-    return {"id": eid, "correlation_id": corr, "event_type": kind, "parent_id": parent, "path": path,
-            "depth": depth, "study_id": None, "trial_id": None, "created_at": t + eid * 1e-3, "data": data}
+    return {
+        "id": eid,
+        "correlation_id": corr,
+        "event_type": kind,
+        "parent_id": parent,
+        "path": path,
+        "depth": depth,
+        "study_id": None,
+        "trial_id": None,
+        "created_at": t + eid * 1e-3,
+        "data": data,
+    }
 
 
 def _flush(st: Any, rows: list[dict]) -> None:
@@ -179,7 +217,8 @@ def _flush(st: Any, rows: list[dict]) -> None:
     if st.dialect == "postgresql":  # explicit ids leave the sequence behind
         with st.engine.begin() as conn:
             conn.exec_driver_sql(
-                "SELECT setval(pg_get_serial_sequence('studyhall_events', 'id'), (SELECT MAX(id) FROM studyhall_events))")
+                "SELECT setval(pg_get_serial_sequence('studyhall_events', 'id'), (SELECT MAX(id) FROM studyhall_events))"
+            )
 
 
 def cte_tree(st: Any, root_id: int) -> int:
@@ -188,7 +227,8 @@ def cte_tree(st: Any, root_id: int) -> int:
         "WITH RECURSIVE t(id, parent_id, data) AS ("
         " SELECT id, parent_id, data FROM studyhall_events WHERE id = :root"
         " UNION ALL SELECT e.id, e.parent_id, e.data FROM studyhall_events e JOIN t ON e.parent_id = t.id)"
-        " SELECT id, parent_id, data FROM t")
+        " SELECT id, parent_id, data FROM t"
+    )
     with st.engine.connect() as conn:
         rows = conn.execute(sql, {"root": root_id}).all()
     # the same work trace_tree does: decode every event's data, link children to parents
@@ -231,17 +271,25 @@ def bench_queries(st: Any, n_events: int) -> None:
     cte_ms = timed(lambda: cte_tree(st, root_id))
     adj_ms = timed(lambda: adjacency_tree(st, root_id), repeat=1)
     flag = "ok" if tree_ms < 50 or st.dialect != "sqlite" else "> 50 ms"
-    print(f"  trace_tree of a {size}-event trace: {tree_ms:.1f} ms {flag} | recursive CTE {cte_ms:.1f} ms "
-          f"({cte_ms / tree_ms:.2f}x) | a query per node {adj_ms:.0f} ms ({adj_ms / tree_ms:.0f}x)")
+    print(
+        f"  trace_tree of a {size}-event trace: {tree_ms:.1f} ms {flag} | recursive CTE {cte_ms:.1f} ms "
+        f"({cte_ms / tree_ms:.2f}x) | a query per node {adj_ms:.0f} ms ({adj_ms / tree_ms:.0f}x)"
+    )
 
     trace_ms = timed(lambda: events.query(st, correlation_id=corr))
     print(f"  query(correlation_id=...) -> {TRACE_SIZE} events: {trace_ms:.1f} ms")
     sql_ms = timed(lambda: events.query(st, event_type="llm.call", where={"status": 429, "model": "a"}), repeat=3)
     n_hits = len(events.query(st, event_type="llm.call", where={"status": 429, "model": "a"}))
-    py_ms = timed(lambda: events.query(st, event_type="llm.call",
-                                       data_filter=lambda d: d.get("status") == 429 and d.get("model") == "a"), repeat=3)
-    print(f"  query(event_type, where={{status: 429, model: 'a'}}) -> {n_hits} of {n_events:,}: {sql_ms:.0f} ms in SQL "
-          f"vs {py_ms:.0f} ms filtered in Python ({py_ms / sql_ms:.1f}x)")
+    py_ms = timed(
+        lambda: events.query(
+            st, event_type="llm.call", data_filter=lambda d: d.get("status") == 429 and d.get("model") == "a"
+        ),
+        repeat=3,
+    )
+    print(
+        f"  query(event_type, where={{status: 429, model: 'a'}}) -> {n_hits} of {n_events:,}: {sql_ms:.0f} ms in SQL "
+        f"vs {py_ms:.0f} ms filtered in Python ({py_ms / sql_ms:.1f}x)"
+    )
     lim_ms = timed(lambda: events.query(st, where={"status": 429}, limit=100, newest_first=True))
     print(f"  query(where={{status: 429}}, limit=100, newest_first=True): {lim_ms:.1f} ms")
 

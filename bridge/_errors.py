@@ -69,7 +69,9 @@ class ProviderError(StudyhallError):
         return (_rebuild_provider_error, (type(self), str(self), self.status, self.model))
 
 
-def _rebuild_provider_error(cls: type[ProviderError], message: str, status: int | None, model: str | None) -> ProviderError:
+def _rebuild_provider_error(
+    cls: type[ProviderError], message: str, status: int | None, model: str | None
+) -> ProviderError:
     return cls(message, status=status, model=model)
 
 

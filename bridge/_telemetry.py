@@ -39,8 +39,15 @@ class TaskRecorder:
         with self._lock:
             self.counters[name] = self.counters.get(name, 0.0) + amount
 
-    def llm_call(self, model: str, latency_s: float, prompt_tokens: int, completion_tokens: int, attempts: int,
-                 finish_reason: str | None = None) -> None:
+    def llm_call(
+        self,
+        model: str,
+        latency_s: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        attempts: int,
+        finish_reason: str | None = None,
+    ) -> None:
         """Record one answered LLM call: its latency and tokens as samples, its tokens and retries as totals.
 
         Subclasses that export calls elsewhere (OpenTelemetry spans) extend this one hook.

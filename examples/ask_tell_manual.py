@@ -36,7 +36,13 @@ def main() -> None:
 
     # 2% of the simulated provider's answers are 500/503; the client retries them.
     with FakeProvider(rpm=1200, tpm=400_000, latency_s=(0.02, 0.06), error_rate=0.02, responder=task.responder()) as fp:
-        lm = LLMClient("sim-small", base_url=fp.base_url, api_key="sk-studyhall-simulated", limiter=RateLimiter("manual", rpm=1200, tpm=400_000), max_retries=2)
+        lm = LLMClient(
+            "sim-small",
+            base_url=fp.base_url,
+            api_key="sk-studyhall-simulated",
+            limiter=RateLimiter("manual", rpm=1200, tpm=400_000),
+            max_retries=2,
+        )
         for _ in range(args.rounds):
             for trial in study.ask_batch(space, k=2):
                 instruction = task.instructions[trial.params["instruction"]]
@@ -51,7 +57,9 @@ def main() -> None:
                     continue
                 scores = [task.metric(ex, _answer(r.text)) for ex, r in ok]
                 latencies = [r.latency_s for _, r in ok]
-                study.tell(trial, scores=scores, metrics={"llm.latency_s": latencies}, user_attrs={"llm.calls": len(ok)})
+                study.tell(
+                    trial, scores=scores, metrics={"llm.latency_s": latencies}, user_attrs={"llm.calls": len(ok)}
+                )
 
     best = study.best_trial
     dist = study.trial_metrics(best.number)
@@ -63,7 +71,10 @@ def main() -> None:
 
 def _messages(example: dict, instruction: str, demos: list[dict]) -> list[dict]:
     shots = "".join(f"Question: {d['question']}\nAnswer: {d['answer']}\n\n" for d in demos)
-    return [{"role": "system", "content": instruction}, {"role": "user", "content": shots + f"Question: {example['question']}"}]
+    return [
+        {"role": "system", "content": instruction},
+        {"role": "user", "content": shots + f"Question: {example['question']}"},
+    ]
 
 
 def _answer(text: str) -> str:

@@ -26,7 +26,10 @@ def solve(example: dict, instruction: str, demos: list[dict], lm: LLMClient) -> 
     """The program being optimized: one LLM call with the instruction, demos and question."""
     shots = "".join(f"Question: {d['question']}\nAnswer: {d['answer']}\n\n" for d in demos)
     reply = lm.chat(
-        [{"role": "system", "content": instruction}, {"role": "user", "content": shots + f"Question: {example['question']}"}],
+        [
+            {"role": "system", "content": instruction},
+            {"role": "user", "content": shots + f"Question: {example['question']}"},
+        ],
         max_tokens=96,
         temperature=0.0,
     )
@@ -56,16 +59,31 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     task = arith_task(n_val=args.val)
-    provider = None if args.base_url else FakeProvider(rpm=3000, tpm=1_000_000, latency_s=(0.02, 0.08), responder=task.responder()).start()
+    provider = (
+        None
+        if args.base_url
+        else FakeProvider(rpm=3000, tpm=1_000_000, latency_s=(0.02, 0.08), responder=task.responder()).start()
+    )
     base_url = args.base_url or provider.base_url
     try:
         # One limiter in the database: every worker process (and host) shares its buckets.
         limiter = RateLimiter(f"example:{args.model}", rpm=3000, tpm=1_000_000, storage=args.storage)
-        lm = LLMClient(args.model, base_url=base_url, api_key=None if args.base_url else "sk-studyhall-simulated", limiter=limiter)
-        common = dict(valset=task.valset, lm=lm, study=args.study, storage=args.storage, workers=args.workers, progress=True)
+        lm = LLMClient(
+            args.model, base_url=base_url, api_key=None if args.base_url else "sk-studyhall-simulated", limiter=limiter
+        )
+        common = dict(
+            valset=task.valset, lm=lm, study=args.study, storage=args.storage, workers=args.workers, progress=True
+        )
         if args.auto:  # proposals (the simulated model answers them too) and bootstrapped demos
-            loop = MiproLoop.auto(args.auto, solve, exact_match, trainset=task.trainset, instruction=task.instructions[0],
-                                  program_description="solve(question) -> a number", **common)
+            loop = MiproLoop.auto(
+                args.auto,
+                solve,
+                exact_match,
+                trainset=task.trainset,
+                instruction=task.instructions[0],
+                program_description="solve(question) -> a number",
+                **common,
+            )
         else:
             loop = MiproLoop(
                 solve,
@@ -85,10 +103,14 @@ def main() -> None:
     print(f"best instruction: {result.best_instruction}")
     print(f"best demos: {len(result.best_demos[0])} examples; full-valset score {result.best_full_score}")
     for f in result.full_evals:
-        print(f"  full eval ({f.reason}{'' if f.complete else ', dropped'}) after trial {f.after_trials}: {f.params} -> "
-              f"{f.score:.3f} (minibatch mean {f.minibatch_mean:.3f}, {f.llm_calls} calls)")
-    print(f"{result.trials} trials ({result.completed} complete, {result.pruned} pruned, {result.failed} failed), "
-          f"{result.llm_calls} LLM calls, {result.tokens} tokens, {result.calls_saved} calls saved by pruning")
+        print(
+            f"  full eval ({f.reason}{'' if f.complete else ', dropped'}) after trial {f.after_trials}: {f.params} -> "
+            f"{f.score:.3f} (minibatch mean {f.minibatch_mean:.3f}, {f.llm_calls} calls)"
+        )
+    print(
+        f"{result.trials} trials ({result.completed} complete, {result.pruned} pruned, {result.failed} failed), "
+        f"{result.llm_calls} LLM calls, {result.tokens} tokens, {result.calls_saved} calls saved by pruning"
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,13 @@ def _client() -> LLMClient:
         limits=[Limit(requests=REQUESTS, per=WINDOW_S), Limit(tokens=TOKENS, per=WINDOW_S)],
         storage=os.environ["STUDYHALL_STORAGE"],
     )
-    return LLMClient("sim-small", base_url=os.environ["EXAMPLE_BASE_URL"], api_key="sk-studyhall-simulated", limiter=limiter, timeout=120.0)
+    return LLMClient(
+        "sim-small",
+        base_url=os.environ["EXAMPLE_BASE_URL"],
+        api_key="sk-studyhall-simulated",
+        limiter=limiter,
+        timeout=120.0,
+    )
 
 
 def objective(trial) -> list[float]:  # type: ignore[no-untyped-def]
@@ -52,7 +58,12 @@ def objective(trial) -> list[float]:  # type: ignore[no-untyped-def]
     prompts = []
     for ex in examples:
         shots = "".join(f"Question: {x['question']}\nAnswer: {x['answer']}\n\n" for x in task.demos[d])
-        prompts.append([{"role": "system", "content": task.instructions[i]}, {"role": "user", "content": shots + f"Question: {ex['question']}"}])
+        prompts.append(
+            [
+                {"role": "system", "content": task.instructions[i]},
+                {"role": "user", "content": shots + f"Question: {ex['question']}"},
+            ]
+        )
     replies = _client().chat_many(prompts, concurrency=4, max_tokens=96, temperature=0.0)
     scores = [task.metric(ex, _number(r.text)) for ex, r in zip(examples, replies) if not isinstance(r, Exception)]
     if len(scores) < len(examples) // 2:
@@ -70,13 +81,17 @@ def serve(url_file: str) -> None:
     """Run the simulated provider until SIGTERM; write its URL, then print its counters."""
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    with FakeProvider(rpm=REQUESTS, tpm=TOKENS, per=WINDOW_S, latency_s=(0.05, 0.2), responder=_task().responder()) as fp:
+    with FakeProvider(
+        rpm=REQUESTS, tpm=TOKENS, per=WINDOW_S, latency_s=(0.05, 0.2), responder=_task().responder()
+    ) as fp:
         with open(url_file + ".tmp", "w") as f:
             f.write(fp.base_url)
         os.replace(url_file + ".tmp", url_file)
         done.wait()
         stats = fp.stats()
-    print(f"provider: {stats['completed']} answered, {stats['rate_limited']} answered 429, {stats['tokens']} tokens charged")
+    print(
+        f"provider: {stats['completed']} answered, {stats['rate_limited']} answered 429, {stats['tokens']} tokens charged"
+    )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,19 @@ def make_loop(storage_url: str, base_url: str, study: str) -> MiproLoop:
     task = arith_task(n_val=30)
     st = connect(storage_url, heartbeat_interval=1, grace_period=GRACE_S)
     return MiproLoop(
-        task.program, task.metric, instructions=task.instructions, demos=task.demos, valset=task.valset,
-        lm=LLMClient("sim-small", base_url=base_url, api_key="sk-studyhall-simulated"), study=study, storage=st,
-        minibatch_size=12, full_eval_every=5, workers=2, concurrency=3, retries=1,
+        task.program,
+        task.metric,
+        instructions=task.instructions,
+        demos=task.demos,
+        valset=task.valset,
+        lm=LLMClient("sim-small", base_url=base_url, api_key="sk-studyhall-simulated"),
+        study=study,
+        storage=st,
+        minibatch_size=12,
+        full_eval_every=5,
+        workers=2,
+        concurrency=3,
+        retries=1,
     )
 
 
@@ -77,8 +87,10 @@ def main() -> None:
         before = {t.number: t.state.name for t in study.trials()}
         fulls_before = len(make_loop(args.storage, fp.base_url, args.study).full_evals(study))
         running = [n for n, s in before.items() if s == "RUNNING"]
-        print(f"killed the run with {sum(s != 'RUNNING' for s in before.values())} finished trials, "
-              f"{len(running)} RUNNING ({running}) and {fulls_before} full evaluations")
+        print(
+            f"killed the run with {sum(s != 'RUNNING' for s in before.values())} finished trials, "
+            f"{len(running)} RUNNING ({running}) and {fulls_before} full evaluations"
+        )
 
         # The dead run's trials go stale when their heartbeats stop; fail (and retry) them.
         deadline = time.monotonic() + GRACE_S + 10
@@ -91,13 +103,17 @@ def main() -> None:
     after = {t.number: t for t in orch.load_study(args.study).trials()}
     kept = [n for n, s in before.items() if s == "COMPLETE" and after[n].state.name == "COMPLETE"]
     retried = [t.number for t in after.values() if "retry_of" in t.user_attrs]
-    print(f"resumed: {result.completed + result.pruned} scored trials now (+{result.failed} failed); "
-          f"all {len(kept)} trials completed before the kill are kept; "
-          f"killed trials {running} failed as stale ({[after[n].user_attrs.get('failure') for n in running]}) "
-          f"and re-run as {retried}")
-    print(f"full evaluations: {fulls_before} before the kill, {len(result.full_evals)} now "
-          f"(after trials {[f.after_trials for f in result.full_evals]}); none RUNNING or WAITING: "
-          f"{not any(t.state.name in ('RUNNING', 'WAITING') for t in after.values())}")
+    print(
+        f"resumed: {result.completed + result.pruned} scored trials now (+{result.failed} failed); "
+        f"all {len(kept)} trials completed before the kill are kept; "
+        f"killed trials {running} failed as stale ({[after[n].user_attrs.get('failure') for n in running]}) "
+        f"and re-run as {retried}"
+    )
+    print(
+        f"full evaluations: {fulls_before} before the kill, {len(result.full_evals)} now "
+        f"(after trials {[f.after_trials for f in result.full_evals]}); none RUNNING or WAITING: "
+        f"{not any(t.state.name in ('RUNNING', 'WAITING') for t in after.values())}"
+    )
     print(f"best: {result.best_params} -> {result.best_full_score}")
 
 

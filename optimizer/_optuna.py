@@ -61,7 +61,12 @@ def quiet_ask(study: optuna.Study) -> Iterator[None]:
 
 
 def ask(
-    study: optuna.Study, storage: SQLStorage, dists: dict[str, BaseDistribution], *, heartbeat: bool, total: int | None = None
+    study: optuna.Study,
+    storage: SQLStorage,
+    dists: dict[str, BaseDistribution],
+    *,
+    heartbeat: bool,
+    total: int | None = None,
 ) -> optuna.Trial:
     """``optuna.Study.ask(fixed_distributions=dists)``, with a new trial written in one transaction.
 

@@ -134,7 +134,9 @@ def outcome_attributes(out: Mapping[str, Any]) -> dict[str, Any]:
     value = out.get("value")
     return {
         "studyhall.trial.state": out.get("status"),
-        "studyhall.trial.value": float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None,
+        "studyhall.trial.value": float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else None,
         "studyhall.trial.scores": len(scores) if scores is not None else None,
         "error.type": (str(out["error"]).split(":", 1)[0] or None) if out.get("error") else None,
     }
@@ -155,13 +157,27 @@ class OtelRecorder(TaskRecorder):
         super().__init__()
         self._tracer = tracer
 
-    def llm_call(self, model: str, latency_s: float, prompt_tokens: int, completion_tokens: int, attempts: int,
-                 finish_reason: str | None = None) -> None:
+    def llm_call(
+        self,
+        model: str,
+        latency_s: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        attempts: int,
+        finish_reason: str | None = None,
+    ) -> None:
         """Record the call's samples and totals, and end its span."""
         super().llm_call(model, latency_s, prompt_tokens, completion_tokens, attempts, finish_reason)
-        self._emit({"model": model or None, "latency_s": latency_s, "finish_reason": finish_reason,
-                    "llm.prompt_tokens": prompt_tokens, "llm.completion_tokens": completion_tokens,
-                    "llm.attempts": attempts})
+        self._emit(
+            {
+                "model": model or None,
+                "latency_s": latency_s,
+                "finish_reason": finish_reason,
+                "llm.prompt_tokens": prompt_tokens,
+                "llm.completion_tokens": completion_tokens,
+                "llm.attempts": attempts,
+            }
+        )
 
     def _emit(self, call: dict[str, Any]) -> None:
         end = time.time_ns()
@@ -179,8 +195,10 @@ class OtelRecorder(TaskRecorder):
         from opentelemetry.trace import SpanKind
 
         s = self._tracer.start_span(
-            f"chat {model}" if model else "chat", kind=SpanKind.CLIENT,
-            attributes={k: v for k, v in attrs.items() if v is not None}, start_time=end - int(call["latency_s"] * 1e9),
+            f"chat {model}" if model else "chat",
+            kind=SpanKind.CLIENT,
+            attributes={k: v for k, v in attrs.items() if v is not None},
+            start_time=end - int(call["latency_s"] * 1e9),
         )
         s.end(end_time=end)
 

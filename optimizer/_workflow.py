@@ -56,10 +56,10 @@ class WorkflowError(StudyhallError, RuntimeError):
         )
 
 
-def _rebuild(message: str, workflow: str, step: str, index: int, correlation_id: str | None,
-             steps: list[dict[str, Any]]) -> WorkflowError:
-    return WorkflowError(message, workflow=workflow, step=step, index=index, correlation_id=correlation_id,
-                         trace=steps)
+def _rebuild(
+    message: str, workflow: str, step: str, index: int, correlation_id: str | None, steps: list[dict[str, Any]]
+) -> WorkflowError:
+    return WorkflowError(message, workflow=workflow, step=step, index=index, correlation_id=correlation_id, trace=steps)
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,9 @@ class Workflow:
         2
     """
 
-    def __init__(self, steps: Iterable[tuple[str, Callable[[Any], Any]] | Callable[[Any], Any]], name: str | None = None) -> None:
+    def __init__(
+        self, steps: Iterable[tuple[str, Callable[[Any], Any]] | Callable[[Any], Any]], name: str | None = None
+    ) -> None:
         parsed: list[tuple[str, Callable[[Any], Any]]] = []
         for i, item in enumerate(steps):
             step_name: object  # checked below: a tuple or the callable's attribute may hold anything
@@ -123,13 +125,16 @@ class Workflow:
         """Run the workflow and return its output (so it can be a step of another)."""
         return self.run(input).output
 
-    def run(self, input: Any, storage: Storage | str | None = None, correlation_id: str | None = None) -> WorkflowResult:
+    def run(
+        self, input: Any, storage: Storage | str | None = None, correlation_id: str | None = None
+    ) -> WorkflowResult:
         """Run every step in order on ``input``; raise WorkflowError naming the step that failed."""
         if storage is None and correlation_id is None:
             return self._run(input)  # inside the enclosing trace, if any
         outer = trace.current()
-        with trace.scope(storage if storage is not None else outer.storage, correlation_id=correlation_id,
-                         trial=outer.trial_id):
+        with trace.scope(
+            storage if storage is not None else outer.storage, correlation_id=correlation_id, trial=outer.trial_id
+        ):
             return self._run(input)
 
     def _run(self, input: Any) -> WorkflowResult:
@@ -146,21 +151,37 @@ class Workflow:
         value = input
         try:
             for index, (step_name, fn) in enumerate(self.steps):
-                step_id = trace._emit(inside, STEP, step_name, {"input": trace.summarize_value(value)}, kind="step",
-                                      workflow=self.name, index=index)
+                step_id = trace._emit(
+                    inside,
+                    STEP,
+                    step_name,
+                    {"input": trace.summarize_value(value)},
+                    kind="step",
+                    workflow=self.name,
+                    index=index,
+                )
                 step_token = trace._current.set(inside.child(step_id))
                 t0 = time.perf_counter()
                 try:
-                    with _otel.span(f"workflow.step {step_name}", {"studyhall.kind": "workflow.step",
-                                                                   "studyhall.workflow": self.name, "studyhall.step.index": index}):
+                    with _otel.span(
+                        f"workflow.step {step_name}",
+                        {
+                            "studyhall.kind": "workflow.step",
+                            "studyhall.workflow": self.name,
+                            "studyhall.step.index": index,
+                        },
+                    ):
                         out = fn(value)
                 except Exception as exc:
                     took = time.perf_counter() - t0
                     error = trace.describe(exc)
                     inside.steps.append({"name": step_name, "error": error[: trace.TRACE_STR]})
                     trace.close(inside, step_id, {"error": error[: trace.EVENT_STR], "duration_s": round(took, 6)})
-                    trace.close(outer, run_id, {"error": f"step {step_name!r} failed",
-                                                "duration_s": round(time.perf_counter() - started, 6)})
+                    trace.close(
+                        outer,
+                        run_id,
+                        {"error": f"step {step_name!r} failed", "duration_s": round(time.perf_counter() - started, 6)},
+                    )
                     raise WorkflowError(
                         f"workflow {self.name!r} failed at step {index} {step_name!r}: {error}",
                         workflow=self.name,
@@ -177,8 +198,11 @@ class Workflow:
                 value = out
         finally:
             trace._current.reset(token)
-        trace.close(outer, run_id, {"output": trace.summarize_value(value),
-                                    "duration_s": round(time.perf_counter() - started, 6)})
+        trace.close(
+            outer,
+            run_id,
+            {"output": trace.summarize_value(value), "duration_s": round(time.perf_counter() - started, 6)},
+        )
         return WorkflowResult(value, results, inside.correlation_id)
 
     def as_objective(
@@ -210,4 +234,3 @@ class _WorkflowObjective:
         x = self.make_input(trial) if self.make_input is not None else self.input
         out = self.workflow.run(x).output
         return self.score(out) if self.score is not None else out
-

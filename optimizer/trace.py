@@ -214,8 +214,17 @@ def _emit(s: Scope, event_type: str, name: str, data: Any, *, kind: str, **extra
             if kind != "step":
                 s.rows[row.id] = row
             return row.id
-        return send(s.channel, "record", event_type=event_type, data=payload, correlation_id=s.correlation_id,
-                    parent=s.parent, trial_id=s.trial_id, created_at=time.time(), step=entry)
+        return send(
+            s.channel,
+            "record",
+            event_type=event_type,
+            data=payload,
+            correlation_id=s.correlation_id,
+            parent=s.parent,
+            trial_id=s.trial_id,
+            created_at=time.time(),
+            step=entry,
+        )
     except StudyhallError as exc:  # tracing must never break the traced code
         log.warning("could not record trace %s %r (%s: %s)", kind, name, type(exc).__name__, exc)
         return None
@@ -256,9 +265,7 @@ def summarize_value(value: Any, max_str: int = TRACE_STR, items: int = 20, depth
                 break
             out[str(k)] = summarize_value(v, max_str, items, depth - 1)
         return out
-    if isinstance(value, (list, tuple, set, frozenset, deque)) or (
-        hasattr(value, "tolist") and hasattr(value, "ndim")
-    ):
+    if isinstance(value, (list, tuple, set, frozenset, deque)) or (hasattr(value, "tolist") and hasattr(value, "ndim")):
         seq = list(value.tolist() if hasattr(value, "tolist") else value)
         out_list = [summarize_value(v, max_str, items, depth - 1) for v in seq[:items]]
         if len(seq) > items:

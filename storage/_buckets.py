@@ -145,7 +145,10 @@ class SqlBuckets:
         )
         conn.execute(
             stmt,
-            [{"b": s.bucket, "v_tat": rows.tats[s.bucket], "v_cap": s.capacity, "v_per": s.period_s} for s in self.specs],
+            [
+                {"b": s.bucket, "v_tat": rows.tats[s.bucket], "v_cap": s.capacity, "v_per": s.period_s}
+                for s in self.specs
+            ],
         )
 
     def _write_pause(self, conn: sa.Connection, rows: BucketRows) -> None:

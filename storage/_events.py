@@ -132,9 +132,16 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 # Columns in EventRow's order, read positionally; data as raw text, decoded here in one call.
 _COLUMNS = (
-    events.c.id, events.c.correlation_id, events.c.event_type, events.c.parent_id, events.c.trial_id,
-    events.c.created_at, sa.type_coerce(events.c.data, sa.Text).label("data"), events.c.study_id,
-    events.c.depth, events.c.path,
+    events.c.id,
+    events.c.correlation_id,
+    events.c.event_type,
+    events.c.parent_id,
+    events.c.trial_id,
+    events.c.created_at,
+    sa.type_coerce(events.c.data, sa.Text).label("data"),
+    events.c.study_id,
+    events.c.depth,
+    events.c.path,
 )
 _loads = json.loads
 

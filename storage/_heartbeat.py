@@ -53,9 +53,7 @@ class Heartbeat:
                 atexit.register(self.detach_all)
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
-                self._thread = threading.Thread(
-                    target=self._loop, name="studyhall-heartbeat", daemon=True
-                )
+                self._thread = threading.Thread(target=self._loop, name="studyhall-heartbeat", daemon=True)
                 self._thread.start()
         if not beaten:
             self._wake.set()
@@ -81,7 +79,9 @@ class Heartbeat:
                 self._storage.optuna.detach_trials(trials)
             except Exception as exc:  # the interpreter is exiting: say so, never raise
                 expected = isinstance(exc, StudyhallError) or is_transient(exc)
-                _log.warning("could not detach trials %s (%s); they will be failed as stale", trials, exc, exc_info=not expected)
+                _log.warning(
+                    "could not detach trials %s (%s); they will be failed as stale", trials, exc, exc_info=not expected
+                )
 
     def close(self) -> None:
         """Stop the thread and forget the trials (the storage is being closed)."""

@@ -113,9 +113,7 @@ def take(st: Storage, trial_id: int, seen: float, now: float) -> bool:
 
     Of several sweepers that saw the same row, only the one whose update matches proceeds.
     """
-    update = (
-        sa.update(leases).where(leases.c.trial_id == trial_id, leases.c.expires_at == seen).values(expires_at=-now)
-    )
+    update = sa.update(leases).where(leases.c.trial_id == trial_id, leases.c.expires_at == seen).values(expires_at=-now)
     return st.transaction(lambda c: c.execute(update).rowcount) == 1
 
 

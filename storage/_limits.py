@@ -30,7 +30,9 @@ def check_name(kind: str, name: Any, *, empty: bool = False) -> str:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidRequest(f"a {kind} must be valid UTF-8 (it has a lone surrogate at {exc.start}); got {name!r:.80}") from exc
+        raise InvalidRequest(
+            f"a {kind} must be valid UTF-8 (it has a lone surrogate at {exc.start}); got {name!r:.80}"
+        ) from exc
     return name
 
 

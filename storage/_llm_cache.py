@@ -31,4 +31,3 @@ def cache_response(st: Storage, key: str, model: str, response: dict[str, Any]) 
     """Store ``response`` under ``key``; the first answer stored for a key stays."""
     row = {"key": key, "model": model[:255], "response": response, "created_at": time.time()}
     st.transaction(lambda conn: insert_ignore(conn, llm_cache, [row]))
-

@@ -36,7 +36,9 @@ def write_trial_note(conn: sa.Connection, study_id: int, trial_id: int, body: st
     ver = conn.execute(read_version, {"study_id": study_id, "key": ver_key}).scalar_one_or_none()
     version = 1
     if ver is not None:  # rare: keep the existing note's text
-        part_rows = sa.select(t.c.key, t.c.value_json).where(t.c.study_id == study_id, t.c.key.startswith(prefix, autoescape=True))
+        part_rows = sa.select(t.c.key, t.c.value_json).where(
+            t.c.study_id == study_id, t.c.key.startswith(prefix, autoescape=True)
+        )
         parts: dict[str, str] = dict(conn.execute(part_rows).all())
         old = "".join(json.loads(parts[f"{prefix}{i}"]) for i in range(len(parts)) if f"{prefix}{i}" in parts)
         body = (old.rstrip() + "\n\n" + body) if old.strip() else body
@@ -54,5 +56,7 @@ def write_trial_note(conn: sa.Connection, study_id: int, trial_id: int, body: st
 def _statements() -> tuple[sa.Table, sa.Select[Any], sa.Insert]:
     # Built once: every told trial with a distribution writes a note.
     t = table("StudySystemAttributeModel")
-    read_version = sa.select(t.c.value_json).where(t.c.study_id == sa.bindparam("study_id"), t.c.key == sa.bindparam("key"))
+    read_version = sa.select(t.c.value_json).where(
+        t.c.study_id == sa.bindparam("study_id"), t.c.key == sa.bindparam("key")
+    )
     return t, read_version, sa.insert(t)

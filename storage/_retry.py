@@ -80,9 +80,10 @@ def _matches(exc: BaseException | None, sqlstates: set[str], mysql: set[int], te
             args = getattr(orig, "args", ())
             if args and isinstance(args[0], int) and args[0] in mysql:
                 return True
-        if isinstance(exc, (sa.exc.OperationalError, sqlite3.OperationalError)) or type(
-            exc
-        ).__name__ in ("StorageInternalError", "OperationalError"):
+        if isinstance(exc, (sa.exc.OperationalError, sqlite3.OperationalError)) or type(exc).__name__ in (
+            "StorageInternalError",
+            "OperationalError",
+        ):
             text = str(exc).lower()
             if any(t in text for t in texts):
                 return True

@@ -117,4 +117,3 @@ def json_equals(dialect: str, column: Any, path: Sequence[str], value: Any) -> s
         return jtype == "NULL"
     num = sa.case((jtype.in_(["INTEGER", "DOUBLE", "UNSIGNED INTEGER", "DECIMAL"]), extracted + 0.0), else_=None)
     return num == float(value)
-

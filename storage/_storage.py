@@ -38,6 +38,7 @@ from studyhall.storage.rdb import SQLStorage
 
 T = TypeVar("T")
 
+
 class _DroppedConnectionReset(logging.Filter):
     """Drop SQLAlchemy's traceback for a rollback on a connection the server already closed.
 
@@ -97,7 +98,11 @@ def _open_error(where: str, parsed: sa.URL, exc: BaseException) -> StorageError:
             f"{where}: the database {parsed.database!r} does not exist; create it (createdb / CREATE DATABASE) "
             "or fix the URL"
         )
-    if "password authentication failed" in text or "access denied" in text or ("role" in text and "does not exist" in text):
+    if (
+        "password authentication failed" in text
+        or "access denied" in text
+        or ("role" in text and "does not exist" in text)
+    ):
         return StorageError(f"{where} refused the connection ({detail}); check the user and password in the URL")
     return StorageError(f"{where}: cannot open the storage ({type(chain[-1]).__name__}: {detail})")
 
@@ -122,8 +127,7 @@ def _normalise_url(url: str) -> sa.URL:
         parsed = parsed.set(drivername="mysql+pymysql")
     if parsed.drivername == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise InvalidRequest(
-            "in-memory SQLite cannot be shared with worker processes; give a file, "
-            "e.g. sqlite:///studyhall.db"
+            "in-memory SQLite cannot be shared with worker processes; give a file, e.g. sqlite:///studyhall.db"
         )
     return parsed
 
@@ -135,9 +139,7 @@ class Storage:
     reconnects on the other side.
     """
 
-    def __init__(
-        self, url: str, *, heartbeat_interval: int = 1, grace_period: int = 10
-    ) -> None:
+    def __init__(self, url: str, *, heartbeat_interval: int = 1, grace_period: int = 10) -> None:
         parsed = _normalise_url(url)
         self.url = parsed.render_as_string(hide_password=False)
         self.dialect = parsed.get_backend_name()
@@ -233,8 +235,7 @@ class Storage:
             if is_transient(exc):
                 raise
             raise StorageError(
-                f"the database rejected a studyhall write ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]})"
+                f"the database rejected a studyhall write ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             ) from exc
 
     def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
@@ -294,7 +295,9 @@ class Storage:
                 if beat is not None:
                     silent = (now - beat).total_seconds() > self.grace_period
                 else:
-                    silent = not is_detached and started is not None and (utc_now - started).total_seconds() > unbeaten_for
+                    silent = (
+                        not is_detached and started is not None and (utc_now - started).total_seconds() > unbeaten_for
+                    )
                 if silent:
                     stale.append(trial_id)
             return stale
@@ -345,8 +348,7 @@ def connect(
         grace_period = _env_seconds(GRACE_ENV, 10)
     if heartbeat_interval < 1 or heartbeat_interval > grace_period:
         raise InvalidRequest(
-            f"heartbeat_interval={heartbeat_interval} must be >= 1 and at most "
-            f"grace_period={grace_period}"
+            f"heartbeat_interval={heartbeat_interval} must be >= 1 and at most grace_period={grace_period}"
         )
     raw = url or os.environ.get(ENV_VAR) or DEFAULT_URL
     key = (_normalise_url(raw).render_as_string(hide_password=False), heartbeat_interval, grace_period)

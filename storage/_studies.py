@@ -43,7 +43,9 @@ def study_rows(st: Storage) -> list[StudyRow]:
             sa.select(d.c.study_id, d.c.objective, d.c.direction).order_by(d.c.study_id, d.c.objective)
         ):
             dirs.setdefault(sid, []).append(direction.name.lower())
-        counts: dict[int, int] = dict(conn.execute(sa.select(t.c.study_id, sa.func.count()).group_by(t.c.study_id)).all())
+        counts: dict[int, int] = dict(
+            conn.execute(sa.select(t.c.study_id, sa.func.count()).group_by(t.c.study_id)).all()
+        )
         best_q = (
             sa.select(t.c.study_id, sa.func.min(v.c.value), sa.func.max(v.c.value))
             .select_from(t.join(v, v.c.trial_id == t.c.trial_id))
@@ -82,7 +84,9 @@ def running_and_waiting(st: Storage, study_id: int) -> tuple[list[int], int]:
 
     def read(conn: sa.Connection) -> tuple[list[int], int]:
         rows = conn.execute(query).all()
-        return [i for i, state in rows if state == TrialState.RUNNING], sum(state == TrialState.WAITING for _, state in rows)
+        return [i for i, state in rows if state == TrialState.RUNNING], sum(
+            state == TrialState.WAITING for _, state in rows
+        )
 
     return st.transaction(read)
 

@@ -14,5 +14,9 @@ from studyhall.storage._storage import Storage
 def study_user_attr_by_name(st: Storage, key: str) -> dict[str, Any]:
     """Study name -> the JSON value of its user attribute ``key``, for the studies that have it."""
     s, a = table("StudyModel"), table("StudyUserAttributeModel")
-    query = sa.select(s.c.study_name, a.c.value_json).select_from(s.join(a, a.c.study_id == s.c.study_id)).where(a.c.key == key)
+    query = (
+        sa.select(s.c.study_name, a.c.value_json)
+        .select_from(s.join(a, a.c.study_id == s.c.study_id))
+        .where(a.c.key == key)
+    )
     return st.transaction(lambda conn: {name: json.loads(value) for name, value in conn.execute(query)})

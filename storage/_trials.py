@@ -100,7 +100,9 @@ def read_trial_metrics(st: Storage, trial_id: int) -> dict[str, dict[str, Any]]:
     cols = [trial_metrics.c.name, trial_metrics.c.histogram, *(trial_metrics.c[c] for c in _STAT_COLUMNS)]
 
     def read(conn: sa.Connection) -> dict[str, dict[str, Any]]:
-        result = conn.execute(sa.select(*cols).where(trial_metrics.c.trial_id == trial_id).order_by(trial_metrics.c.name))
+        result = conn.execute(
+            sa.select(*cols).where(trial_metrics.c.trial_id == trial_id).order_by(trial_metrics.c.name)
+        )
         return {r.name: dict(r._mapping) for r in result}
 
     return st.transaction(read)

@@ -12,9 +12,19 @@ API = {
     "studyhall.storage": ["connect", "StudyhallError", "InvalidRequest"],
     "studyhall.optimizer": ["Orchestrator", "Float", "Int", "Categorical", "Evaluation"],
     "studyhall.bridge": [
-        "WorkerPool", "TaskTimeout", "WorkerCrashed", "PoolClosed", "RateLimiter", "Limit",
-        "RateLimitTimeout", "LLMClient", "Completion", "ProviderError", "RateLimited",
-        "LLMTimeout", "FakeProvider",
+        "WorkerPool",
+        "TaskTimeout",
+        "WorkerCrashed",
+        "PoolClosed",
+        "RateLimiter",
+        "Limit",
+        "RateLimitTimeout",
+        "LLMClient",
+        "Completion",
+        "ProviderError",
+        "RateLimited",
+        "LLMTimeout",
+        "FakeProvider",
     ],
 }
 PACKAGES = sorted(API)

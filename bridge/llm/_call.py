@@ -130,7 +130,9 @@ class ChatCall:
                 self.rec.add("llm.rate_limited")
             delay = retry_delay(resp.headers)
             if not should_retry:
-                return Stop(RateLimited(f"{c.model} at {c.base_url} answered 429: {message}", status=429, model=c.model))
+                return Stop(
+                    RateLimited(f"{c.model} at {c.base_url} answered 429: {message}", status=429, model=c.model)
+                )
             if c.limiter is not None:  # everyone sharing the limiter waits, not only this call
                 c.limiter.pause(min(delay if delay is not None else 1.0, MAX_HEADER_WAIT_S))
             return Retryable(message, 429, delay)
@@ -158,8 +160,14 @@ class ChatCall:
         rec = self.rec
         if rec is None:
             return
-        rec.llm_call(completion.model, completion.latency_s, completion.prompt_tokens, completion.completion_tokens,
-                     completion.attempts, completion.finish_reason)
+        rec.llm_call(
+            completion.model,
+            completion.latency_s,
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.attempts,
+            completion.finish_reason,
+        )
 
     def _count_failure(self) -> None:
         if self.rec is not None:

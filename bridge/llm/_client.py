@@ -217,7 +217,9 @@ class LLMClient:
         return f"LLMClient(model={self.model!r}, base_url={self.base_url!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_http", "_http_pid", "_lock", "_api_key", "_auth")}
+        state = {
+            k: v for k, v in self.__dict__.items() if k not in ("_http", "_http_pid", "_lock", "_api_key", "_auth")
+        }
         # Only the key's random id: a WorkerPool sends the key itself to its workers (issue 13 item 11).
         state["_api_key_id"] = self._api_key.id
         return state
@@ -232,7 +234,9 @@ class LLMClient:
     def _client(self) -> httpx.Client:
         with self._lock:
             if self._http is None or self._http_pid != os.getpid():
-                limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+                limits = httpx.Limits(
+                    max_connections=self.max_connections, max_keepalive_connections=self.max_connections
+                )
                 self._http = httpx.Client(limits=limits, timeout=self.timeout)
                 self._http_pid = os.getpid()
                 # A client dropped without close() still closes its sockets when collected

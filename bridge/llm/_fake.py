@@ -158,15 +158,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _error(self, status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def _error(
+        self, status: int, message: str, kind: str, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, headers)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib's name
         p = self.server.provider
         if self.path.rstrip("/") in ("/v1/models", "/models"):
-            self._send(200, {"object": "list", "data": [{"id": p.model, "object": "model", "created": 0, "owned_by": "studyhall"}]})
+            self._send(
+                200,
+                {"object": "list", "data": [{"id": p.model, "object": "model", "created": 0, "owned_by": "studyhall"}]},
+            )
         else:
-            self._error(404, f"no route GET {self.path}; FakeProvider serves POST /v1/chat/completions", "invalid_request_error")
+            self._error(
+                404, f"no route GET {self.path}; FakeProvider serves POST /v1/chat/completions", "invalid_request_error"
+            )
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib's name
         """Route and authenticate, read the request, admit it (or 429), fail it (seeded 5xx), or answer."""
@@ -260,9 +267,18 @@ class _Handler(BaseHTTPRequestHandler):
                 "created": int(time.time()),
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish,
+                        "logprobs": None,
+                    }
                 ],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
             },
             headers,
         )
@@ -342,7 +358,10 @@ class FakeProvider:
             now = time.monotonic()
             self._requests.stamp = self._tokens.stamp = now
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="studyhall-fake-provider", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="studyhall-fake-provider",
+            daemon=True,
         )
         self._thread.start()
         return self

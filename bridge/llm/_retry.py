@@ -144,7 +144,9 @@ class Stop(Exception):
         self.error = error
 
 
-def retrying(*, model: str, max_attempts: int, deadline: float, backoff: float, paused_limiter: bool) -> tenacity.Retrying:
+def retrying(
+    *, model: str, max_attempts: int, deadline: float, backoff: float, paused_limiter: bool
+) -> tenacity.Retrying:
     """The retry loop of one call to ``model``: retries ``Retryable`` only, waits and stops as drawn above.
 
     ``paused_limiter``: each 429 paused a limiter that the next attempt waits on.

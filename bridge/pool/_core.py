@@ -152,7 +152,9 @@ class PoolCore:
         if self._state in (PoolState.RUNNING, PoolState.CLOSING) and worker.stop_reason != "shutdown":
             self._pending.extendleft(reversed(ahead))  # never started: the next free workers run them, in order
         else:
-            fails += [(t, PoolClosed(f"task {t.id} was stopped: the pool was shut down before it ran"), None) for t in ahead]
+            fails += [
+                (t, PoolClosed(f"task {t.id} was stopped: the pool was shut down before it ran"), None) for t in ahead
+            ]
         if task is None:
             return fails
         if worker.stop_reason == "timeout":
@@ -163,7 +165,10 @@ class PoolCore:
             )
             return [*fails, (task, exc, "timeouts")]
         if worker.stop_reason == "shutdown":
-            return [*fails, (task, PoolClosed(f"task {task.id} was stopped: the pool was shut down while it ran"), None)]
+            return [
+                *fails,
+                (task, PoolClosed(f"task {task.id} was stopped: the pool was shut down while it ran"), None),
+            ]
         code = worker.returncode
         exc = WorkerCrashed(
             f"worker pid {worker.pid} {worker.describe_exit()} while running task {task.id}; the pool "

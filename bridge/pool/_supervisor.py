@@ -265,12 +265,16 @@ class Supervisor(PoolCore):
             over = self._max_memory_mb is not None and rss > self._max_memory_mb
             if over:
                 self._retire(
-                    worker, f"uses {rss:.0f} MiB, over max_memory_mb={self._max_memory_mb:g}", time.monotonic(),
+                    worker,
+                    f"uses {rss:.0f} MiB, over max_memory_mb={self._max_memory_mb:g}",
+                    time.monotonic(),
                     replace=True,
                 )
             seq = worker.ping_seq
         if over:
-            logger.warning("pool: worker %d uses %.0f MiB (max_memory_mb=%g); replacing it", worker.pid, rss, self._max_memory_mb)
+            logger.warning(
+                "pool: worker %d uses %.0f MiB (max_memory_mb=%g); replacing it", worker.pid, rss, self._max_memory_mb
+            )
             worker.send((_worker.STOP,))
         else:
             worker.send((_worker.PING, seq))

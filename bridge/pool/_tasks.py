@@ -98,7 +98,11 @@ def settle(task: Task, message: tuple[Any, ...]) -> bool:
         try:
             value = pickle.loads(message[3])
         except Exception as exc:  # noqa: BLE001
-            _fail(task, SerializationError(f"the task's result could not be unpickled here: {type(exc).__name__}: {exc}"), exc)
+            _fail(
+                task,
+                SerializationError(f"the task's result could not be unpickled here: {type(exc).__name__}: {exc}"),
+                exc,
+            )
             return False
         with contextlib.suppress(InvalidStateError):  # failed meanwhile (its worker was killed)
             task.future.set_result(value)
@@ -172,7 +176,9 @@ def _pickle_error(exc: BaseException) -> bytes:
         pickle.loads(blob)  # an exception that pickles but cannot be rebuilt would fail in the worker
         return blob
     except Exception:  # noqa: BLE001
-        fallback = ChannelError(f"on_call raised {type(exc).__name__}: {exc} (not picklable, so re-raised as ChannelError)")
+        fallback = ChannelError(
+            f"on_call raised {type(exc).__name__}: {exc} (not picklable, so re-raised as ChannelError)"
+        )
         return cloudpickle.dumps(fallback, protocol=_worker.PROTOCOL)  # type: ignore[no-any-return]
 
 
@@ -201,7 +207,9 @@ class _InlineChannel(_worker.Channel):
             self._on_send(payload)
 
 
-def run_inline(fn: Any, /, *args: Any, on_call: OnCall | None = None, on_send: OnSend | None = None, **kwargs: Any) -> Any:
+def run_inline(
+    fn: Any, /, *args: Any, on_call: OnCall | None = None, on_send: OnSend | None = None, **kwargs: Any
+) -> Any:
     """Run a pool task in this process, with a channel that calls ``on_call``/``on_send`` directly.
 
     The same task code runs unchanged in a pool worker or here: ``worker_channel()``

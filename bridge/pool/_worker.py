@@ -63,10 +63,7 @@ _HEADER = struct.Struct("!Q")
 # it must shadow nothing) so that a worker finds studyhall even where only the
 # pool's process had it on sys.path.
 WORKER_BOOT = (
-    "import sys\n"
-    "sys.path.append(sys.argv[1])\n"
-    "from studyhall.bridge.pool import _worker\n"
-    "_worker.main(sys.argv[2:])\n"
+    "import sys\nsys.path.append(sys.argv[1])\nfrom studyhall.bridge.pool import _worker\n_worker.main(sys.argv[2:])\n"
 )
 
 

@@ -66,7 +66,15 @@ class WorkerProcess:
             # project's own queue.py or socket.py would shadow what the worker imports
             # before it takes the parent's sys.path.
             self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-c", _worker.WORKER_BOOT, STUDYHALL_ROOT, str(theirs.fileno()), str(os.getpid())],
+                [
+                    sys.executable,
+                    "-P",
+                    "-c",
+                    _worker.WORKER_BOOT,
+                    STUDYHALL_ROOT,
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ],
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,  # its own process group: killing it kills what it started
                 stdin=subprocess.DEVNULL,

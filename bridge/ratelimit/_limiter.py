@@ -77,9 +77,7 @@ class RateLimiter:
         if tpm is not None:
             all_limits.insert(1 if rpm is not None else 0, Limit(tokens=tpm, per=60.0))
         if not all_limits:
-            raise InvalidRequest(
-                f"RateLimiter({name!r}) needs at least one limit: rpm=, tpm= or limits=[Limit(...)]"
-            )
+            raise InvalidRequest(f"RateLimiter({name!r}) needs at least one limit: rpm=, tpm= or limits=[Limit(...)]")
         buckets = [lim.bucket for lim in all_limits]
         dupes = sorted({b for b in buckets if buckets.count(b) > 1})
         if dupes:

@@ -17,7 +17,16 @@ import typer
 
 from studyhall.optimizer.cli._app import app, fail
 
-COMMANDS = ("_studies", "_trials", "_compare", "_demo", "_worker", "_serve", "_dashboard", "_report")  # the order of --help
+COMMANDS = (
+    "_studies",
+    "_trials",
+    "_compare",
+    "_demo",
+    "_worker",
+    "_serve",
+    "_dashboard",
+    "_report",
+)  # the order of --help
 
 
 def main() -> None:

@@ -67,9 +67,7 @@ err_console = SafeConsole(stderr=True, soft_wrap=True, emoji=False, highlight=Fa
 
 StorageOpt = Annotated[
     str | None,
-    typer.Option(
-        "--storage", "-s", envvar="STUDYHALL_STORAGE", help="Storage URL (default: sqlite:///studyhall.db)."
-    ),
+    typer.Option("--storage", "-s", envvar="STUDYHALL_STORAGE", help="Storage URL (default: sqlite:///studyhall.db)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
@@ -177,4 +175,3 @@ def _root(
 ) -> None:
     """Hyperparameter-optimization orchestration: Optuna studies in SQL, a self-healing worker pool,
     rate-limited LLM trials and score distributions per trial."""
-

@@ -18,7 +18,10 @@ def dashboard(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
     artifact_dir: Annotated[
         Path | None,
-        typer.Option("--artifact-dir", help="The studies' pictures (default: $STUDYHALL_ARTIFACTS, else <db>-artifacts/ beside a SQLite file)."),
+        typer.Option(
+            "--artifact-dir",
+            help="The studies' pictures (default: $STUDYHALL_ARTIFACTS, else <db>-artifacts/ beside a SQLite file).",
+        ),
     ] = None,
 ) -> None:
     """Run optuna-dashboard on the same storage (trials show their score and latency summaries, studies their report)."""

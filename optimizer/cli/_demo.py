@@ -57,23 +57,42 @@ CLIENT_REQUESTS_FACTOR = 1.03
 @app.command()
 def demo(
     storage: StorageOpt = None,
-    trials: Annotated[int, typer.Option(min=1, help="Search trials (minibatch evaluations) in the study, besides the default program's.")] = 30,
-    workers: Annotated[int, typer.Option(min=0, help="Trials in flight at once, each in a pool worker (0: in this process).")] = 2,
+    trials: Annotated[
+        int,
+        typer.Option(min=1, help="Search trials (minibatch evaluations) in the study, besides the default program's."),
+    ] = 30,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Trials in flight at once, each in a pool worker (0: in this process).")
+    ] = 2,
     seed: Annotated[int, typer.Option(help="Seeds the sampler, the minibatches and the simulated model.")] = 0,
     study: Annotated[str, typer.Option(help="The study's name.")] = "demo",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the existing demo study instead of starting afresh.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the existing demo study instead of starting afresh.")
+    ] = False,
     minibatch: Annotated[int, typer.Option(min=1, help="Examples per trial.")] = 30,
-    val: Annotated[int, typer.Option(min=10, max=120, help="Validation examples (full evaluations score all of them).")] = 60,
+    val: Annotated[
+        int, typer.Option(min=10, max=120, help="Validation examples (full evaluations score all of them).")
+    ] = 60,
     concurrency: Annotated[int, typer.Option(min=1, help="LLM calls in flight per trial.")] = 8,
-    prune: Annotated[bool, typer.Option("--prune", help="Stop clearly worse trials early (Wilcoxon signed-rank test).")] = False,
-    base_url: Annotated[str | None, typer.Option(help="An OpenAI-compatible API (e.g. https://host/v1) instead of the simulated provider.")] = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Stop clearly worse trials early (Wilcoxon signed-rank test).")
+    ] = False,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="An OpenAI-compatible API (e.g. https://host/v1) instead of the simulated provider."),
+    ] = None,
     model: Annotated[str, typer.Option(help="The model to ask for.")] = "sim-small",
     api_key_env: Annotated[
-        str, typer.Option(help="The environment variable holding the provider's API key (asked for, hidden, when unset).")
+        str,
+        typer.Option(help="The environment variable holding the provider's API key (asked for, hidden, when unset)."),
     ] = "OPENAI_API_KEY",
     api_key: Annotated[str | None, typer.Option(hidden=True, help="Refused: use --api-key-env.")] = None,
-    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute for the limiter (with --base-url; default 500).")] = None,
-    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute for the limiter (with --base-url; default 200000).")] = None,
+    rpm: Annotated[
+        int | None, typer.Option(min=1, help="Requests per minute for the limiter (with --base-url; default 500).")
+    ] = None,
+    tpm: Annotated[
+        int | None, typer.Option(min=1, help="Tokens per minute for the limiter (with --base-url; default 200000).")
+    ] = None,
 ) -> None:
     """Optimize a prompt MIPROv2-style on the built-in simulated task and show what it found.
 
@@ -99,16 +118,26 @@ def demo(
         task = arith_task(n_val=val, seed=seed)
         if study in orch.study_names() and not resume:
             orch.delete_study(study)
-            console.print(f"starting a fresh study [bold]{safe(study)}[/] (the previous one was deleted; --resume continues it)")
+            console.print(
+                f"starting a fresh study [bold]{safe(study)}[/] (the previous one was deleted; --resume continues it)"
+            )
         fake = None
         if base_url is None:
             fake = FakeProvider(
-                rpm=SIM_REQUESTS, tpm=SIM_TOKENS, per=SIM_WINDOW_S, latency_s=SIM_LATENCY_S,
-                responder=task.responder(), seed=seed, model=model,
+                rpm=SIM_REQUESTS,
+                tpm=SIM_TOKENS,
+                per=SIM_WINDOW_S,
+                latency_s=SIM_LATENCY_S,
+                responder=task.responder(),
+                seed=seed,
+                model=model,
             )
             fake.start()
             url = fake.base_url
-            limits = [Limit(requests=SIM_REQUESTS * CLIENT_REQUESTS_FACTOR, per=SIM_WINDOW_S), Limit(tokens=SIM_TOKENS, per=SIM_WINDOW_S)]
+            limits = [
+                Limit(requests=SIM_REQUESTS * CLIENT_REQUESTS_FACTOR, per=SIM_WINDOW_S),
+                Limit(tokens=SIM_TOKENS, per=SIM_WINDOW_S),
+            ]
             where = f"the simulated provider at {url} (it allows {SIM_REQUESTS} requests and {SIM_TOKENS:,} tokens per {SIM_WINDOW_S:g} s)"
         else:
             url = base_url
@@ -119,8 +148,12 @@ def demo(
         try:
             limiter = RateLimiter(f"demo:{model}", limits=limits, storage=orch.storage)
             lm = LLMClient(
-                model, base_url=url, api_key=key or ("sk-studyhall-simulated" if fake else None),
-                api_key_env=api_key_env, limiter=limiter, timeout=120.0,
+                model,
+                base_url=url,
+                api_key=key or ("sk-studyhall-simulated" if fake else None),
+                api_key_env=api_key_env,
+                limiter=limiter,
+                timeout=120.0,
             )
             console.print(
                 f"MIPROv2-style search: {len(task.instructions)} instructions x {len(task.demos)} demo sets, "
@@ -130,9 +163,21 @@ def demo(
                 + ", ".join(f"{lim.amount:g} {lim.kind}/{lim.per:g}s" for lim in limits)
             )
             loop = MiproLoop(
-                task.program, task.metric, instructions=task.instructions, demos=task.demos, valset=task.valset,
-                lm=lm, study=study, storage=orch.storage, minibatch_size=minibatch, seed=seed, workers=workers,
-                concurrency=concurrency, prune=prune, progress=True, trial_timeout=300.0 if workers else None,
+                task.program,
+                task.metric,
+                instructions=task.instructions,
+                demos=task.demos,
+                valset=task.valset,
+                lm=lm,
+                study=study,
+                storage=orch.storage,
+                minibatch_size=minibatch,
+                seed=seed,
+                workers=workers,
+                concurrency=concurrency,
+                prune=prune,
+                progress=True,
+                trial_timeout=300.0 if workers else None,
                 artifacts=artifact_dir(orch.storage.url),  # the report's figure, for optuna-dashboard
             )
             started = time.monotonic()
@@ -156,11 +201,15 @@ def _api_key(env: str, base_url: str) -> str | None:
             f"API key for {base_url} (not shown; empty for none)", default="", show_default=False, hide_input=True
         )
         return typed or None
-    warn(f"${env} is not set: requests to {base_url} go without an API key (set it, or name another with --api-key-env)")
+    warn(
+        f"${env} is not set: requests to {base_url} go without an API key (set it, or name another with --api-key-env)"
+    )
     return None
 
 
-def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] | None, elapsed: float, url: str) -> None:
+def _show(
+    result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] | None, elapsed: float, url: str
+) -> None:
     from studyhall.optimizer import summarize
     from studyhall.optimizer.study._summary import interval_text
 
@@ -174,27 +223,43 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
         if best.number != sel.trial:
             console.print(
                 f"(Optuna's best trial, #{best.number}, has the best minibatch mean, {fmt(best.value)}; the selection "
-                "was scored on the whole valset and is the answer)", highlight=False,
+                "was scored on the whole valset and is the answer)",
+                highlight=False,
             )
     console.print(f"[bold]best instruction[/] ({safe(result.best_params)}):  {safe(result.best_instruction)}")
     demos = result.best_demos[0]
     if demos:
-        console.print(f"[bold]best demos[/] ({len(demos)}, {'with' if any(d.get('reasoning') for d in demos) else 'without'} worked reasoning):")
+        console.print(
+            f"[bold]best demos[/] ({len(demos)}, {'with' if any(d.get('reasoning') for d in demos) else 'without'} worked reasoning):"
+        )
         for d in demos:
             console.print(f"  Q: {safe(d['question'][:90])}  A: {safe(d['answer'])}", highlight=False)
     else:
         console.print("[bold]best demos[/]: none (zero-shot)")
 
-    fe = Table("after trial", "params", "full-valset score", "95% CI", "its minibatch mean", "calls",
-               title="full evaluations (kept apart from the trials TPE sees; * selected)")
+    fe = Table(
+        "after trial",
+        "params",
+        "full-valset score",
+        "95% CI",
+        "its minibatch mean",
+        "calls",
+        title="full evaluations (kept apart from the trials TPE sees; * selected)",
+    )
     for f in result.full_evals:
         mark = " *" if f.params == result.best_params else ""
         shown = fmt(f.score) + mark + ("" if f.complete else f" (dropped after {f.n})")
         params = " ".join(f"{fmt(k)}={fmt(v)}" for k, v in f.params.items())
         scored = [x for x in f.scores if x is not None]
         ci = summarize(scored) if scored else None
-        fe.add_row(str(f.after_trials), params, shown, interval_text(ci.ci_low, ci.ci_high, ci.ci_method) if ci else "-",
-                   fmt(f.minibatch_mean), str(f.llm_calls))
+        fe.add_row(
+            str(f.after_trials),
+            params,
+            shown,
+            interval_text(ci.ci_low, ci.ci_high, ci.ci_method) if ci else "-",
+            fmt(f.minibatch_mean),
+            str(f.llm_calls),
+        )
     console.print(fe)
 
     rows: list[tuple[str, Any]] = []
@@ -216,17 +281,36 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
         dist.add_row(safe(label), *(fmt(get(k)) for k in ("n", "mean", "std", "min", "p50", "p90", "max")))
     console.print(dist)
 
-    llm = Table("LLM calls", "tokens", "latency p50", "p90", "p99", "429s (retried)", "calls saved by pruning", "wall time", title="cost")
+    llm = Table(
+        "LLM calls",
+        "tokens",
+        "latency p50",
+        "p90",
+        "p99",
+        "429s (retried)",
+        "calls saved by pruning",
+        "wall time",
+        title="cost",
+    )
     lat = result.latency
-    limited = stats["rate_limited"] if stats is not None else sum(int(t.user_attrs.get("llm.rate_limited", 0)) for t in st.trials())
+    limited = (
+        stats["rate_limited"]
+        if stats is not None
+        else sum(int(t.user_attrs.get("llm.rate_limited", 0)) for t in st.trials())
+    )
     llm.add_row(
-        str(result.llm_calls), f"{result.tokens:,}",
+        str(result.llm_calls),
+        f"{result.tokens:,}",
         *(f"{getattr(lat, k):.3f}s" if lat else "-" for k in ("p50", "p90", "p99")),
-        str(limited), str(result.calls_saved), f"{elapsed:.1f}s",
+        str(limited),
+        str(result.calls_saved),
+        f"{elapsed:.1f}s",
     )
     console.print(llm)
     counts = f"{result.completed} complete, {result.pruned} pruned, {result.failed} failed"
-    console.print(f"study [bold]{safe(result.study)}[/]: {result.trials} trials ({counts}); stopped by {safe(result.stopped)}")
+    console.print(
+        f"study [bold]{safe(result.study)}[/]: {result.trials} trials ({counts}); stopped by {safe(result.stopped)}"
+    )
     console.print(
         f"inspect it:  [bold]optuna-dashboard {safe(url)}[/]   or   studyhall trials {safe(shlex.quote(result.study))} --storage {safe(url)}"
     )
@@ -236,5 +320,7 @@ def _show(result: MiproResult, task: SimTask, st: Study, stats: dict[str, int] |
     if where is not None and where.is_dir():
         console.print(
             f"with the report's figure beside the study:  [bold]studyhall dashboard --storage {safe(url)}[/] "
-            f"(artifacts in {safe(where)})", highlight=False, soft_wrap=True,
+            f"(artifacts in {safe(where)})",
+            highlight=False,
+            soft_wrap=True,
         )

@@ -23,7 +23,9 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8765,
     token: Annotated[
         str | None,
-        typer.Option(envvar="STUDYHALL_TOKEN", show_envvar=True, help="Bearer token every request but /healthz must carry."),
+        typer.Option(
+            envvar="STUDYHALL_TOKEN", show_envvar=True, help="Bearer token every request but /healthz must carry."
+        ),
     ] = None,
     allow_host: Annotated[
         list[str] | None,

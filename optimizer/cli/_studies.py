@@ -30,9 +30,15 @@ def studies(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
 
     with user_errors(st.url):
         infos = Orchestrator(st).list_studies()
-        chosen = {k: Selection.from_dict(v) for k, v in study_user_attr_by_name(st, SELECTION_ATTR).items() if isinstance(v, dict)}
+        chosen = {
+            k: Selection.from_dict(v)
+            for k, v in study_user_attr_by_name(st, SELECTION_ATTR).items()
+            if isinstance(v, dict)
+        }
     if as_json:
-        print_json([{**i.__dict__, **({"selection": chosen[i.name].as_dict()} if i.name in chosen else {})} for i in infos])
+        print_json(
+            [{**i.__dict__, **({"selection": chosen[i.name].as_dict()} if i.name in chosen else {})} for i in infos]
+        )
         return
     if not infos:
         console.print("no studies yet: create one with Orchestrator().create_study(...) or `studyhall demo`")

@@ -39,7 +39,9 @@ def trials(
     name: Annotated[str, typer.Argument(help="The study's name.")],
     storage: StorageOpt = None,
     as_json: JsonOpt = False,
-    state: Annotated[str | None, typer.Option(help="Only trials in this state (complete, fail, pruned, running, waiting).")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="Only trials in this state (complete, fail, pruned, running, waiting).")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many trials (the newest).")] = 200,
 ) -> None:
     """List a study's trials with their values, parameters and telemetry."""
@@ -72,7 +74,9 @@ def trials(
         )
         return
     present = [c for c in TRIAL_COLUMNS if any(c in t.user_attrs for t in rows)]
-    table = Table("#", "state", "value", "params", *(TRIAL_COLUMNS[c] for c in present), "error", title=f"study {safe(name)}")
+    table = Table(
+        "#", "state", "value", "params", *(TRIAL_COLUMNS[c] for c in present), "error", title=f"study {safe(name)}"
+    )
     for t in rows:
         number = f"{t.number} (selected)" if sel is not None and sel.trial == t.number else str(t.number)
         value = ", ".join(fmt(v) for v in t.values) if t.values else "-"
@@ -83,7 +87,9 @@ def trials(
     from studyhall.optimizer.telemetry._report import summary_rows
 
     stats = ("n", "mean", "std", "p50", "p90", "p99")
-    block = Table("study summary", *stats, "mean, 95% CI", title=f"{summary.n_complete} of {summary.n_trials} trials complete")
+    block = Table(
+        "study summary", *stats, "mean, 95% CI", title=f"{summary.n_complete} of {summary.n_trials} trials complete"
+    )
     for label, s in summary_rows(summary):
         ci = interval_text(s.ci_low, s.ci_high, s.ci_method) if s else "-"
         block.add_row(safe(label), *((fmt(getattr(s, k)) for k in stats) if s else ["-"] * len(stats)), ci)

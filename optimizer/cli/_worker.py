@@ -37,12 +37,24 @@ from studyhall.optimizer.cli._app import (
 def worker(
     name: Annotated[str, typer.Argument(help="The study's name.")],
     objective: Annotated[str, typer.Option("--objective", "-o", help="The objective as package.module:function.")],
-    trials: Annotated[int | None, typer.Option("--trials", "-n", min=0, help="Trials this process runs (default: no limit).")] = None,
-    total: Annotated[int | None, typer.Option("--total", min=1, help="Stop at this many trials in the study, retries not counted (all hosts).")] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=0, help="Trials in flight, each in a worker process (0: in this process).")] = 1,
-    trial_timeout: Annotated[float | None, typer.Option("--trial-timeout", help="Seconds before a trial's worker is killed.")] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", "-n", min=0, help="Trials this process runs (default: no limit).")
+    ] = None,
+    total: Annotated[
+        int | None,
+        typer.Option("--total", min=1, help="Stop at this many trials in the study, retries not counted (all hosts)."),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", "-w", min=0, help="Trials in flight, each in a worker process (0: in this process)."),
+    ] = 1,
+    trial_timeout: Annotated[
+        float | None, typer.Option("--trial-timeout", help="Seconds before a trial's worker is killed.")
+    ] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds after which no new trial starts.")] = None,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="Re-runs of a crashed or timed-out trial's parameters.")] = 0,
+    retries: Annotated[
+        int, typer.Option("--retries", min=0, help="Re-runs of a crashed or timed-out trial's parameters.")
+    ] = 0,
     create: Annotated[bool, typer.Option("--create", help="Create the study if it does not exist.")] = False,
     direction: Annotated[str, typer.Option("--direction", help="minimize or maximize (with --create).")] = "minimize",
     sampler: Annotated[str, typer.Option("--sampler", help="tpe, random, cmaes or nsga2 (with --create).")] = "tpe",

@@ -46,7 +46,11 @@ class StudyhallEngine:
         validate_request(request)
         messages: list[dict[str, str]] = []
         if request.system is not None:
-            system = request.system if isinstance(request.system, str) else "".join(getattr(p, "text", "") or "" for p in request.system)
+            system = (
+                request.system
+                if isinstance(request.system, str)
+                else "".join(getattr(p, "text", "") or "" for p in request.system)
+            )
             messages.append({"role": "system", "content": system})
         messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
         cfg = request.config
@@ -58,8 +62,18 @@ class StudyhallEngine:
         if cfg.seed is not None:
             params["seed"] = cfg.seed
         c = resolve_lm(self.client).chat(messages, max_tokens=cfg.max_tokens, temperature=cfg.temperature, **params)
-        usage = Usage(input_tokens=c.prompt_tokens, output_tokens=c.completion_tokens, total_tokens=c.prompt_tokens + c.completion_tokens)
-        return Response(id=None, model=c.model, message=Message.assistant([TextPart(c.text)]), finish_reason=_finish(c.finish_reason), usage=usage)
+        usage = Usage(
+            input_tokens=c.prompt_tokens,
+            output_tokens=c.completion_tokens,
+            total_tokens=c.prompt_tokens + c.completion_tokens,
+        )
+        return Response(
+            id=None,
+            model=c.model,
+            message=Message.assistant([TextPart(c.text)]),
+            finish_reason=_finish(c.finish_reason),
+            usage=usage,
+        )
 
     def stream(self, request: Any) -> Any:
         """One event stream of the whole answer (studyhall's client does not stream)."""

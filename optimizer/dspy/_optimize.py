@@ -160,7 +160,9 @@ def optimize_dspy(
     """
     dspy = _dspy()
     if not isinstance(program, dspy.Module):
-        raise InvalidRequest(f"optimize_dspy optimizes a dspy.Module; got {type(program).__name__} (use MiproLoop for a plain function)")
+        raise InvalidRequest(
+            f"optimize_dspy optimizes a dspy.Module; got {type(program).__name__} (use MiproLoop for a plain function)"
+        )
     preds = program.predictors()
     if not preds:
         raise InvalidRequest("the program has no predictors (dspy.Predict, ChainOfThought ...) to optimize")
@@ -169,10 +171,22 @@ def optimize_dspy(
     basics = [p.signature.instructions for p in preds]
     n_trials = overrides.pop("n_trials", None)
     loop = MiproLoop.auto(
-        auto, DspyProgram(program), DspyMetric(metric), trainset=trainset, valset=valset, lm=lm,  # type: ignore[arg-type]
-        instruction=basics[0] if len(basics) == 1 else basics, program_description=describe_program(program),
-        prompt_lm=prompt_lm, study=study, storage=storage, seed=seed, workers=workers, demo=_trace_demos,
-        bootstrap_program=DspyProgram(program, trace=True), **overrides,
+        auto,  # type: ignore[arg-type]
+        DspyProgram(program),
+        DspyMetric(metric),
+        trainset=trainset,
+        valset=valset,
+        lm=lm,
+        instruction=basics[0] if len(basics) == 1 else basics,
+        program_description=describe_program(program),
+        prompt_lm=prompt_lm,
+        study=study,
+        storage=storage,
+        seed=seed,
+        workers=workers,
+        demo=_trace_demos,
+        bootstrap_program=DspyProgram(program, trace=True),
+        **overrides,
     )
     result = loop.run(n_trials)
     compiled = program.deepcopy()
@@ -193,6 +207,10 @@ class StudyhallMIPRO:
     def __init__(self, metric: Callable[..., Any], *, lm: Any, auto: str = "light", **kwargs: Any) -> None:
         self.metric, self.lm, self.auto, self.kwargs = metric, lm, auto, kwargs
 
-    def compile(self, student: Any, *, trainset: Sequence[Any], valset: Sequence[Any] | None = None, **kwargs: Any) -> Any:
+    def compile(
+        self, student: Any, *, trainset: Sequence[Any], valset: Sequence[Any] | None = None, **kwargs: Any
+    ) -> Any:
         """Optimize ``student`` and return the compiled copy."""
-        return optimize_dspy(student, self.metric, trainset, valset, lm=self.lm, auto=self.auto, **{**self.kwargs, **kwargs})
+        return optimize_dspy(
+            student, self.metric, trainset, valset, lm=self.lm, auto=self.auto, **{**self.kwargs, **kwargs}
+        )

@@ -36,4 +36,6 @@ def dspy_arith_task(n_train: int = 40, n_val: int = 100, seed: int = 0) -> DspyT
     def ex(p: dict[str, Any]) -> Any:
         return dspy.Example(question=p["question"], answer=str(p["answer"])).with_inputs("question")
 
-    return DspyTask([ex(p) for p in task.trainset], [ex(p) for p in task.valset], dspy.ChainOfThought("question -> answer"), seed)
+    return DspyTask(
+        [ex(p) for p in task.trainset], [ex(p) for p in task.valset], dspy.ChainOfThought("question -> answer"), seed
+    )

@@ -83,9 +83,14 @@ def record(
         if channel is None:
             raise InvalidRequest(f"record({event_type!r}) needs a storage (a Storage or URL) outside a pool worker")
         return _channel.send(
-            channel, "record", event_type=event_type, data=validate(event_type, data),
-            correlation_id=check_correlation(correlation_id), parent=parent_id,
-            trial_id=_optuna.trial_id_of(trial), created_at=time.time(),
+            channel,
+            "record",
+            event_type=event_type,
+            data=validate(event_type, data),
+            correlation_id=check_correlation(correlation_id),
+            parent=parent_id,
+            trial_id=_optuna.trial_id_of(trial),
+            created_at=time.time(),
         )
     return record_row(storage, event_type, data, correlation_id, parent_id, trial).id
 
@@ -108,7 +113,9 @@ def record_row(
     if parent_id is not None and (not isinstance(parent_id, int) or isinstance(parent_id, bool)):
         raise InvalidRequest(f"parent_id must be an event id; got {parent_id!r:.60}")
     study_id, trial_id = trial_ids(st, trial)
-    return write_event(st, NewEvent(event_type, payload, correlation_id, parent_id, study_id, trial_id, time.time(), parent))
+    return write_event(
+        st, NewEvent(event_type, payload, correlation_id, parent_id, study_id, trial_id, time.time(), parent)
+    )
 
 
 def finish(storage: Storage | str | None, event_id: int | str, data: Mapping[str, Any]) -> None:
@@ -127,7 +134,9 @@ def finish(storage: Storage | str | None, event_id: int | str, data: Mapping[str
 # ---- the parent's side of a pool worker's events -------------------------------------------
 
 
-def handle_worker_message(storage: Storage, payload: Any, study_id: int | None = None, trial_id: int | None = None) -> bool:
+def handle_worker_message(
+    storage: Storage, payload: Any, study_id: int | None = None, trial_id: int | None = None
+) -> bool:
     """Write an event a pool worker sent; False when ``payload`` is not an event message.
 
     Give it to ``pool.submit(..., on_send=...)`` (``optimize`` does) with the trial the
@@ -167,7 +176,9 @@ def worker_sink(storage: Storage, trial: Any) -> Callable[[Any], None]:
     return on_send
 
 
-def _record_remote(st: Storage, payload: Mapping[str, Any], local_id: str, study_id: int | None, trial_id: int | None) -> None:
+def _record_remote(
+    st: Storage, payload: Mapping[str, Any], local_id: str, study_id: int | None, trial_id: int | None
+) -> None:
     parent = payload.get("parent")
     parent_row: Placed | None = None
     if isinstance(parent, str):

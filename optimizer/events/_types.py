@@ -113,7 +113,9 @@ def _check_fields(event_type: str, cls: type, data: dict[str, Any]) -> dict[str,
         problem = _type_problem(value, hints.get(name, Any))
         if problem:
             raise InvalidRequest(f"event {event_type!r} field {name!r}: {problem}")
-        out[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+        out[name] = (
+            dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+        )
     return out
 
 

@@ -26,7 +26,9 @@ class Inline:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
 
-    def submit(self, job: dict[str, Any], proxy: TrialProxy, on_start: Callable[[float], None]) -> Future[dict[str, Any]]:
+    def submit(
+        self, job: dict[str, Any], proxy: TrialProxy, on_start: Callable[[float], None]
+    ) -> Future[dict[str, Any]]:
         """Run the trial now; a future that is already done."""
         fut: Future[dict[str, Any]] = Future()
         with trace.scope(self.storage, trial=proxy.trial):  # trace.step() lands on this trial
@@ -63,7 +65,9 @@ class Pooled:
         self.pool.__enter__()
         self._open = True
 
-    def submit(self, job: dict[str, Any], proxy: TrialProxy, on_start: Callable[[float], None]) -> Future[dict[str, Any]]:
+    def submit(
+        self, job: dict[str, Any], proxy: TrialProxy, on_start: Callable[[float], None]
+    ) -> Future[dict[str, Any]]:
         """Queue the trial for a worker; ``on_start`` gets the time the worker really began it."""
         # the objective's events and trace steps are written here, tied to the trial
         sink = events.worker_sink(self.storage, proxy.trial)
@@ -97,7 +101,10 @@ class Interrupts:
         self._previous: Any = None
 
     def __enter__(self) -> Interrupts:
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 

@@ -143,7 +143,9 @@ class _Run:
                     return
                 time.sleep(_TICK_S)  # the study's last trials run elsewhere; they finish or go stale
             else:
-                running = {fl.future: fl for fl in self.inflight.values() if fl.future is not None and not fl.future.done()}
+                running = {
+                    fl.future: fl for fl in self.inflight.values() if fl.future is not None and not fl.future.done()
+                }
                 t0 = time.monotonic()
                 wait(running, timeout=self._tick(), return_when=FIRST_COMPLETED)
                 waited = time.monotonic() - t0
@@ -263,7 +265,9 @@ class _Run:
             with self.interrupts.shield():
                 self._requeue_queued()
         except BaseException as failure:  # the trial stays RUNNING in inflight and is failed below
-            _log.warning("could not give queued trials back (%s)", failure, exc_info=not isinstance(failure, StudyhallError))
+            _log.warning(
+                "could not give queued trials back (%s)", failure, exc_info=not isinstance(failure, StudyhallError)
+            )
         if isinstance(exc, KeyboardInterrupt):
             deadline = time.monotonic() + GRACE_S
             try:
@@ -293,7 +297,11 @@ class _Run:
                 _log.warning("trials %s are left to go stale and be retried elsewhere", sorted(self.inflight))
             self.inflight.clear()
             return
-        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"interrupted: optimize() stopped on {type(exc).__name__}: {exc}"
+        why = (
+            "interrupted"
+            if isinstance(exc, KeyboardInterrupt)
+            else f"interrupted: optimize() stopped on {type(exc).__name__}: {exc}"
+        )
         for fl in list(self.inflight.values()):
             try:
                 with self.interrupts.shield():
@@ -304,7 +312,9 @@ class _Run:
                 # another process fails and retries it (detached, it would stay RUNNING).
                 self.study.storage.heartbeat.discard(fl.trial_id)
                 _log.warning(
-                    "could not fail trial %s (%s); it goes stale and is failed elsewhere", fl.number, failure,
+                    "could not fail trial %s (%s); it goes stale and is failed elsewhere",
+                    fl.number,
+                    failure,
                     exc_info=not isinstance(failure, StudyhallError),  # an unreachable database needs no traceback
                 )
         self.inflight.clear()

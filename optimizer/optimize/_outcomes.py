@@ -73,7 +73,9 @@ class Outcomes:
         try:
             out = TrialOutcome.from_dict(fl.future.result())
         except TaskTimeout:
-            msg = f"timed out: the trial ran past trial_timeout={self.trial_timeout}s; its worker was killed and replaced"
+            msg = (
+                f"timed out: the trial ran past trial_timeout={self.trial_timeout}s; its worker was killed and replaced"
+            )
             frozen = self.fail(fl, msg, "timeout")
             self.report.timed_out += 1  # counted once told: a lost trial is counted as lost only
             self._retry(frozen)

@@ -183,7 +183,9 @@ def load_objective(ref: str | Callable[..., Any]) -> Callable[..., Any]:
     try:
         obj = resolve(ref)
     except (ImportError, AttributeError) as exc:
-        raise InvalidRequest(f"cannot load objective {ref!r} ({type(exc).__name__}: {exc}); check the name and sys.path") from exc
+        raise InvalidRequest(
+            f"cannot load objective {ref!r} ({type(exc).__name__}: {exc}); check the name and sys.path"
+        ) from exc
     if not callable(obj):
         raise InvalidRequest(f"objective {ref!r} is a {type(obj).__name__}, not a function")
     return obj

@@ -80,7 +80,9 @@ class RemoteTrial:
         self._params[name] = value
         return value
 
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float:
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
         """A float in [low, high], sampled by the study's sampler."""
         return float(self._suggest("suggest_float", name, low, high, step=step, log=log))
 
@@ -197,8 +199,18 @@ def _run(job: dict[str, Any], call: Callable[[Any], Any], rec: TaskRecorder) -> 
 
 
 def _new(status: str, **fields: Any) -> dict[str, Any]:
-    return {"status": status, "value": None, "values": None, "scores": None, "metrics": {}, "user_attrs": {},
-            "error": None, "traceback": None, "exception": None, **fields}
+    return {
+        "status": status,
+        "value": None,
+        "values": None,
+        "scores": None,
+        "metrics": {},
+        "user_attrs": {},
+        "error": None,
+        "traceback": None,
+        "exception": None,
+        **fields,
+    }
 
 
 def _failure(exc: BaseException, reraise: bool = False) -> dict[str, Any]:
@@ -220,7 +232,9 @@ def _floats(xs: Any, what: str) -> list[float]:
     out = [float(x) for x in xs]
     for x in out:
         if not math.isfinite(x):
-            raise ValueError(f"the objective returned a non-finite {what} ({x}); return finite numbers, or raise to fail the trial")
+            raise ValueError(
+                f"the objective returned a non-finite {what} ({x}); return finite numbers, or raise to fail the trial"
+            )
     return out
 
 

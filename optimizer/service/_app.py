@@ -46,7 +46,6 @@ from studyhall.storage import InvalidRequest, Storage, connect
 _log = logging.getLogger("studyhall.service")
 
 
-
 def create_app(
     storage: str | Storage | None = None,
     token: str | None = None,

@@ -102,6 +102,7 @@ _HTTP_KINDS = {
 
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every studyhall error and HTTP error with the envelope."""
+
     def not_found(_r: Request, exc: Exception) -> JSONResponse:
         return error_response(404, type(exc).__name__, str(exc))
 
@@ -228,7 +229,9 @@ class Gate:
                 return
             if too_large:
                 await error_response(
-                    413, "PayloadTooLarge", f"the request body exceeds {self.max_body_bytes} bytes; send less per request"
+                    413,
+                    "PayloadTooLarge",
+                    f"the request body exceeds {self.max_body_bytes} bytes; send less per request",
                 )(scope, receive, send_tracked)
                 return
             body_read = True
@@ -349,10 +352,16 @@ class Metrics:
             ["method", "route"],
             registry=self.registry,
         )
-        self.asked = Counter("studyhall_service_trials_asked_total", "Trials handed out over HTTP.", registry=self.registry)
-        self.told = Counter("studyhall_service_trials_told_total", "Trials told over HTTP, by state.", ["state"], registry=self.registry)
+        self.asked = Counter(
+            "studyhall_service_trials_asked_total", "Trials handed out over HTTP.", registry=self.registry
+        )
+        self.told = Counter(
+            "studyhall_service_trials_told_total", "Trials told over HTTP, by state.", ["state"], registry=self.registry
+        )
         self.expired = Counter(
-            "studyhall_service_leases_expired_total", "Trials failed because their lease expired.", registry=self.registry
+            "studyhall_service_leases_expired_total",
+            "Trials failed because their lease expired.",
+            registry=self.registry,
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -373,6 +382,7 @@ class Metrics:
 
 def add_bearer_scheme(app: FastAPI) -> None:
     """Declare the bearer token in /openapi.json (every operation but /healthz needs it)."""
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)

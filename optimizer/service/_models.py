@@ -348,7 +348,9 @@ def finite(v: Any, depth: int = MAX_ATTR_DEPTH + 1) -> Any:
     if v is None or isinstance(v, (bool, int, str)):
         return v
     if isinstance(v, (Mapping, list, tuple)) and depth <= 0:
-        return f"<nested deeper than {MAX_ATTR_DEPTH} levels: not shown over HTTP; read it in Python with Study.trial(n)>"
+        return (
+            f"<nested deeper than {MAX_ATTR_DEPTH} levels: not shown over HTTP; read it in Python with Study.trial(n)>"
+        )
     if isinstance(v, Mapping):
         return {str(k): finite(x, depth - 1) for k, x in v.items()}
     if isinstance(v, (list, tuple)):

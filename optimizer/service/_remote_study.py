@@ -44,7 +44,9 @@ class RemoteStudy:
         """Start a trial and sample its parameters from ``space`` (or the study's last space)."""
         return self.ask_batch(space, 1, lease_s=lease_s)[0]
 
-    def ask_batch(self, space: Space | None = None, k: int = 1, *, lease_s: float = DEFAULT_LEASE_S) -> list[TrialHandle]:
+    def ask_batch(
+        self, space: Space | None = None, k: int = 1, *, lease_s: float = DEFAULT_LEASE_S
+    ) -> list[TrialHandle]:
         """``k`` trials at once."""
         body: dict[str, Any] = {"k": k, "lease_s": lease_s}
         encoded = space_to_json(space)
@@ -83,7 +85,13 @@ class RemoteStudy:
             body["values"] = value  # a sequence given positionally, as Study.tell allows
         elif value is not None:
             body["value"] = value
-        for key, v in (("values", values), ("scores", scores), ("metrics", metrics), ("error", error), ("user_attrs", user_attrs)):
+        for key, v in (
+            ("values", values),
+            ("scores", scores),
+            ("metrics", metrics),
+            ("error", error),
+            ("user_attrs", user_attrs),
+        ):
             if v is not None:
                 body[key] = v
         if state is not None:
@@ -107,7 +115,9 @@ class RemoteStudy:
 
     def trials(self, states: Sequence[str | TrialState] | None = None) -> list[FrozenTrial]:
         """Every trial (as FrozenTrials), optionally only those in ``states``."""
-        wanted = [None] if not states else [s.name.lower() if isinstance(s, TrialState) else str(s).lower() for s in states]
+        wanted = (
+            [None] if not states else [s.name.lower() if isinstance(s, TrialState) else str(s).lower() for s in states]
+        )
         out: list[FrozenTrial] = []
         for state in wanted:
             offset = 0

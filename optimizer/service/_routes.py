@@ -147,7 +147,9 @@ def add_leased_trial_routes(api: APIRouter, studies: Studies, leases: Leases, me
         space = m.space_from_spec(body.space) if body.space is not None else None
         handles, expires = leases.ask(study, space, body.k, body.lease_s)
         metrics.asked.inc(len(handles))
-        return {"trials": [{"number": h.number, "params": m.finite(h.params), "lease_expires_at": expires} for h in handles]}
+        return {
+            "trials": [{"number": h.number, "params": m.finite(h.params), "lease_expires_at": expires} for h in handles]
+        }
 
     @api.post(
         "/studies/{name}/trials/{number}/tell", response_model=m.TrialOut, responses=errors(400, 404, 409, 413, 422)

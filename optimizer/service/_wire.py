@@ -88,8 +88,6 @@ def frozen_trial(d: Mapping[str, Any]) -> FrozenTrial:
     )
 
 
-
-
 def quote_name(name: str) -> str:
     """A study name as one URL path segment."""
     return quote(name, safe="")

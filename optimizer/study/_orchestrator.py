@@ -117,8 +117,7 @@ class Orchestrator:
         if existing is not None:
             if not load_if_exists:
                 raise DuplicateStudy(
-                    f"study {name!r} already exists; load it with load_study({name!r}) "
-                    "or pass load_if_exists=True"
+                    f"study {name!r} already exists; load it with load_study({name!r}) or pass load_if_exists=True"
                 )
             study = self.load_study(name, sampler=sampler, seed=seed, pruner=pruner)
             if study.directions != dirs:
@@ -198,5 +197,3 @@ class Orchestrator:
             raise StudyNotFound(f"no study named {name!r} to delete; known studies: {', '.join(known[:20]) or 'none'}")
         delete_study_rows(self.storage, study_id)
         optuna.delete_study(study_name=name, storage=self.storage.optuna)
-
-

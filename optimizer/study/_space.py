@@ -68,7 +68,9 @@ class Int:
     def __post_init__(self) -> None:
         for v in (self.low, self.high, self.step):
             if isinstance(v, bool) or not isinstance(v, int):
-                raise InvalidRequest(f"Int bounds and step must be integers; got low={self.low!r}, high={self.high!r}, step={self.step!r}")
+                raise InvalidRequest(
+                    f"Int bounds and step must be integers; got low={self.low!r}, high={self.high!r}, step={self.step!r}"
+                )
         if self.low > self.high:
             raise InvalidRequest(f"Int(low={self.low}, high={self.high}): low must be <= high; swap them")
         if not (self.low >= -_INT_LIMIT and self.high <= _INT_LIMIT):

@@ -195,9 +195,7 @@ class Study:
 
     # ---- ask ---------------------------------------------------------------------------
 
-    def ask(
-        self, space: Space | None = None, *, keepalive: bool = True, lease_s: float | None = None
-    ) -> TrialHandle:
+    def ask(self, space: Space | None = None, *, keepalive: bool = True, lease_s: float | None = None) -> TrialHandle:
         """Start a trial and sample its parameters from ``space`` (or the study's last space).
 
         Enqueued parameters (``enqueue``, retries) are handed out first. Who keeps the
@@ -226,7 +224,10 @@ class Study:
         return [self._ask(dists, keepalive, lease) for _ in range(k)]
 
     def _ask(
-        self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True, lease_s: float | None = None
+        self,
+        dists: dict[str, optuna.distributions.BaseDistribution],
+        keepalive: bool = True,
+        lease_s: float | None = None,
     ) -> TrialHandle:
         trial = self._ask_trial(dists, keepalive and lease_s is None)
         if lease_s is not None:
@@ -300,8 +301,16 @@ class Study:
                 "ask for a new trial instead"
             )
         told = check_tell(
-            running, self.directions, self.name, value=value, values=values, scores=scores, metrics=metrics,
-            state=state, error=error, user_attrs=user_attrs,
+            running,
+            self.directions,
+            self.name,
+            value=value,
+            values=values,
+            scores=scores,
+            metrics=metrics,
+            state=state,
+            error=error,
+            user_attrs=user_attrs,
         )
         done_at, started_at = datetime.now(), self._started.get(number)
         try:
@@ -493,8 +502,17 @@ class Study:
         from studyhall.optimizer.telemetry._artifacts import attach_if_configured
 
         report = optimize(
-            self, objective, n_trials=n_trials, timeout=timeout, workers=workers, trial_timeout=trial_timeout,
-            retries=retries, space=space, progress=progress, max_total_trials=max_total_trials, catch=catch,
+            self,
+            objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            workers=workers,
+            trial_timeout=trial_timeout,
+            retries=retries,
+            space=space,
+            progress=progress,
+            max_total_trials=max_total_trials,
+            catch=catch,
         )
         attach_if_configured(self, artifacts)
         return report

@@ -35,11 +35,36 @@ _MAX = sys.float_info.max
 # Student's t 0.975 quantiles for 1-30 degrees of freedom (scipy.stats.t.ppf); beyond 30 the
 # Cornish-Fisher expansion in _t975 is within 4e-8 of them, with no scipy import on tell's path.
 _T975 = (
-    12.7062047362, 4.3026527297, 3.1824463053, 2.7764451052, 2.5705818356, 2.4469118511, 2.3646242516,
-    2.3060041352, 2.2621571628, 2.228138852, 2.2009851601, 2.1788128297, 2.1603686565, 2.1447866879,
-    2.1314495456, 2.1199052992, 2.1098155778, 2.1009220402, 2.0930240544, 2.0859634473, 2.0796138447,
-    2.0738730679, 2.0686576104, 2.0638985616, 2.0595385528, 2.0555294386, 2.0518305165, 2.0484071418,
-    2.0452296421, 2.0422724563,
+    12.7062047362,
+    4.3026527297,
+    3.1824463053,
+    2.7764451052,
+    2.5705818356,
+    2.4469118511,
+    2.3646242516,
+    2.3060041352,
+    2.2621571628,
+    2.228138852,
+    2.2009851601,
+    2.1788128297,
+    2.1603686565,
+    2.1447866879,
+    2.1314495456,
+    2.1199052992,
+    2.1098155778,
+    2.1009220402,
+    2.0930240544,
+    2.0859634473,
+    2.0796138447,
+    2.0738730679,
+    2.0686576104,
+    2.0638985616,
+    2.0595385528,
+    2.0555294386,
+    2.0518305165,
+    2.0484071418,
+    2.0452296421,
+    2.0422724563,
 )
 
 
@@ -149,8 +174,21 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
     mean, std = mean * scale, std * scale
     binary = distinct <= 2 and lo in (0.0, 1.0) and hi in (0.0, 1.0)  # at most two distinct values, both 0 or 1
     sem, ci_low, ci_high, method = mean_interval(n, mean, std, binary)
-    return Summary(n=n, mean=mean, std=std, min=lo, p50=p50, p90=p90, p99=p99, max=hi, histogram=hist,
-                   sem=sem, ci_low=ci_low, ci_high=ci_high, ci_method=method)
+    return Summary(
+        n=n,
+        mean=mean,
+        std=std,
+        min=lo,
+        p50=p50,
+        p90=p90,
+        p99=p99,
+        max=hi,
+        histogram=hist,
+        sem=sem,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        ci_method=method,
+    )
 
 
 def mean_interval(n: int, mean: float, std: float, binary: bool) -> tuple[float, float, float, str]:

@@ -54,7 +54,9 @@ def artifact_dir(url: str | None, given: str | Path | None = None) -> Path | Non
     return db.with_name(f"{db.stem}-artifacts")
 
 
-def attach_report(study: Study, directory: str | Path, *, trial_histograms: bool = False, max_trials: int = 60) -> list[str]:
+def attach_report(
+    study: Study, directory: str | Path, *, trial_histograms: bool = False, max_trials: int = 60
+) -> list[str]:
     """Store the report's figure (and, with ``trial_histograms``, each trial's score histogram) as artifacts.
 
     Returns the artifact ids written. The figure is one artifact of the study, named
@@ -83,13 +85,19 @@ def attach_if_configured(study: Study, given: str | Path | None | bool) -> list[
     """
     if given is False:
         return []
-    where = Path(given) if isinstance(given, (str, Path)) else (Path(os.environ[ARTIFACTS_ENV]) if os.environ.get(ARTIFACTS_ENV) else None)
+    where = (
+        Path(given)
+        if isinstance(given, (str, Path))
+        else (Path(os.environ[ARTIFACTS_ENV]) if os.environ.get(ARTIFACTS_ENV) else None)
+    )
     if where is None or not study.trials(states=["complete", "pruned"]):
         return []
     try:
         return attach_report(study, where)
     except Exception as exc:  # noqa: BLE001 - the pictures are extra; the trials are already stored
-        _log.warning("could not attach the report of study %r to %s (%s: %s)", study.name, where, type(exc).__name__, exc)
+        _log.warning(
+            "could not attach the report of study %r to %s (%s: %s)", study.name, where, type(exc).__name__, exc
+        )
         return []
 
 
@@ -104,11 +112,17 @@ def histogram_png(scores: Any, number: int) -> bytes:
     fig = Figure(figsize=(5, 3), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.bar([(lo + hi) / 2 for lo, hi, _ in s.histogram], [c for _, _, c in s.histogram],
-           width=[(hi - lo) * 0.9 for lo, hi, _ in s.histogram], color="#7570b3")
+    ax.bar(
+        [(lo + hi) / 2 for lo, hi, _ in s.histogram],
+        [c for _, _, c in s.histogram],
+        width=[(hi - lo) * 0.9 for lo, hi, _ in s.histogram],
+        color="#7570b3",
+    )
     ax.axvspan(s.ci_low, s.ci_high, color="#1b9e77", alpha=0.2)
     ax.axvline(s.mean, color="#1b9e77")
-    ax.set_title(f"trial {number}: score over {s.n} examples, mean {s.mean:.3g} {interval_text(s.ci_low, s.ci_high)}", fontsize=9)
+    ax.set_title(
+        f"trial {number}: score over {s.n} examples, mean {s.mean:.3g} {interval_text(s.ci_low, s.ci_high)}", fontsize=9
+    )
     ax.set_xlabel("score")
     ax.set_ylabel("examples")
     buf = io.BytesIO()

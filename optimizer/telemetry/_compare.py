@@ -76,7 +76,8 @@ class Comparison:
 
     def __str__(self) -> str:
         verdict = (
-            f"{self.a if self.diff > 0 else self.b} is better at 95%" if self.significant
+            f"{self.a if self.diff > 0 else self.b} is better at 95%"
+            if self.significant
             else "not distinguishable at 95% (the interval contains 0)"
         )
         return (
@@ -102,11 +103,41 @@ def compare_sides(sa: Side, sb: Side, metric: str = "score") -> Comparison:
     if pairs is not None:
         d = x[pairs[0]] - y[pairs[1]]
         diff, lo, hi, p = _paired(d)
-        return Comparison(sa.label, sb.label, metric, x.size, y.size, float(x.mean()), float(y.mean()), diff, lo, hi, p,
-                          True, int(d.size), "paired t-test", note)
+        return Comparison(
+            sa.label,
+            sb.label,
+            metric,
+            x.size,
+            y.size,
+            float(x.mean()),
+            float(y.mean()),
+            diff,
+            lo,
+            hi,
+            p,
+            True,
+            int(d.size),
+            "paired t-test",
+            note,
+        )
     diff, lo, hi, p = _welch(x, y)
-    return Comparison(sa.label, sb.label, metric, x.size, y.size, float(x.mean()), float(y.mean()), diff, lo, hi, p,
-                      False, int(x.size + y.size), "Welch's t-test", note)
+    return Comparison(
+        sa.label,
+        sb.label,
+        metric,
+        x.size,
+        y.size,
+        float(x.mean()),
+        float(y.mean()),
+        diff,
+        lo,
+        hi,
+        p,
+        False,
+        int(x.size + y.size),
+        "Welch's t-test",
+        note,
+    )
 
 
 def _pairs(sa: Side, sb: Side) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
@@ -117,13 +148,21 @@ def _pairs(sa: Side, sb: Side) -> tuple[tuple[np.ndarray, np.ndarray] | None, st
         pos_b = {k: i for i, k in enumerate(sb.ids)}
         if len(pos_a) == n_a and len(pos_b) == n_b and pos_a.keys() == pos_b.keys():
             keys = list(pos_a)
-            return (np.array([pos_a[k] for k in keys]), np.array([pos_b[k] for k in keys])), f"paired by example id ({n_a} examples)"
+            return (
+                np.array([pos_a[k] for k in keys]),
+                np.array([pos_b[k] for k in keys]),
+            ), f"paired by example id ({n_a} examples)"
         common = len(pos_a.keys() & pos_b.keys())
-        return None, (f"the examples differ: {sa.label} scored {n_a}, {sb.label} {n_b}, {common} of them both; "
-                      "unpaired (Welch) interval")
+        return None, (
+            f"the examples differ: {sa.label} scored {n_a}, {sb.label} {n_b}, {common} of them both; "
+            "unpaired (Welch) interval"
+        )
     if n_a == n_b:
         idx = np.arange(n_a)
-        return (idx, idx), "paired by position: no example ids stored, so the same examples in the same order are assumed"
+        return (
+            idx,
+            idx,
+        ), "paired by position: no example ids stored, so the same examples in the same order are assumed"
     return None, f"the examples differ: {sa.label} scored {n_a}, {sb.label} {n_b}; unpaired (Welch) interval"
 
 
@@ -145,7 +184,9 @@ def _welch(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
     if va + vb == 0.0:
         return m, m, m, 1.0 if m == 0 else (0.0 if x.size > 1 and y.size > 1 else math.nan)
     # Welch-Satterthwaite degrees of freedom (a side of one sample contributes no variance and no df)
-    df = (va + vb) ** 2 / ((va**2 / (x.size - 1) if x.size > 1 else 0.0) + (vb**2 / (y.size - 1) if y.size > 1 else 0.0))
+    df = (va + vb) ** 2 / (
+        (va**2 / (x.size - 1) if x.size > 1 else 0.0) + (vb**2 / (y.size - 1) if y.size > 1 else 0.0)
+    )
     return _t_test(m, math.sqrt(va + vb), df)
 
 
@@ -194,17 +235,20 @@ def _full_side(study: Study, ref: str, metric: str) -> Side:
     if ref == SELECTED:
         sel = study.selection
         if sel is None or sel.full_eval is None:
-            raise InvalidRequest(f"study {study.name!r} has no selection by a full evaluation; compare trials or 'full:N'")
+            raise InvalidRequest(
+                f"study {study.name!r} has no selection by a full evaluation; compare trials or 'full:N'"
+            )
         index = sel.full_eval
-    elif ref.startswith(FULL_PREFIX) and ref[len(FULL_PREFIX):].isdigit():
-        index = int(ref[len(FULL_PREFIX):])
+    elif ref.startswith(FULL_PREFIX) and ref[len(FULL_PREFIX) :].isdigit():
+        index = int(ref[len(FULL_PREFIX) :])
     else:
         raise InvalidRequest(f"compare takes trial numbers, 'full:N' or 'selected'; got {ref!r:.60}")
     key = f"{FULL_EVAL_ATTR}{index:03d}"
     if key not in attrs:
         raise TrialNotFound(
             f"study {study.name!r} has no full evaluation {index} (it has {len(fulls)}: full:0 .. full:{len(fulls) - 1})"
-            if fulls else f"study {study.name!r} has no full evaluations (MiproLoop records them)"
+            if fulls
+            else f"study {study.name!r} has no full evaluations (MiproLoop records them)"
         )
     per = attrs[key].get("scores") or []
     ids = [i for i, x in enumerate(per) if x is not None]

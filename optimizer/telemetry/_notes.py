@@ -41,13 +41,22 @@ def before_tell(
 
 def trial_note(number: int, rows: Sequence[tuple[str, Mapping[str, Any], Any]], attrs: Mapping[str, Any]) -> str:
     """The markdown note optuna-dashboard shows for a trial: its distributions as a table."""
-    lines = [f"### Trial {number}: distributions", "", "| metric | " + " | ".join(FIELDS) + " | sem | mean, 95% CI |",
-             "|---" * (len(FIELDS) + 3) + "|"]
+    lines = [
+        f"### Trial {number}: distributions",
+        "",
+        "| metric | " + " | ".join(FIELDS) + " | sem | mean, 95% CI |",
+        "|---" * (len(FIELDS) + 3) + "|",
+    ]
     for name, summary, _ in rows:
         cells = [_cell(summary.get(k)) for k in FIELDS]
-        cells += [_cell(summary.get("sem")), interval_text(summary.get("ci_low"), summary.get("ci_high"), summary.get("ci_method"))]
+        cells += [
+            _cell(summary.get("sem")),
+            interval_text(summary.get("ci_low"), summary.get("ci_high"), summary.get("ci_method")),
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    totals = {k: v for k, v in attrs.items() if k.startswith("llm.") and not any(k.startswith(n + ".") for n, _, _ in rows)}
+    totals = {
+        k: v for k, v in attrs.items() if k.startswith("llm.") and not any(k.startswith(n + ".") for n, _, _ in rows)
+    }
     if totals:
         lines += ["", ", ".join(f"{k}: {_cell(v)}" for k, v in sorted(totals.items()))]
     if attrs.get("error"):

@@ -86,20 +86,32 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-trial_values = _BulkHistogram("studyhall_trial_value", "Objective values of completed trials (first objective).", VALUE_BUCKETS)
+trial_values = _BulkHistogram(
+    "studyhall_trial_value", "Objective values of completed trials (first objective).", VALUE_BUCKETS
+)
 example_scores = _BulkHistogram("studyhall_example_score", "Per-example scores told with trials.", SCORE_BUCKETS)
 llm_latency = _BulkHistogram("studyhall_llm_latency_seconds", "Latency of LLM calls made by trials.", LATENCY_BUCKETS)
 for _h in (trial_values, example_scores, llm_latency):
     registry.register(_h)
 
 trials_total = Counter("studyhall_trials", "Trials told, by final state.", ["study", "state"], registry=registry)
-failures_total = Counter("studyhall_trial_failures", "Failed trials, by reason (error, timeout, crash, stale...).",
-                         ["study", "reason"], registry=registry)
+failures_total = Counter(
+    "studyhall_trial_failures",
+    "Failed trials, by reason (error, timeout, crash, stale...).",
+    ["study", "reason"],
+    registry=registry,
+)
 llm_calls_total = Counter("studyhall_llm_calls", "LLM calls made by trials.", ["study"], registry=registry)
-llm_429_total = Counter("studyhall_llm_rate_limited", "LLM calls answered 429 (rate limited).", ["study"], registry=registry)
+llm_429_total = Counter(
+    "studyhall_llm_rate_limited", "LLM calls answered 429 (rate limited).", ["study"], registry=registry
+)
 llm_retries_total = Counter("studyhall_llm_retries", "LLM call retries.", ["study"], registry=registry)
-crashes_total = Counter("studyhall_pool_crashes", "Worker processes that died under a trial.", ["study"], registry=registry)
-timeouts_total = Counter("studyhall_trial_timeouts", "Trials killed for running past trial_timeout.", ["study"], registry=registry)
+crashes_total = Counter(
+    "studyhall_pool_crashes", "Worker processes that died under a trial.", ["study"], registry=registry
+)
+timeouts_total = Counter(
+    "studyhall_trial_timeouts", "Trials killed for running past trial_timeout.", ["study"], registry=registry
+)
 
 _CRASH = ("crash", "crashed")
 _TIMEOUT = ("timeout", "timed_out")
@@ -125,8 +137,13 @@ def count_llm(study: str = "", *, calls: float = 0, rate_limited: float = 0, ret
         llm_retries_total.labels(study).inc(retries)
 
 
-def after_tell(study: str, state: TrialState, values: Sequence[float] | None,
-               rows: Sequence[tuple[str, Mapping[str, Any], Any]], attrs: Mapping[str, Any]) -> None:
+def after_tell(
+    study: str,
+    state: TrialState,
+    values: Sequence[float] | None,
+    rows: Sequence[tuple[str, Mapping[str, Any], Any]],
+    attrs: Mapping[str, Any],
+) -> None:
     """Update the registry for one told trial (a few array operations)."""
     trials_total.labels(study, state.name.lower()).inc()
     if values:

@@ -97,12 +97,20 @@ def render_png(study: Study, metrics: StudyMetrics, max_trials: int = MAX_TRIALS
     if numbers:
         _score_strips(ax_box, [samples[n] for n in numbers], numbers, best, metrics.name)
         if len(numbers) < len(samples):
-            ax_box.set_title(ax_box.get_title() + f"\n{len(numbers)} of {len(samples)} trials shown: the best and the latest")
+            ax_box.set_title(
+                ax_box.get_title() + f"\n{len(numbers)} of {len(samples)} trials shown: the best and the latest"
+            )
     else:
         _empty(ax_box, f"no per-example {metrics.name!r} samples yet: tell trials with scores=[...]")
     if numbers:
-        _interval_bars(ax_ci, [metrics.per_trial[n] for n in numbers], numbers, best, metrics.name,
-                       sel if sel is not None and sel.metric == metrics.name else None)
+        _interval_bars(
+            ax_ci,
+            [metrics.per_trial[n] for n in numbers],
+            numbers,
+            best,
+            metrics.name,
+            sel if sel is not None and sel.metric == metrics.name else None,
+        )
     else:
         _empty(ax_ci, f"no per-trial {metrics.name!r} means yet")
 
@@ -138,15 +146,22 @@ def _score_strips(ax: Any, data: list[np.ndarray], numbers: list[int], best: lis
             share = np.array([float(np.mean(x == level)) for x in data])
             ax.bar(xs, share, bottom=bottom, color=cmap[i], width=0.8, label=f"{name} = {level:g}")
             bottom += share
-        ax.bar(xs, np.ones(len(data)), width=0.8, fill=False,
-               edgecolor=[BEST_COLOR if n in best else "none" for n in numbers], linewidth=2.5)
+        ax.bar(
+            xs,
+            np.ones(len(data)),
+            width=0.8,
+            fill=False,
+            edgecolor=[BEST_COLOR if n in best else "none" for n in numbers],
+            linewidth=2.5,
+        )
         ax.set_ylabel("share of examples")
         ax.set_ylim(0, 1)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
         ax.set_title(f"per-example {name} by trial (shares of each value); best {len(best)} outlined in orange")
     else:
-        boxes = ax.boxplot(data, positions=xs, showmeans=True, patch_artist=True, widths=0.6,
-                           flierprops={"markersize": 2})
+        boxes = ax.boxplot(
+            data, positions=xs, showmeans=True, patch_artist=True, widths=0.6, flierprops={"markersize": 2}
+        )
         for n, patch in zip(numbers, boxes["boxes"]):
             patch.set_facecolor(BEST_COLOR if n in best else OTHER_COLOR)
             patch.set_alpha(0.9 if n in best else 0.45)
@@ -179,11 +194,15 @@ def _interval_bars(
     ax.scatter(xs, means, color=colors, s=18, zorder=3)
     methods = sorted({s.ci_method for s in summaries if s.ci_method})
     how = " and ".join({"wilson": "Wilson", "t": "t"}.get(m, m) for m in methods)
-    ax.set_title(f"mean {name} by trial with its 95% confidence interval ({how}); overlapping bars: not distinguishable")
+    ax.set_title(
+        f"mean {name} by trial with its 95% confidence interval ({how}); overlapping bars: not distinguishable"
+    )
     ax.set_ylabel(f"mean {name}")
     if sel is not None:
         ax.axhspan(sel.ci_low, sel.ci_high, color=SELECTED_COLOR, alpha=0.15)
-        ax.axhline(sel.score, color=SELECTED_COLOR, label=f"selected (trial {sel.trial}): {sel.score:.3g} on {sel.n} examples")
+        ax.axhline(
+            sel.score, color=SELECTED_COLOR, label=f"selected (trial {sel.trial}): {sel.score:.3g} on {sel.n} examples"
+        )
         if sel.trial in numbers:
             i = numbers.index(sel.trial)
             ax.scatter([xs[i]], [means[i]], s=120, facecolors="none", edgecolors=SELECTED_COLOR, linewidths=2, zorder=4)

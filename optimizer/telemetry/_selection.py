@@ -90,8 +90,16 @@ def select(
     if trial is not None:
         study.trial_id(trial)  # TrialNotFound for a trial the study does not have
     sel = Selection(
-        params={str(k): _plain(v) for k, v in params.items()}, score=s.mean, ci_low=s.ci_low, ci_high=s.ci_high, n=s.n,
-        trial=trial, source=source, full_eval=full_eval, metric=metric, ci_method=s.ci_method,
+        params={str(k): _plain(v) for k, v in params.items()},
+        score=s.mean,
+        ci_low=s.ci_low,
+        ci_high=s.ci_high,
+        n=s.n,
+        trial=trial,
+        source=source,
+        full_eval=full_eval,
+        metric=metric,
+        ci_method=s.ci_method,
     )
     before = selection(study)
     if before == sel:
@@ -119,7 +127,11 @@ def study_note(sel: Selection, best: tuple[int, float] | None) -> str:
         same = sel.trial == number
         lines.append(
             f"Optuna's *best trial* is trial {number} (value {value:.4g}, the mean of its own minibatch)"
-            + (", the selected one." if same else "; the selection above was chosen on more examples and is the answer.")
+            + (
+                ", the selected one."
+                if same
+                else "; the selection above was chosen on more examples and is the answer."
+            )
         )
     return "\n".join(lines) + NOTE_END
 

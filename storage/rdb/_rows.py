@@ -92,7 +92,9 @@ class Distributions:
         return dist
 
 
-def new_frozen(trial_id: int, number: int, state: TrialState, start: dt.datetime | None, complete: dt.datetime | None) -> FrozenTrial:
+def new_frozen(
+    trial_id: int, number: int, state: TrialState, start: dt.datetime | None, complete: dt.datetime | None
+) -> FrozenTrial:
     """An empty FrozenTrial (no params, values or attrs) with these facts."""
     return FrozenTrial(
         number=number,
@@ -182,7 +184,9 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _load_trials(conn: sa.Connection, parse: Distributions, study_id: int | None, ids: list[int] | None) -> list[FrozenTrial]:
+def _load_trials(
+    conn: sa.Connection, parse: Distributions, study_id: int | None, ids: list[int] | None
+) -> list[FrozenTrial]:
     head, params_q, values_q, inter_q, user_q, system_q = _loaders()["study" if ids is None else "ids"]
     args = {"sid": study_id} if ids is None else {"ids": ids}
     rows = conn.execute(head, args).all()

@@ -78,8 +78,10 @@ def statements() -> Statements:
     is_owner = sys_attrs.c.trial_id == tid, sys_attrs.c.key == OWNER_ATTR
     owner = sa.select(sys_attrs.c.value_json).where(*is_owner).scalar_subquery()
     owned = sa.exists().where(*is_owner, sys_attrs.c.value_json == sa.bindparam("owner"))
-    requeue = sa.update(t).where(t.c.trial_id == tid, t.c.state == TrialState.RUNNING).values(
-        state=TrialState.WAITING, datetime_start=None
+    requeue = (
+        sa.update(t)
+        .where(t.c.trial_id == tid, t.c.state == TrialState.RUNNING)
+        .values(state=TrialState.WAITING, datetime_start=None)
     )
     return Statements(
         # FOR UPDATE is a no-op on SQLite, whose IMMEDIATE transactions already exclude writers.
@@ -122,7 +124,9 @@ def statements() -> Statements:
         drop_beat=sa.delete(hb).where(hb.c.trial_id == tid),
         find_token=sa.select(t.c.trial_id, t.c.number)
         .select_from(t.join(sys_attrs, sys_attrs.c.trial_id == t.c.trial_id))
-        .where(t.c.study_id == sid, sys_attrs.c.key == sa.bindparam("key"), sys_attrs.c.value_json == sa.bindparam("value")),
+        .where(
+            t.c.study_id == sid, sys_attrs.c.key == sa.bindparam("key"), sys_attrs.c.value_json == sa.bindparam("value")
+        ),
         state_and_end=sa.select(t.c.state, t.c.datetime_complete).where(t.c.trial_id == tid),
         study_name=sa.select(s.c.study_name).where(s.c.study_id == sid),
         study_id=sa.select(s.c.study_id).where(s.c.study_name == sa.bindparam("name")),

@@ -165,7 +165,9 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
         return retrying(once)
 
-    def _lock_trial(self, conn: sa.Connection, trial_id: int, *, states: Container[TrialState] = _UNFINISHED) -> TrialState:
+    def _lock_trial(
+        self, conn: sa.Connection, trial_id: int, *, states: Container[TrialState] = _UNFINISHED
+    ) -> TrialState:
         # FOR UPDATE (a no-op on SQLite, whose IMMEDIATE transactions already exclude
         # writers): nobody finishes the trial between this check and our write.
         q = statements()
@@ -227,7 +229,9 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
         def write(conn: sa.Connection) -> int:
             study_id = _new_id(conn.execute(sa.insert(s).values(study_name=name)))
-            conn.execute(sa.insert(d), [{"study_id": study_id, "objective": i, "direction": x} for i, x in enumerate(directions)])
+            conn.execute(
+                sa.insert(d), [{"study_id": study_id, "objective": i, "direction": x} for i, x in enumerate(directions)]
+            )
             return study_id
 
         def retry(conn: sa.Connection) -> int | None:
@@ -341,7 +345,9 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         def read(conn: sa.Connection) -> list[FrozenStudy]:
             names = conn.execute(sa.select(s.c.study_id, s.c.study_name).order_by(s.c.study_id)).all()
             directions: dict[int, list[StudyDirection]] = {}
-            for study_id, direction in conn.execute(sa.select(d.c.study_id, d.c.direction).order_by(d.c.study_id, d.c.objective)):
+            for study_id, direction in conn.execute(
+                sa.select(d.c.study_id, d.c.direction).order_by(d.c.study_id, d.c.objective)
+            ):
                 directions.setdefault(study_id, []).append(direction)
             attrs: list[dict[int, dict[str, Any]]] = [{}, {}]
             for i, tbl in enumerate((ua, sa_)):
@@ -367,7 +373,9 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         pending = Pending.from_template(study_id, template_trial)
         return self._insert(pending, token=None)._trial_id
 
-    def _insert(self, pending: Pending, token: str | None, heartbeat: bool = False, total: int | None = None) -> FrozenTrial:
+    def _insert(
+        self, pending: Pending, token: str | None, heartbeat: bool = False, total: int | None = None
+    ) -> FrozenTrial:
         """Write a whole new trial (row, values, params, attrs, intermediates) in one transaction."""
         q = statements()
         if token is not None:
@@ -384,7 +392,10 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             # numbers are unique and trial ids commit in order within a study.
             self._lock_study(conn, pending.study_id)
             # Under the study's lock: of hosts asking at once, exactly the total get a trial.
-            if total is not None and conn.execute(q.count_first_attempts, {"sid": pending.study_id}).scalar_one() >= total:
+            if (
+                total is not None
+                and conn.execute(q.count_first_attempts, {"sid": pending.study_id}).scalar_one() >= total
+            ):
                 raise TotalReached
             number = conn.execute(q.count_trials, {"sid": pending.study_id}).scalar_one()
             trial_id = _new_id(conn.execute(q.insert_trial, {**row, "number": number}))
@@ -462,7 +473,9 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
     # ---- writing trials ----------------------------------------------------------------
 
-    def _write_trial(self, trial_id: int, write: Callable[[sa.Connection], None], apply: Callable[[FrozenTrial], None]) -> None:
+    def _write_trial(
+        self, trial_id: int, write: Callable[[sa.Connection], None], apply: Callable[[FrozenTrial], None]
+    ) -> None:
         """Lock ``trial_id``, run ``write``, then ``apply`` the change to the cached trial."""
         with self._lock:
             pending = self._pending.get(trial_id)
@@ -489,10 +502,16 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 change(fresh)
                 cache.put(fresh)
 
-    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution) -> None:
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution
+    ) -> None:
         check_name("parameter name", param_name)
         q = statements()
-        row = {"param_name": param_name, "param_value": param_value_internal, "distribution_json": distribution_to_json(distribution)}
+        row = {
+            "param_name": param_name,
+            "param_value": param_value_internal,
+            "distribution_json": distribution_to_json(distribution),
+        }
         with self._lock:
             study_id = self._study_of(trial_id)
             known = self._studies[study_id].distributions.get(param_name) if study_id is not None else None
@@ -561,7 +580,10 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 owner = [{"trial_id": trial_id, "key": OWNER_ATTR, "value_json": token}]
                 upsert(conn, table("TrialSystemAttributeModel"), owner, keys=("trial_id", "key"))
             if values is not None:
-                rows = [{"trial_id": trial_id, "objective": i, "value": x, "value_type": k} for i, (x, k) in enumerate(map(value_repr, values))]
+                rows = [
+                    {"trial_id": trial_id, "objective": i, "value": x, "value_type": k}
+                    for i, (x, k) in enumerate(map(value_repr, values))
+                ]
                 upsert(conn, table("TrialValueModel"), rows, keys=("trial_id", "objective"))
             return True
 
@@ -570,11 +592,15 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             if token is not None:
                 with self._lock:
                     self._tokens[trial_id] = token
-                self._update_cached(trial_id, lambda frozen: frozen.system_attrs.update({OWNER_ATTR: json.loads(token)}))
+                self._update_cached(
+                    trial_id, lambda frozen: frozen.system_attrs.update({OWNER_ATTR: json.loads(token)})
+                )
             self._after_state_change(trial_id, state, values, times)
         return changed
 
-    def _after_state_change(self, trial_id: int, state: TrialState, values: Sequence[float] | None, times: dict[str, Any]) -> None:
+    def _after_state_change(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None, times: dict[str, Any]
+    ) -> None:
         def change(frozen: FrozenTrial) -> None:
             if values is not None:
                 frozen.values = list(values)
@@ -618,10 +644,13 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             times["datetime_start"] = to_utc(started_at)
         end: dict[str, Any] = {"tid": trial_id, "state": state, **times}
         value_rows = [
-            {"trial_id": trial_id, "objective": i, "value": x, "value_type": k} for i, (x, k) in enumerate(map(value_repr, values or ()))
+            {"trial_id": trial_id, "objective": i, "value": x, "value_type": k}
+            for i, (x, k) in enumerate(map(value_repr, values or ()))
         ]
         attrs = dict(user_attrs or {})
-        attr_rows = [{"trial_id": trial_id, "key": k, "value_json": attr_json("user attribute", k, v)} for k, v in attrs.items()]
+        attr_rows = [
+            {"trial_id": trial_id, "key": k, "value_json": attr_json("user attribute", k, v)} for k, v in attrs.items()
+        ]
         token = self._tokens.get(trial_id)
         finish = q.finish_running if token is None else q.finish_owned
         if token is not None:
@@ -667,7 +696,11 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         q = statements()
         with self._lock:
             token = self._tokens.pop(trial_id, None)
-        requeue, args = (q.requeue_unbegun, {"tid": trial_id}) if token is None else (q.requeue_owned, {"tid": trial_id, "owner": token})
+        requeue, args = (
+            (q.requeue_unbegun, {"tid": trial_id})
+            if token is None
+            else (q.requeue_owned, {"tid": trial_id, "owner": token})
+        )
 
         def write(conn: sa.Connection) -> bool:
             if conn.execute(requeue, args).rowcount != 1:
@@ -704,7 +737,12 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         row = {"step": step, "intermediate_value": stored, "intermediate_value_type": kind}
 
         def write(conn: sa.Connection) -> None:
-            upsert(conn, table("TrialIntermediateValueModel"), [{"trial_id": self._resolve(trial_id), **row}], keys=("trial_id", "step"))
+            upsert(
+                conn,
+                table("TrialIntermediateValueModel"),
+                [{"trial_id": self._resolve(trial_id), **row}],
+                keys=("trial_id", "step"),
+            )
 
         def apply(frozen: FrozenTrial) -> None:
             frozen.intermediate_values[step] = intermediate_value
@@ -715,7 +753,12 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         text = attr_json("user attribute" if model == "TrialUserAttributeModel" else "system attribute", key, value)
 
         def write(conn: sa.Connection) -> None:
-            upsert(conn, table(model), [{"trial_id": self._resolve(trial_id), "key": key, "value_json": text}], keys=("trial_id", "key"))
+            upsert(
+                conn,
+                table(model),
+                [{"trial_id": self._resolve(trial_id), "key": key, "value_json": text}],
+                keys=("trial_id", "key"),
+            )
 
         def apply(frozen: FrozenTrial) -> None:
             attrs = frozen.user_attrs if model == "TrialUserAttributeModel" else frozen.system_attrs

@@ -159,7 +159,9 @@ def make_hosts(n: int) -> Iterator[list[Host]]:
     made: list[Host] = []
     try:
         for k in range(n):
-            h = Host(f"host{k + 1}", f"sh-mh-{tag}-{k + 1}", f"shr{tag}{k + 1}", f"shh{tag}{k + 1}", f"10.213.{base + k}.1")
+            h = Host(
+                f"host{k + 1}", f"sh-mh-{tag}-{k + 1}", f"shr{tag}{k + 1}", f"shh{tag}{k + 1}", f"10.213.{base + k}.1"
+            )
             _ip("netns", "add", h.ns)
             made.append(h)
             _ip("link", "add", h.root_if, "type", "veth", "peer", "name", h.host_if)

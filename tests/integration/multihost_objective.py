@@ -35,7 +35,9 @@ def limiter() -> Any:
 
         requests, per, burst = (float(v) for v in os.environ["MULTIHOST_LIMIT"].split("/"))
         _limiter = RateLimiter(
-            "multihost-llm", limits=[Limit(requests=requests, per=per, burst=burst)], storage=os.environ["STUDYHALL_STORAGE"]
+            "multihost-llm",
+            limits=[Limit(requests=requests, per=per, burst=burst)],
+            storage=os.environ["STUDYHALL_STORAGE"],
         )
     return _limiter
 

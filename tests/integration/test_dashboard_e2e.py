@@ -25,9 +25,16 @@ from tests._util import ROOT, wait_until
 pytestmark = pytest.mark.e2e
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--virtual-time-budget=15000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=15000",
 ]
 
 
@@ -56,7 +63,10 @@ def _up(url: str) -> bool:
 def _browse(args: list[str], profile: Path, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -64,9 +74,30 @@ def test_demo_telemetry_is_visible_in_optuna_dashboard(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'studyhall.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "160"}
     demo = subprocess.run(
-        [sys.executable, "-m", "studyhall", "demo", "--storage", url, "--trials", "6", "--workers", "2",
-         "--val", "20", "--minibatch", "10", "--seed", "0"],
-        capture_output=True, text=True, timeout=110, env=env, cwd=tmp_path, check=False,
+        [
+            sys.executable,
+            "-m",
+            "studyhall",
+            "demo",
+            "--storage",
+            url,
+            "--trials",
+            "6",
+            "--workers",
+            "2",
+            "--val",
+            "20",
+            "--minibatch",
+            "10",
+            "--seed",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert f"optuna-dashboard {url}" in demo.stdout
@@ -81,11 +112,16 @@ def test_demo_telemetry_is_visible_in_optuna_dashboard(tmp_path: Path) -> None:
     port = _free_port()
     dash = subprocess.Popen(
         [sys.executable, "-m", "studyhall", "dashboard", "--storage", url, "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: dash.poll() is not None or _up(f"{base}/api/studies"), timeout=30, what="optuna-dashboard to answer")
+        wait_until(
+            lambda: dash.poll() is not None or _up(f"{base}/api/studies"), timeout=30, what="optuna-dashboard to answer"
+        )
         assert dash.poll() is None, dash.stderr.read().decode()[-2000:] if dash.stderr else ""
         page = f"{base}/dashboard/studies/{study._study_id}/trials?numbers={best.number}"
 
@@ -102,8 +138,10 @@ def test_demo_telemetry_is_visible_in_optuna_dashboard(tmp_path: Path) -> None:
         note = _browse(["--dump-dom", f"{base}/dashboard/studies/{study._study_id}/note"], tmp_path / "profile-note")
         assert note.returncode == 0, note.stderr[-2000:]
         assert "Selected answer" in note.stdout and html_escape(sel.line()) in note.stdout
-        chosen = _browse(["--dump-dom", f"{base}/dashboard/studies/{study._study_id}/trials?numbers={sel.trial}"],
-                         tmp_path / "profile-chosen")
+        chosen = _browse(
+            ["--dump-dom", f"{base}/dashboard/studies/{study._study_id}/trials?numbers={sel.trial}"],
+            tmp_path / "profile-chosen",
+        )
         assert "This combination is the study" in chosen.stdout
 
         # the report's figure as a study artifact: an <img> on the study page whose source is a PNG

@@ -45,8 +45,11 @@ def test_a_normal_exit_detaches_a_death_reaps(storage_url, study_name):
     killed.communicate(timeout=60)
 
     # The killed process's trial goes stale a grace period after its last beat...
-    wait_until(lambda: reaped in study.fail_stale_trials() or study.trial(reaped).state.name == "FAIL",
-               timeout=30, what="the killed process's trial to be failed as stale")
+    wait_until(
+        lambda: reaped in study.fail_stale_trials() or study.trial(reaped).state.name == "FAIL",
+        timeout=30,
+        what="the killed process's trial to be failed as stale",
+    )
     assert "stale" in study.trial(reaped).user_attrs["error"]
     # ... while the trial of the process that exited normally waits, RUNNING, to be told here.
     assert study.trial(detached).state.name == "RUNNING"
@@ -60,8 +63,11 @@ def test_a_lease_ends_on_its_own(storage_url, study_name):
     study = Orchestrator(st).create_study(study_name, retries=0)
     lapsed = study.ask({"x": Float(0, 1)}, lease_s=1)
     kept = study.ask({"x": Float(0, 1)}, lease_s=600)
-    wait_until(lambda: lapsed.number in study.fail_stale_trials() or study.trial(lapsed.number).state.name == "FAIL",
-               timeout=30, what="the 1 s lease to lapse")
+    wait_until(
+        lambda: lapsed.number in study.fail_stale_trials() or study.trial(lapsed.number).state.name == "FAIL",
+        timeout=30,
+        what="the 1 s lease to lapse",
+    )
     assert study.trial(kept.number).state.name == "RUNNING"
     study.tell(kept, 1.0)
 

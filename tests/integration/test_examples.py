@@ -16,7 +16,9 @@ BIN = Path(sys.executable).parent
 
 def _run(args: list[str], tmp_path: Path, env: dict[str, str] | None = None, timeout: float = 100) -> str:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "150", **(env or {})}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=tmp_path, check=False)
+    proc = subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=tmp_path, check=False
+    )
     assert proc.returncode == 0, f"{args} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -27,16 +29,39 @@ def _finished(url: str, name: str) -> list:  # type: ignore[type-arg]
 
 def test_miprov2_loop(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ex.db'}"
-    out = _run([sys.executable, str(EXAMPLES / "miprov2_loop.py"), "--trials", "6", "--val", "20", "--minibatch", "10",
-                "--workers", "2", "--storage", url, "--prune"], tmp_path)
+    out = _run(
+        [
+            sys.executable,
+            str(EXAMPLES / "miprov2_loop.py"),
+            "--trials",
+            "6",
+            "--val",
+            "20",
+            "--minibatch",
+            "10",
+            "--workers",
+            "2",
+            "--storage",
+            url,
+            "--prune",
+        ],
+        tmp_path,
+    )
     assert "best instruction:" in out and "full eval (first) after trial 7" in out
     assert len(_finished(url, "miprov2-example")) == 7  # 6 search trials and the default program's
 
 
 def test_parallel_workers_share_one_study_and_limit(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'par.db'}"
-    env = {"STUDYHALL_STORAGE": url, "TRIALS_EACH": "2", "PYTHON": sys.executable, "STUDYHALL": str(BIN / "studyhall"),
-           "EXAMPLE_MINIBATCH": "6", "WORKERS": "0", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    env = {
+        "STUDYHALL_STORAGE": url,
+        "TRIALS_EACH": "2",
+        "PYTHON": sys.executable,
+        "STUDYHALL": str(BIN / "studyhall"),
+        "EXAMPLE_MINIBATCH": "6",
+        "WORKERS": "0",
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+    }
     out = _run(["bash", str(EXAMPLES / "parallel_workers.sh")], tmp_path, env, timeout=110)
     for w in (1, 2, 3):
         assert f"worker {w}: " in out

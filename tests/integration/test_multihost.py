@@ -52,7 +52,6 @@ def hosts() -> Iterator[list[Host]]:
         yield made
 
 
-
 def _start_worker(h: Host, url: str, study_name: str, logs: Path) -> subprocess.Popen[str]:
     env = {
         **os.environ,
@@ -65,8 +64,26 @@ def _start_worker(h: Host, url: str, study_name: str, logs: Path) -> subprocess.
         "MULTIHOST_LIMIT": "/".join(str(v) for v in LIMIT),
     }
     cmd = [
-        "ip", "netns", "exec", h.ns, sys.executable, "-c", CLI, "worker", study_name, "--objective", OBJECTIVE,
-        "--total", str(TOTAL), "--workers", str(WORKERS), "--trial-timeout", "30", "--retries", "1", "--json",
+        "ip",
+        "netns",
+        "exec",
+        h.ns,
+        sys.executable,
+        "-c",
+        CLI,
+        "worker",
+        study_name,
+        "--objective",
+        OBJECTIVE,
+        "--total",
+        str(TOTAL),
+        "--workers",
+        str(WORKERS),
+        "--trial-timeout",
+        "30",
+        "--retries",
+        "1",
+        "--json",
     ]
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     h.procs.append(p)
@@ -170,5 +187,7 @@ def test_three_hosts_one_killed_one_cut_off(hosts, postgresql_url, study_name, t
     assert stale, "the kill and the cut failed nothing as stale: the scenario did not happen"
 
     _assert_limit_held([float(r["t"]) for recs in records.values() for r in recs if r["event"] == "send"])  # type: ignore[arg-type]
-    print(f"multihost: {len(trials)} trials ({len(stale)} stale, {sum(retries.values())} retries) in {elapsed:.1f}s; "
-          f"host2 exit {procs['host2'].returncode}: {err2.strip().splitlines()[-1:] if err2.strip() else ''}")
+    print(
+        f"multihost: {len(trials)} trials ({len(stale)} stale, {sum(retries.values())} retries) in {elapsed:.1f}s; "
+        f"host2 exit {procs['host2'].returncode}: {err2.strip().splitlines()[-1:] if err2.strip() else ''}"
+    )

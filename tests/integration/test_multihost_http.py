@@ -78,10 +78,24 @@ def serving(url: str, allow: list[str]) -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**{k: v for k, v in os.environ.items() if k != "STUDYHALL_TOKEN"}, "PYTHONPATH": str(ROOT),
-           "STUDYHALL_HEARTBEAT_INTERVAL": "1", "STUDYHALL_GRACE_PERIOD": str(GRACE_S)}
-    cmd = [sys.executable, "-c", "from studyhall.optimizer.cli import main; main()", "serve", "--storage", url,
-           "--port", str(port), "--log-level", "warning"]
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "STUDYHALL_TOKEN"},
+        "PYTHONPATH": str(ROOT),
+        "STUDYHALL_HEARTBEAT_INTERVAL": "1",
+        "STUDYHALL_GRACE_PERIOD": str(GRACE_S),
+    }
+    cmd = [
+        sys.executable,
+        "-c",
+        "from studyhall.optimizer.cli import main; main()",
+        "serve",
+        "--storage",
+        url,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     for host in allow:
         cmd += ["--allow-host", host]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -136,8 +150,12 @@ def test_two_service_clients_one_cut_off(hosts, postgresql_url, study_name, tmp_
 
         wait_until(lambda: told(8), timeout=90, interval=0.2, what="8 trials told")
         # cut host 2 while it evaluates a trial it asked (0.2-0.5 s), not in the middle of a request
-        wait_until(lambda: _events(tmp_path, "host2")[-1]["event"] == "asked", timeout=30, interval=0.005,
-                   what="host 2 to hold a trial")
+        wait_until(
+            lambda: _events(tmp_path, "host2")[-1]["event"] == "asked",
+            timeout=30,
+            interval=0.005,
+            what="host 2 to hold a trial",
+        )
         b.cut()
         time.sleep(LEASE_S + 4)  # the outage itself, longer than a lease: its length is the point
         b.restore()
@@ -151,8 +169,12 @@ def test_two_service_clients_one_cut_off(hosts, postgresql_url, study_name, tmp_
         for name, p in procs.items():
             assert p.returncode == 0, outputs[name][1][-3000:]
         # a trial whose ask answer was lost in the cut is told by nobody: its lease runs out
-        wait_until(lambda: not study.trials(states=["running", "waiting"]), timeout=30, interval=0.2,
-                   what="every trial finished or failed")
+        wait_until(
+            lambda: not study.trials(states=["running", "waiting"]),
+            timeout=30,
+            interval=0.2,
+            what="every trial finished or failed",
+        )
     for h in hosts:
         assert not [q for p in h.procs for q in descendants(p) if q.is_running()]
 
@@ -166,7 +188,9 @@ def test_two_service_clients_one_cut_off(hosts, postgresql_url, study_name, tmp_
     for e in refused:  # nothing host 2 sent after its lease ran out was written
         t = by_number[e["number"]]
         assert t.state.name == "FAIL" and t.user_attrs["failure"] == "lease", (t.number, t.state, t.user_attrs)
-        assert "lease" in e["error"] or "already finished (FAIL)" in e["error"], e  # told after the expiry, or after the sweep
+        assert "lease" in e["error"] or "already finished (FAIL)" in e["error"], (
+            e
+        )  # told after the expiry, or after the sweep
     retries = collections.Counter(t.user_attrs["retry_of"] for t in trials if "retry" in t.user_attrs)
     for t in trials:
         if t.state.name == "FAIL" and "retry" not in t.user_attrs:

@@ -43,9 +43,18 @@ def test_a_stalled_host_wakes_to_find_its_trials_refused(backend, request, study
     orch = Orchestrator(st)
     orch.create_study(study_name, direction="maximize")
     study = orch.load_study(study_name)
-    a = python(HOST_A, url, study_name, env={"STUDYHALL_TEST_SLEEP": "2.5"}, stdout=subprocess.PIPE,
-               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    a = python(
+        HOST_A,
+        url,
+        study_name,
+        env={"STUDYHALL_TEST_SLEEP": "2.5"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
+
         def one_running_one_queued() -> bool:
             trials = study.trials()
             return [(t.state.name, bool(t.params)) for t in trials] == [("RUNNING", True), ("RUNNING", False)]

@@ -57,7 +57,7 @@ def code_blocks(text: str) -> list[Block]:
         i += 1
         while i < len(lines) and not lines[i].strip().startswith(fence):
             line = lines[i]
-            body.append(line[len(indent):] if line.startswith(indent) else line)
+            body.append(line[len(indent) :] if line.startswith(indent) else line)
             i += 1
         i += 1  # the closing fence
         before = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
@@ -82,8 +82,13 @@ def _run_script(code: str, tmp_path: Path, env: dict[str, str], timeout: float) 
     script.write_text(code, encoding="utf-8")
     try:
         return subprocess.run(
-            [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
@@ -101,11 +106,11 @@ def test_readme_python_blocks_run_in_order(tmp_path: Path) -> None:
         assert len(b.not_run or "") >= 10, f"README.md:{b.line}: say why the block is not run"
     run = [b for b in blocks if b.not_run is None]
     # Each block announces itself on stderr, so a failure names the README line it came from.
-    code = "".join(
-        f"__import__('sys').stderr.write('[README.md:{b.line}]\\n')\n{b.code}\n" for b in run
-    )
+    code = "".join(f"__import__('sys').stderr.write('[README.md:{b.line}]\\n')\n{b.code}\n" for b in run)
     started = time.monotonic()
-    proc = _run_script(code, tmp_path, _clean_env(tmp_path, "readme.db"), timeout=110)  # under pytest-timeout's 120 s, so the output is kept
+    proc = _run_script(
+        code, tmp_path, _clean_env(tmp_path, "readme.db"), timeout=110
+    )  # under pytest-timeout's 120 s, so the output is kept
     took = time.monotonic() - started
     last = re.findall(r"\[README\.md:(\d+)\]", proc.stderr)
     where = f"README.md:{last[-1]}" if last else "before the first block"
@@ -132,7 +137,10 @@ def test_readme_service_block_runs_against_a_real_server(tmp_path: Path) -> None
     with log.open("w") as out:
         server = subprocess.Popen(
             [str(BIN / "studyhall"), "serve", "--port", str(port), "--log-level", "warning"],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 30

@@ -46,7 +46,9 @@ def test_second_process_resumes_and_retries_the_running_trial(request, backend, 
     study = orch.load_study(study_name)
     assert [t.state.name for t in study.trials()][:3] == ["COMPLETE"] * 3
     # Once the grace period has passed, loading (or asking) fails the orphan and retries it.
-    wait_until(lambda: orch.load_study(study_name).trial(left).state.name == "FAIL", timeout=20, what="stale trial failed")
+    wait_until(
+        lambda: orch.load_study(study_name).trial(left).state.name == "FAIL", timeout=20, what="stale trial failed"
+    )
     failed = study.trial(left)
     assert "stale" in failed.user_attrs["error"]
     retry = study.ask()

@@ -38,7 +38,9 @@ def test_sigkilled_optimize_is_resumed_by_another_process(sqlite_url, study_name
 
     def mid_run() -> bool:
         trials = study.trials()
-        if [(t.state.name, bool(t.params)) for t in trials] != [("COMPLETE", True)] * 2 + [("RUNNING", True)] * 2 + [("RUNNING", False)]:
+        if [(t.state.name, bool(t.params)) for t in trials] != [("COMPLETE", True)] * 2 + [("RUNNING", True)] * 2 + [
+            ("RUNNING", False)
+        ]:
             return False
         running = [t._trial_id for t in trials[2:4]]
         query = sa.select(sa.func.count()).select_from(hb).where(hb.c.trial_id.in_(running))
@@ -52,12 +54,18 @@ def test_sigkilled_optimize_is_resumed_by_another_process(sqlite_url, study_name
         p.communicate(timeout=30)
     assert p.returncode == -signal.SIGKILL
     assert len(workers) >= 2  # the pool's workers die with it rather than run on as orphans
-    wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers),
-               timeout=10, what="the dead process's workers to exit")
+    wait_until(
+        lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers),
+        timeout=10,
+        what="the dead process's workers to exit",
+    )
     orphans = {t.number: t.params for t in study.trials(states=["running"])}
     assert sorted(orphans) == [2, 3, 4] and not orphans[4]  # 4 never ran
-    wait_until(lambda: set(st.stale_trial_ids(study._study_id)) >= {study._trial_id(n) for n in orphans},
-               timeout=30, what="the orphans to go stale")
+    wait_until(
+        lambda: set(st.stale_trial_ids(study._study_id)) >= {study._trial_id(n) for n in orphans},
+        timeout=30,
+        what="the orphans to go stale",
+    )
 
     monkeypatch.setenv("STUDYHALL_TEST_SLEEP", "0.01")
     resumed = orch.load_study(study_name)  # fails the stale trials, enqueues their retries

@@ -51,14 +51,24 @@ def error_of(r, status):
 
 
 def test_the_whole_api(http, study_name):
-    r = http.post("/v1/studies", json={"name": study_name, "direction": "maximize", "sampler": "random", "seed": 1, "retries": 2})
+    r = http.post(
+        "/v1/studies", json={"name": study_name, "direction": "maximize", "sampler": "random", "seed": 1, "retries": 2}
+    )
     assert r.status_code == 201, r.text
     assert r.json() == {
-        "name": study_name, "directions": ["maximize"], "n_trials": 0, "best_value": None,
-        "best_params": None, "best_trial": None, "retries": 2,
+        "name": study_name,
+        "directions": ["maximize"],
+        "n_trials": 0,
+        "best_value": None,
+        "best_params": None,
+        "best_trial": None,
+        "retries": 2,
     }
     assert error_of(http.post("/v1/studies", json={"name": study_name}), 409) == "DuplicateStudy"
-    assert http.post("/v1/studies", json={"name": study_name, "direction": "maximize", "load_if_exists": True}).status_code == 201
+    assert (
+        http.post("/v1/studies", json={"name": study_name, "direction": "maximize", "load_if_exists": True}).status_code
+        == 201
+    )
 
     r = http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON, "k": 3})
     assert r.status_code == 200, r.text
@@ -74,7 +84,13 @@ def test_the_whole_api(http, study_name):
     assert r.status_code == 200, r.text
     told = r.json()
     assert told["state"] == "complete" and told["value"] == 0.75 and told["values"] == [0.75]
-    assert told["user_attrs"]["score.n"] == 4 and told["distributions"]["k"] == {"type": "int", "low": 1, "high": 8, "log": False, "step": 1}
+    assert told["user_attrs"]["score.n"] == 4 and told["distributions"]["k"] == {
+        "type": "int",
+        "low": 1,
+        "high": 8,
+        "log": False,
+        "step": 1,
+    }
     assert http.post(f"{base}/1/tell", json={"state": "fail", "error": "provider down"}).json()["state"] == "fail"
     assert http.post(f"{base}/2/tell", json={"value": 0.9}).json()["value"] == 0.9
 
@@ -96,10 +112,17 @@ def test_the_whole_api(http, study_name):
     assert http.get(f"{base}/2").json()["value"] == 0.9
 
     # enqueued parameters come out of the next ask, and the space is remembered
-    assert http.post(f"/v1/studies/{study_name}/enqueue", json={"params": {"x": 0.25, "k": 3, "lr": 0.01, "instruction": "free"}}).status_code == 202
+    assert (
+        http.post(
+            f"/v1/studies/{study_name}/enqueue", json={"params": {"x": 0.25, "k": 3, "lr": 0.01, "instruction": "free"}}
+        ).status_code
+        == 202
+    )
     nxt = http.post(f"/v1/studies/{study_name}/ask", json={}).json()["trials"][0]
     assert nxt["params"] == {"x": 0.25, "k": 3, "lr": 0.01, "instruction": "free"}
-    assert error_of(http.post(f"/v1/studies/{study_name}/enqueue", json={"params": {"x": 7.0}}), 400) == "InvalidRequest"
+    assert (
+        error_of(http.post(f"/v1/studies/{study_name}/enqueue", json={"params": {"x": 7.0}}), 400) == "InvalidRequest"
+    )
 
     assert http.delete(f"/v1/studies/{study_name}").status_code == 204
     assert error_of(http.get(f"/v1/studies/{study_name}"), 404) == "StudyNotFound"
@@ -134,10 +157,10 @@ def shared(tmp_path_factory):
         ("post", "/v1/studies/S/trials/0/tell", b"[" * 100_000 + b"]" * 100_000, 422, "InvalidJSON"),
         ("post", "/v1/studies/S/trials/0/tell", b'{"value": "0.5"}', 422, "ValidationError"),
         ("post", "/v1/studies/S/trials/0/tell", b'{"value": 1, "metrics": {"a\\u0000": [1]}}', 422, "ValidationError"),
-        ("post", "/v1/studies/S/trials/0/tell", b'\xff\xfe{}', 422, "InvalidJSON"),
+        ("post", "/v1/studies/S/trials/0/tell", b"\xff\xfe{}", 422, "InvalidJSON"),
         ("post", "/v1/studies/S/trials/0/tell", b'{"value": true}', 422, "ValidationError"),
         ("post", "/v1/studies/S/trials/0/tell", b'{"valu": 0.5}', 422, "ValidationError"),
-        ("post", "/v1/studies/S/trials/0/tell", b'{}', 400, "InvalidRequest"),
+        ("post", "/v1/studies/S/trials/0/tell", b"{}", 400, "InvalidRequest"),
         ("post", "/v1/studies/S/trials/0/tell", b'{"value": 1, "values": [1]}', 400, "InvalidRequest"),
         ("post", "/v1/studies/S/trials/0/tell", b'{"values": [1, 2]}', 400, "InvalidRequest"),
         ("post", "/v1/studies/S/trials/0/tell", b'{"scores": []}', 400, "InvalidRequest"),
@@ -152,20 +175,62 @@ def shared(tmp_path_factory):
         ("get", "/v1/studies/S/trials/7000/metrics", None, 404, "TrialNotFound"),
         ("get", "/v1/studies/S/trials?limit=0", None, 422, "ValidationError"),
         ("get", "/v1/studies/S/trials?state=sleeping", None, 422, "ValidationError"),
-        ("post", "/v1/studies/S/ask", b'{"space": {"x": {"type": "float", "low": 2, "high": 1}}}', 400, "InvalidRequest"),
-        ("post", "/v1/studies/S/ask", b'{"space": {"x": {"type": "float", "low": 0, "high": 1, "log": true}}}', 400, "InvalidRequest"),
-        ("post", "/v1/studies/S/ask", b'{"space": {"x": {"type": "int", "low": 0.5, "high": 1}}}', 422, "ValidationError"),
+        (
+            "post",
+            "/v1/studies/S/ask",
+            b'{"space": {"x": {"type": "float", "low": 2, "high": 1}}}',
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "post",
+            "/v1/studies/S/ask",
+            b'{"space": {"x": {"type": "float", "low": 0, "high": 1, "log": true}}}',
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "post",
+            "/v1/studies/S/ask",
+            b'{"space": {"x": {"type": "int", "low": 0.5, "high": 1}}}',
+            422,
+            "ValidationError",
+        ),
         ("post", "/v1/studies/S/ask", b'{"space": {"x": {"type": "vector"}}}', 422, "ValidationError"),
-        ("post", "/v1/studies/S/ask", b'{"space": {"x": {"type": "categorical", "choices": []}}}', 422, "ValidationError"),
-        ("post", "/v1/studies/S/ask", b'{"space": {"x": {"type": "categorical", "choices": [[1]]}}}', 422, "ValidationError"),
+        (
+            "post",
+            "/v1/studies/S/ask",
+            b'{"space": {"x": {"type": "categorical", "choices": []}}}',
+            422,
+            "ValidationError",
+        ),
+        (
+            "post",
+            "/v1/studies/S/ask",
+            b'{"space": {"x": {"type": "categorical", "choices": [[1]]}}}',
+            422,
+            "ValidationError",
+        ),
         ("post", "/v1/studies/S/ask", b'{"k": 0}', 422, "ValidationError"),
         ("post", "/v1/studies/S/ask", b'{"lease_s": -1}', 422, "ValidationError"),
-        ("post", "/v1/studies/S/ask", b'{"space": {"x\\u0000": {"type": "int", "low": 0, "high": 1}}}', 422, "ValidationError"),
+        (
+            "post",
+            "/v1/studies/S/ask",
+            b'{"space": {"x\\u0000": {"type": "int", "low": 0, "high": 1}}}',
+            422,
+            "ValidationError",
+        ),
         ("post", "/v1/studies", b'{"name": "a\\u0000b"}', 422, "ValidationError"),
         ("post", "/v1/studies", b'{"name": ""}', 422, "ValidationError"),
         ("post", "/v1/studies", b'{"name": "a/b"}', 422, "ValidationError"),
         ("post", "/v1/studies", b'{"name": "x", "direction": "sideways"}', 422, "ValidationError"),
-        ("post", "/v1/studies", b'{"name": "x", "direction": "maximize", "directions": ["maximize"]}', 400, "InvalidRequest"),
+        (
+            "post",
+            "/v1/studies",
+            b'{"name": "x", "direction": "maximize", "directions": ["maximize"]}',
+            400,
+            "InvalidRequest",
+        ),
         ("post", "/v1/studies", b'{"name": "x", "seed": 99999999999999999999}', 422, "ValidationError"),
         ("get", "/v1/studies/a%00b", None, 422, "ValidationError"),
         ("put", "/v1/studies", None, 405, "MethodNotAllowed"),
@@ -194,6 +259,7 @@ def test_told_twice_is_409_and_body_limits_are_413(sqlite_url, study_name):
         def chunks():  # no Content-Length: the limit holds while streaming too
             for _ in range(100):
                 yield b" " * 100
+
         r = http.post(tell, content=chunks(), headers={"content-type": "application/json"})
         assert error_of(r, 413) == "PayloadTooLarge"
 
@@ -360,7 +426,9 @@ def test_an_expired_lease_refuses_tells_until_swept_and_abandoned_claims_are_tak
     st = app.state.storage
     with TestClient(app) as http:
         http.post("/v1/studies", json={"name": study_name, "retries": 1})
-        a, b = http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON, "lease_s": 0.3, "k": 2}).json()["trials"]
+        a, b = http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON, "lease_s": 0.3, "k": 2}).json()[
+            "trials"
+        ]
         wait_until(lambda: st.now() > a["lease_expires_at"] + 0.1, timeout=10, what="the lease to run out")
         base = f"/v1/studies/{study_name}/trials"
         assert error_of(http.post(f"{base}/0/tell", json={"value": 1}), 409) == "LeaseExpired"
@@ -369,7 +437,9 @@ def test_an_expired_lease_refuses_tells_until_swept_and_abandoned_claims_are_tak
         # trial 1's expiry was claimed two minutes ago by a process that then died
         tid = st.optuna.get_trial_id_from_study_id_trial_number(st.study_id(study_name), b["number"])
         claimed_at = st.now() - 120
-        st.transaction(lambda c: c.execute(sa.update(leases).where(leases.c.trial_id == tid).values(expires_at=-claimed_at)))
+        st.transaction(
+            lambda c: c.execute(sa.update(leases).where(leases.c.trial_id == tid).values(expires_at=-claimed_at))
+        )
         expired = app.state.leases.sweep()
         assert sorted(expired) == [(study_name, 0), (study_name, 1)]
         assert app.state.leases.sweep() == []  # idempotent
@@ -415,9 +485,22 @@ def test_deep_user_attrs_are_refused_at_the_door_and_stored_ones_still_read(stor
 def test_without_a_token_only_loopback_names_and_allowed_hosts_are_served(sqlite_url, study_name):
     # issue 13, item 7: DNS rebinding (Host: attacker.example) and cross-origin pages
     with TestClient(create_app(sqlite_url, allowed_hosts=["studies.example.com"])) as http:
-        for host in ("127.0.0.1", "127.0.0.1:8765", "localhost:8765", "LOCALHOST", "[::1]:8765", "studies.example.com:80"):
+        for host in (
+            "127.0.0.1",
+            "127.0.0.1:8765",
+            "localhost:8765",
+            "LOCALHOST",
+            "[::1]:8765",
+            "studies.example.com:80",
+        ):
             assert http.get("/v1/studies", headers={"host": host}).status_code == 200, host
-        for host in ("attacker.example", "attacker.example:8765", "127.0.0.1.attacker.example", "localhost.evil", "testserver"):
+        for host in (
+            "attacker.example",
+            "attacker.example:8765",
+            "127.0.0.1.attacker.example",
+            "localhost.evil",
+            "testserver",
+        ):
             r = http.post("/v1/studies", json={"name": study_name}, headers={"host": host})
             assert error_of(r, 400) == "HostNotAllowed", host
             assert "--allow-host" in r.json()["error"]["message"]

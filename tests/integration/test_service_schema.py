@@ -90,7 +90,11 @@ def test_no_5xx_and_answers_match_the_schema(schema, label, mode):
     assert op is not None, label
     # Positive cases address the prepared study (random names would only ever be 404s);
     # deleting it would starve the others, so DELETE gets random names.
-    fixed = {"name": STUDY} if "{name}" in label and mode == GenerationMode.POSITIVE and not label.startswith("DELETE") else None
+    fixed = (
+        {"name": STUDY}
+        if "{name}" in label and mode == GenerationMode.POSITIVE and not label.startswith("DELETE")
+        else None
+    )
     checks = CHECKS + ([negative_data_rejection] if mode == GenerationMode.NEGATIVE else [])
 
     @settings(

@@ -32,8 +32,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[s
     full_env = {k: v for k, v in os.environ.items() if k != "STUDYHALL_TOKEN"}
     full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.Popen(
-        [sys.executable, "-c", CLI, *args], cwd=ROOT, env=full_env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", CLI, *args],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -102,7 +106,9 @@ def test_a_non_loopback_host_without_a_token_is_refused():
     assert "--token" in err and "STUDYHALL_TOKEN" in err and "Traceback" not in err
 
 
-def _hammer(bases: list[str], name: str, threads: int, per_thread: int, lease_s: float = 60.0) -> list[tuple[int, float]]:
+def _hammer(
+    bases: list[str], name: str, threads: int, per_thread: int, lease_s: float = 60.0
+) -> list[tuple[int, float]]:
     """``threads`` clients (spread over ``bases``) each ask and tell ``per_thread`` trials at once."""
     told: list[tuple[int, float]] = []
     errors: list[BaseException] = []
@@ -190,6 +196,7 @@ def test_dashboard_serves_the_same_storage(sqlite_url, study_name):
     port = free_port()
     proc = run_cli("dashboard", "--storage", sqlite_url, "--port", str(port))
     try:
+
         def listed() -> bool:
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             try:
@@ -232,7 +239,16 @@ def _answer(sock: socket.socket, within: float) -> bytes:
 
 
 def test_idle_and_slow_clients_cannot_hold_the_service(sqlite_url):
-    limits = ("--header-timeout", "1", "--body-timeout", "1", "--max-connections", "8", "--allow-host", "studies.example")
+    limits = (
+        "--header-timeout",
+        "1",
+        "--body-timeout",
+        "1",
+        "--max-connections",
+        "8",
+        "--allow-host",
+        "studies.example",
+    )
     with serving(sqlite_url, *limits, token=None) as [base]:
         held = [_open(base) for _ in range(8)]
         for sock in held:

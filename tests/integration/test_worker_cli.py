@@ -21,13 +21,32 @@ def start(*args: str, sleep: float = 0.02) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STUDYHALL_TEST_SLEEP": str(sleep)}
     return subprocess.Popen(
         [sys.executable, "-c", CLI, "worker", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 def test_three_workers_share_one_postgresql_study(postgresql_url, study_name):
-    args = (study_name, "--objective", f"{OBJ}:sleepy", "--total", "60", "--workers", "2",
-            "--storage", postgresql_url, "--create", "--direction", "maximize", "--sampler", "random", "--json")
+    args = (
+        study_name,
+        "--objective",
+        f"{OBJ}:sleepy",
+        "--total",
+        "60",
+        "--workers",
+        "2",
+        "--storage",
+        postgresql_url,
+        "--create",
+        "--direction",
+        "maximize",
+        "--sampler",
+        "random",
+        "--json",
+    )
     orch = Orchestrator(postgresql_url)  # the schema exists before three processes race to use it
     procs = [start(*args) for _ in range(3)]
     try:
@@ -54,12 +73,26 @@ def test_three_workers_share_one_postgresql_study(postgresql_url, study_name):
 
 def test_ctrl_c_exits_130_and_leaves_nothing_running(sqlite_url, study_name):
     Orchestrator(sqlite_url).create_study(study_name)
-    p = start(study_name, "--objective", f"{OBJ}:sleepy", "--trials", "4", "--workers", "2",
-              "--storage", sqlite_url, "--json", sleep=60)
+    p = start(
+        study_name,
+        "--objective",
+        f"{OBJ}:sleepy",
+        "--trials",
+        "4",
+        "--workers",
+        "2",
+        "--storage",
+        sqlite_url,
+        "--json",
+        sleep=60,
+    )
     study = Orchestrator(sqlite_url).load_study(study_name)
     # two trials began (they suggested x); a third waits in the pool's queue
-    wait_until(lambda: len([t for t in study.trials(states=["running"]) if t.params]) == 2, timeout=60,
-               what="two running trials")
+    wait_until(
+        lambda: len([t for t in study.trials(states=["running"]) if t.params]) == 2,
+        timeout=60,
+        what="two running trials",
+    )
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 130, err[-3000:]

@@ -7,4 +7,3 @@ def always_fails(trial) -> float:  # type: ignore[no-untyped-def]
     """A broken objective: every trial fails."""
     trial.suggest_float("x", 0, 1)
     raise ValueError("broken objective")
-

@@ -78,7 +78,9 @@ def test_report_attach_command(sqlite_url, study_name, tmp_path, monkeypatch):
     study = Orchestrator(sqlite_url).create_study(study_name, direction="maximize")
     study.tell(study.ask(SPACE), scores=[1, 0, 1])
     _register_commands()
-    out = CliRunner().invoke(app, ["report", study_name, "--storage", sqlite_url, "--out", str(tmp_path / "r.png"), "--attach"])
+    out = CliRunner().invoke(
+        app, ["report", study_name, "--storage", sqlite_url, "--out", str(tmp_path / "r.png"), "--attach"]
+    )
     assert out.exit_code == 0, out.output
     where = artifact_dir(sqlite_url)
     assert where is not None and f"attached 1 picture(s) to study {study_name}" in out.output

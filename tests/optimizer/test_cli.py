@@ -158,13 +158,31 @@ def test_version(cli):
 def test_a_worker_whose_trials_all_failed_exits_1(cli, sqlite_url, study_name):
     # issue 13, item 17: it used to exit 0, so scripts and schedulers saw success
     code, _, err = cli(
-        "worker", study_name, "--create", "--objective", "tests.optimizer.cli_objectives:always_fails",
-        "--trials", "2", "--workers", "0", "--storage", sqlite_url,
+        "worker",
+        study_name,
+        "--create",
+        "--objective",
+        "tests.optimizer.cli_objectives:always_fails",
+        "--trials",
+        "2",
+        "--workers",
+        "0",
+        "--storage",
+        sqlite_url,
     )
     assert code == 1, err
     assert err.startswith("error: none of the 2 trials this worker ran completed") and err.count("\n") == 1
     code, out, err = cli(
-        "worker", study_name, "--objective", f"{OBJ}:quadratic", "--trials", "1", "--workers", "0", "--storage", sqlite_url,
+        "worker",
+        study_name,
+        "--objective",
+        f"{OBJ}:quadratic",
+        "--trials",
+        "1",
+        "--workers",
+        "0",
+        "--storage",
+        sqlite_url,
     )
     assert code == 0 and "1 completed" in out, err
 
@@ -187,8 +205,11 @@ def _sqlite_files(tmp_path):
         out[kind] = f"sqlite:///{path}"
     for kind, sql in (
         ("newer studyhall", "UPDATE studyhall_alembic_version SET version_num = '9999'"),
-        ("newer optuna", "UPDATE version_info SET schema_version = 999, library_version = '99.0.0'; "
-                         "UPDATE alembic_version SET version_num = 'v99.0.0'"),
+        (
+            "newer optuna",
+            "UPDATE version_info SET schema_version = 999, library_version = '99.0.0'; "
+            "UPDATE alembic_version SET version_num = 'v99.0.0'",
+        ),
     ):
         path = tmp_path / f"{kind.replace(' ', '-')}.db"
         path.write_bytes(data)
@@ -258,8 +279,23 @@ def test_demo_takes_the_api_key_from_the_environment_never_the_command_line(cli,
     monkeypatch.setenv("MY_PROVIDER_KEY", "sk-from-the-environment")
     with FakeProvider(api_key="sk-from-the-environment") as fp:
         code, out, err = cli(
-            "demo", "--base-url", fp.base_url, "--api-key-env", "MY_PROVIDER_KEY", "--model", "fake-model",
-            "--trials", "1", "--workers", "0", "--val", "10", "--minibatch", "2", "--storage", sqlite_url,
+            "demo",
+            "--base-url",
+            fp.base_url,
+            "--api-key-env",
+            "MY_PROVIDER_KEY",
+            "--model",
+            "fake-model",
+            "--trials",
+            "1",
+            "--workers",
+            "0",
+            "--val",
+            "10",
+            "--minibatch",
+            "2",
+            "--storage",
+            sqlite_url,
         )
         stats = fp.stats()
     assert code == 0, err

@@ -97,8 +97,11 @@ def test_compare_command(sqlite_url, study_name):
     study = Orchestrator(sqlite_url).create_study(study_name, direction="maximize")
     ta = _tell(study, [1.0] * 27 + [0.0] * 3)
     tb = _tell(study, [1.0] * 25 + [0.0] * 5)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "studyhall", "compare", study_name, *a, "--storage", sqlite_url],  # noqa: E731
-                                    capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "studyhall", "compare", study_name, *args, "--storage", sqlite_url]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+
     out = run(str(ta), str(tb))
     assert out.returncode == 0, out.stderr
     assert f"trial {ta} - trial {tb}: score 0.9 - 0.8333 = +0.06667" in out.stdout

@@ -47,9 +47,13 @@ def test_query_filters_by_trace_type_trial_time_and_limit(store, study_name):
     got = events.query(store, trial=t)
     assert [e.id for e in got] == ids and all(e.trial_id == t.trial_id and e.study_id == study._study_id for e in got)
     assert [e.data["i"] for e in events.query(store, trial=t, where={"status": 429})] == [0, 3, 6]
-    assert [e.id for e in events.query(store, event_type="llm.call", trial=t, limit=2, newest_first=True)] == ids[:-3:-1]
+    assert [e.id for e in events.query(store, event_type="llm.call", trial=t, limit=2, newest_first=True)] == ids[
+        :-3:-1
+    ]
     assert events.query(store, correlation_id=root.correlation_id) == [root]
-    late = events.query(store, event_type="llm.call", since=before, until=time.time(), data_filter=lambda d: d["i"] >= 5)
+    late = events.query(
+        store, event_type="llm.call", since=before, until=time.time(), data_filter=lambda d: d["i"] >= 5
+    )
     assert [e.data["i"] for e in late] == [5, 6, 99] and late[-1].id == other
     assert [e.data["i"] for e in events.query(store, trial=t, data_filter=lambda d: d["i"] % 2 == 1, limit=2)] == [1, 3]
     assert events.query(store, trial=t, limit=0) == []

@@ -248,8 +248,9 @@ def test_a_pool_worker_runs_a_trial_without_loading_optuna_or_sqlalchemy(study):
 
 def test_trial_timeout_does_not_count_the_import_of_the_objectives_module(study, monkeypatch):
     monkeypatch.setenv("STUDYHALL_TEST_IMPORT_S", "2.5")  # each worker imports it before its first trial
-    report = study.optimize("tests.optimizer.slow_import_objective:objective", n_trials=3, workers=1,
-                            trial_timeout=1.5, progress=False)
+    report = study.optimize(
+        "tests.optimizer.slow_import_objective:objective", n_trials=3, workers=1, trial_timeout=1.5, progress=False
+    )
     assert report.completed == 3 and report.timed_out == 0
 
 

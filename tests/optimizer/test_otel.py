@@ -58,13 +58,19 @@ def test_a_trial_and_what_it_records_become_spans_under_it(sqlite_url, study_nam
     assert llm.attributes["gen_ai.usage.input_tokens"] > 0 and llm.attributes["gen_ai.usage.output_tokens"] > 0
     assert llm.attributes["studyhall.llm.latency_s"] > 0 and llm.end_time - llm.start_time > 0
     action, thought = got["Action"], got["Thought"]
-    assert thought.attributes["studyhall.kind"] == "step" and '"plan":"ask the model"' in thought.attributes["studyhall.data"]
+    assert (
+        thought.attributes["studyhall.kind"] == "step"
+        and '"plan":"ask the model"' in thought.attributes["studyhall.data"]
+    )
     flow_span, step_span = got["workflow arith"], got["workflow.step double"]
     # parented per trial: every span is in the trial's trace, the LLM call under its Action span
     assert {s.context.trace_id for s in got.values()} == {trial.context.trace_id}
     assert thought.parent.span_id == action.parent.span_id == flow_span.parent.span_id == trial.context.span_id
     assert llm.parent.span_id == action.context.span_id
-    assert step_span.parent.span_id == flow_span.context.span_id and got["workflow.step half"].parent.span_id == flow_span.context.span_id
+    assert (
+        step_span.parent.span_id == flow_span.context.span_id
+        and got["workflow.step half"].parent.span_id == flow_span.context.span_id
+    )
 
 
 def test_a_failing_step_marks_its_spans_and_the_trial(sqlite_url, study_name, spans):  # type: ignore[no-untyped-def]

@@ -27,8 +27,11 @@ def study(sqlite_url, study_name):  # type: ignore[no-untyped-def]
         if i == 3:
             study.tell(t, state="fail", error="boom")
             continue
-        study.tell(t, scores=(rng.random(30) < t.params["x"]).astype(float),
-                   metrics={"llm.latency_s": rng.lognormal(-1, 0.4, 30)})
+        study.tell(
+            t,
+            scores=(rng.random(30) < t.params["x"]).astype(float),
+            metrics={"llm.latency_s": rng.lognormal(-1, 0.4, 30)},
+        )
     return study
 
 
@@ -63,7 +66,11 @@ def test_the_report_command(study, tmp_path):
     res = runner.invoke(app, ["report", study.name, "--storage", study.storage.url, "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout) == {
-        "study": study.name, "out": str(out), "bytes": out.stat().st_size, "artifacts": [], "artifact_dir": None
+        "study": study.name,
+        "out": str(out),
+        "bytes": out.stat().st_size,
+        "artifacts": [],
+        "artifact_dir": None,
     }
     bad = runner.invoke(app, ["report", study.name, "--storage", study.storage.url, "--out", str(tmp_path / "x.txt")])
     assert bad.exit_code == 2 and "error:" in bad.output

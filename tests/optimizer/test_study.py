@@ -98,7 +98,9 @@ def test_enqueue_is_handed_out_first(orch, study_name):
     assert t.params == {"instruction": 3, "temperature": 0.2, "k": 4}
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "nsga2", optuna.samplers.GridSampler({"x": [0.0, 0.5, 1.0], "y": [0.0, 1.0]})])
+@pytest.mark.parametrize(
+    "sampler", ["tpe", "random", "cmaes", "nsga2", optuna.samplers.GridSampler({"x": [0.0, 0.5, 1.0], "y": [0.0, 1.0]})]
+)
 def test_samplers_by_name_or_object(orch, study_name, sampler):
     study = orch.create_study(study_name, sampler=sampler, seed=0)
     for _ in range(3):

@@ -42,6 +42,7 @@ def test_empty_and_non_finite_samples_are_refused():
 
 # ---- the mean's 95% interval ----------------------------------------------------------------
 
+
 def _wilson(k: int, n: int) -> tuple[float, float]:
     """The Wilson score interval's closed form, written out independently of summarize()."""
     z = 1.959963984540054
@@ -94,7 +95,9 @@ def test_wilson_interval_covers_a_binomial_mean_about_95_percent_of_the_time():
     rng = np.random.default_rng(0)
     ps = rng.uniform(0.05, 0.95, 8000)
     ks = rng.binomial(30, ps)
-    hits = np.array([s.ci_low <= p <= s.ci_high for p, s in zip(ps, (summarize(np.r_[np.ones(k), np.zeros(30 - k)]) for k in ks))])
+    hits = np.array(
+        [s.ci_low <= p <= s.ci_high for p, s in zip(ps, (summarize(np.r_[np.ones(k), np.zeros(30 - k)]) for k in ks))]
+    )
     assert 0.94 <= hits.mean() <= 0.96, hits.mean()
     # and at one p, the simulated coverage is the exact binomial one (within 4 standard errors)
     stats = pytest.importorskip("scipy.stats")

@@ -34,8 +34,12 @@ def test_tell_feeds_the_prometheus_registry(sqlite_url, study_name):
     before = scrape()
     scores = [[1, 0, 1, 1], [0.25, 0.5, 0.75]]
     for s in scores:
-        study.tell(study.ask(SPACE), scores=s, metrics={"llm.latency_s": [0.2, 3.0], "llm.attempts": [1, 3]},
-                   user_attrs={"llm.calls": 2, "llm.rate_limited": 2})
+        study.tell(
+            study.ask(SPACE),
+            scores=s,
+            metrics={"llm.latency_s": [0.2, 3.0], "llm.attempts": [1, 3]},
+            user_attrs={"llm.calls": 2, "llm.rate_limited": 2},
+        )
     study.tell(study.ask(SPACE), state="fail", error="worker died", user_attrs={"failure": "crash"})
     study.tell(study.ask(SPACE), state="fail", error="too slow", user_attrs={"failure": "timeout"})
     study.tell(study.ask(SPACE), state="fail", error="ValueError: x")
@@ -65,9 +69,18 @@ def test_tell_feeds_the_prometheus_registry(sqlite_url, study_name):
     telemetry.count_timeout(study_name, 2)
     telemetry.count_llm(study_name, calls=5)
     again = scrape()
-    assert sample(again, "studyhall_pool_crashes_total", study=study_name) == sample(m, "studyhall_pool_crashes_total", study=study_name) + 1
-    assert sample(again, "studyhall_trial_timeouts_total", study=study_name) == sample(m, "studyhall_trial_timeouts_total", study=study_name) + 2
-    assert sample(again, "studyhall_llm_calls_total", study=study_name) == sample(m, "studyhall_llm_calls_total", study=study_name) + 5
+    assert (
+        sample(again, "studyhall_pool_crashes_total", study=study_name)
+        == sample(m, "studyhall_pool_crashes_total", study=study_name) + 1
+    )
+    assert (
+        sample(again, "studyhall_trial_timeouts_total", study=study_name)
+        == sample(m, "studyhall_trial_timeouts_total", study=study_name) + 2
+    )
+    assert (
+        sample(again, "studyhall_llm_calls_total", study=study_name)
+        == sample(m, "studyhall_llm_calls_total", study=study_name) + 5
+    )
     assert telemetry.Summary is Summary and telemetry.summarize is summarize
 
 

@@ -76,8 +76,14 @@ def test_outside_any_scope_steps_stay_in_memory_per_context():
 
 
 def test_summarize_value_keeps_traces_small():
-    big = {"text": "x" * 5000, "list": list(range(50)), "obj": object(), "nan": float("nan"),
-           "deep": {"a": {"b": {"c": {"d": {"e": 1}}}}}, "exc": ValueError("bad")}
+    big = {
+        "text": "x" * 5000,
+        "list": list(range(50)),
+        "obj": object(),
+        "nan": float("nan"),
+        "deep": {"a": {"b": {"c": {"d": {"e": 1}}}}},
+        "exc": ValueError("bad"),
+    }
     out = trace.summarize_value(big)
     assert out["text"].endswith("(5000 chars)") and len(out["text"]) < 250
     assert len(out["list"]) == 21 and out["nan"] == "nan" and out["exc"] == "ValueError: bad"

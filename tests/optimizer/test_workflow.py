@@ -51,16 +51,28 @@ def test_nested_workflows_nest_their_events(st):
     assert result.output == len("q | doc about q")
     tree = events.trace_tree(st, result.correlation_id)
     assert show(tree) == [
-        ("workflow.run", "outer", [
-            ("workflow.step", "clean", []),
-            ("workflow.step", "answer", [
-                ("workflow.run", "inner", [
-                    ("workflow.step", "retrieve", [("trace.step", "search", [])]),
-                    ("workflow.step", "generate", []),
-                ]),
-            ]),
-            ("workflow.step", "measure", []),
-        ]),
+        (
+            "workflow.run",
+            "outer",
+            [
+                ("workflow.step", "clean", []),
+                (
+                    "workflow.step",
+                    "answer",
+                    [
+                        (
+                            "workflow.run",
+                            "inner",
+                            [
+                                ("workflow.step", "retrieve", [("trace.step", "search", [])]),
+                                ("workflow.step", "generate", []),
+                            ],
+                        ),
+                    ],
+                ),
+                ("workflow.step", "measure", []),
+            ],
+        ),
     ]
     run = tree[0].event.data
     assert run["data"] == {"input": "  q  "} and run["output"] == result.output and run["duration_s"] >= 0

@@ -91,7 +91,9 @@ class UpstreamRun:
                 c.exec_driver_sql(f"CREATE DATABASE {self.name}")
             self._made.append(self._my)
         except Exception as exc:  # noqa: BLE001 - any failure means "no server"
-            self.problem = f"a database server is not reachable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+            self.problem = (
+                f"a database server is not reachable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+            )
             return
         deselect = [arg for node in DOES_NOT_APPLY for arg in ("--deselect", node)]
         env = {
@@ -101,9 +103,28 @@ class UpstreamRun:
             "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(ROOT)]),
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "optuna_upstream_plugin", "-p", "no:cacheprovider",
-             "--color=no", "-W", "ignore::pytest.PytestRemovedIn10Warning", "-k", SELECT, *deselect, *FILES],
-            cwd=UPSTREAM, env=env, stdout=self.out, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "optuna_upstream_plugin",
+                "-p",
+                "no:cacheprovider",
+                "--color=no",
+                "-W",
+                "ignore::pytest.PytestRemovedIn10Warning",
+                "-k",
+                SELECT,
+                *deselect,
+                *FILES,
+            ],
+            cwd=UPSTREAM,
+            env=env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
     def wait(self, timeout: float) -> tuple[int, str]:
@@ -121,12 +142,12 @@ class UpstreamRun:
         self.out.close()
         for engine in self._made:
             with engine.connect() as c:
-                c.exec_driver_sql(f"DROP SCHEMA {self.name} CASCADE" if engine is self._pg else f"DROP DATABASE {self.name}")
+                c.exec_driver_sql(
+                    f"DROP SCHEMA {self.name} CASCADE" if engine is self._pg else f"DROP DATABASE {self.name}"
+                )
         self._pg.dispose()
         self._my.dispose()
 
 
 RUN_KEY = pytest.StashKey[UpstreamRun]()
 """Where tests/conftest.py leaves the run it started for the test to collect."""
-
-

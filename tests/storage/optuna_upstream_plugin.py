@@ -109,7 +109,9 @@ def _exit_studyhall(self: Any, *exc: Any) -> None:
         _active[backend] -= 1
     if self.studyhall_scratch is not None:
         connect(self.storage.url).close()
-        _admin(backend, f"DROP {_KIND[backend]} {self.studyhall_scratch}" + (" CASCADE" if backend == "postgresql" else ""))
+        _admin(
+            backend, f"DROP {_KIND[backend]} {self.studyhall_scratch}" + (" CASCADE" if backend == "postgresql" else "")
+        )
 
 
 optuna_storages.StorageSupplier.__enter__ = _enter_studyhall  # type: ignore[method-assign]

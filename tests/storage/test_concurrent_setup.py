@@ -43,7 +43,9 @@ def test_four_processes_create_the_schema_at_once(request, backend, tmp_path):
     go = tmp_path / "go"
     procs: list[subprocess.Popen[str]] = []
     try:
-        procs = [python(CONNECTOR, url, str(go), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        procs = [
+            python(CONNECTOR, url, str(go), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)
+        ]
         go.touch()
         results = [p.communicate(timeout=90) for p in procs]
         for p, (out, err) in zip(procs, results):
@@ -59,5 +61,7 @@ def test_four_processes_create_the_schema_at_once(request, backend, tmp_path):
                 p.communicate()
         if admin is not None:
             with admin.connect() as c:
-                c.exec_driver_sql(f"DROP SCHEMA {fresh} CASCADE" if backend == "postgresql" else f"DROP DATABASE {fresh}")
+                c.exec_driver_sql(
+                    f"DROP SCHEMA {fresh} CASCADE" if backend == "postgresql" else f"DROP DATABASE {fresh}"
+                )
             admin.dispose()

@@ -46,8 +46,13 @@ def test_sqlite_log_is_copied_back_in_the_background_not_by_a_write(tmp_path):
             assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 10_000
         before = path.stat().st_size
         for i in range(50):
-            st.transaction(lambda conn, i=i: conn.execute(sa.insert(tables.llm_cache).values(
-                key=f"k{i}", model="m", response={"text": "x" * 4000}, created_at=0.0)))
+            st.transaction(
+                lambda conn, i=i: conn.execute(
+                    sa.insert(tables.llm_cache).values(
+                        key=f"k{i}", model="m", response={"text": "x" * 4000}, created_at=0.0
+                    )
+                )
+            )
         wait_until(lambda: path.stat().st_size > before + 50 * 4000, timeout=20, what="a background checkpoint")
     finally:
         st.close()

@@ -17,7 +17,10 @@ from studyhall.storage._retry import is_connection_error
 from studyhall.storage._storage import Storage
 
 # A loopback port nothing listens on: every connection is refused at once.
-CLOSED = {"postgresql": "postgresql+psycopg://postgres@127.0.0.1:1/test", "mysql": "mysql+pymysql://root@127.0.0.1:1/test"}
+CLOSED = {
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:1/test",
+    "mysql": "mysql+pymysql://root@127.0.0.1:1/test",
+}
 
 
 def _driver_error(text: str, *args: object) -> sa.exc.OperationalError:
@@ -29,7 +32,9 @@ def _driver_error(text: str, *args: object) -> sa.exc.OperationalError:
     "error",
     [
         # psycopg on a fresh connection while the host's link is down
-        _driver_error('connection is bad: connection to server at "10.213.9.1", port 5432 failed: Network is unreachable'),
+        _driver_error(
+            'connection is bad: connection to server at "10.213.9.1", port 5432 failed: Network is unreachable'
+        ),
         _driver_error('connection failed: connection to server at "10.0.0.1", port 5432 failed: No route to host'),
         _driver_error("connection timeout expired"),
         _driver_error("server closed the connection unexpectedly"),
@@ -46,7 +51,9 @@ def test_connection_failures_are_transient(error):
 @pytest.mark.parametrize(
     "error",
     [
-        _driver_error('connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  password authentication failed'),
+        _driver_error(
+            'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  password authentication failed'
+        ),
         _driver_error("database is locked"),
     ],
     ids=["bad-password", "locked"],
@@ -79,7 +86,9 @@ def test_an_unreachable_database_is_retried_then_reported_as_a_connection_proble
 
 
 def test_connect_to_a_closed_port_says_it_could_not_reach_the_database():
-    with pytest.raises(TransientStorageError, match="could not reach the database through 8 attempts: the connection failed"):
+    with pytest.raises(
+        TransientStorageError, match="could not reach the database through 8 attempts: the connection failed"
+    ):
         connect(CLOSED["postgresql"])
 
 

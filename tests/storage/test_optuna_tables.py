@@ -32,7 +32,15 @@ def _shape(t: sa.Table) -> dict[str, object]:
     return {
         "name": t.name,
         "columns": [
-            (c.name, kind(c), c.nullable, c.primary_key, bool(c.index), bool(c.unique), sorted(f.target_fullname for f in c.foreign_keys))
+            (
+                c.name,
+                kind(c),
+                c.nullable,
+                c.primary_key,
+                bool(c.index),
+                bool(c.unique),
+                sorted(f.target_fullname for f in c.foreign_keys),
+            )
             for c in t.columns
         ],
         "unique": sorted(tuple(c.name for c in u.columns) for u in t.constraints if isinstance(u, sa.UniqueConstraint)),

@@ -38,9 +38,7 @@ def upgrade() -> None:
         sa.Column("samples", Blob),
         sa.UniqueConstraint("trial_id", "name", name="uq_studyhall_trial_metrics_trial_name"),
     )
-    op.create_index(
-        "ix_studyhall_trial_metrics_study_name", "studyhall_trial_metrics", ["study_id", "name"]
-    )
+    op.create_index("ix_studyhall_trial_metrics_study_name", "studyhall_trial_metrics", ["study_id", "name"])
     op.create_table(
         "studyhall_events",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
@@ -54,12 +52,8 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Double, nullable=False),
         sa.Column("data", sa.JSON, nullable=False),
     )
-    op.create_index(
-        "ix_studyhall_events_correlation_path", "studyhall_events", ["correlation_id", "path"]
-    )
-    op.create_index(
-        "ix_studyhall_events_type_created", "studyhall_events", ["event_type", "created_at"]
-    )
+    op.create_index("ix_studyhall_events_correlation_path", "studyhall_events", ["correlation_id", "path"])
+    op.create_index("ix_studyhall_events_type_created", "studyhall_events", ["event_type", "created_at"])
     op.create_index("ix_studyhall_events_trial", "studyhall_events", ["trial_id"])
     op.create_index("ix_studyhall_events_created", "studyhall_events", ["created_at"])
     op.create_table(
@@ -86,9 +80,7 @@ def upgrade() -> None:
         sa.Column("lease_s", sa.Double, nullable=False),
         sa.Column("expires_at", sa.Double, nullable=False),
     )
-    op.create_index(
-        "ix_studyhall_leases_study_expires", "studyhall_leases", ["study_id", "expires_at"]
-    )
+    op.create_index("ix_studyhall_leases_study_expires", "studyhall_leases", ["study_id", "expires_at"])
 
 
 def downgrade() -> None:

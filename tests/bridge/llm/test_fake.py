@@ -33,7 +33,12 @@ def test_openai_sdk_works_against_it():
             with pytest.raises(openai.RateLimitError):
                 sdk.chat.completions.create(model="gpt-4o-mini", messages=Q, max_tokens=16)
         assert fp.stats() == {
-            "requests": 3, "completed": 2, "rate_limited": 1, "server_errors": 0, "bad_requests": 0, "tokens": 46
+            "requests": 3,
+            "completed": 2,
+            "rate_limited": 1,
+            "server_errors": 0,
+            "bad_requests": 0,
+            "tokens": 46,
         }
 
 
@@ -113,9 +118,10 @@ def test_serves_many_concurrent_connections():
 
     results: list[int] = []
     limits = httpx.Limits(max_connections=n)
-    with FakeProvider(rpm=None, tpm=None, latency_s=0.0, responder=responder) as fp, httpx.Client(
-        timeout=30, limits=limits
-    ) as http:
+    with (
+        FakeProvider(rpm=None, tpm=None, latency_s=0.0, responder=responder) as fp,
+        httpx.Client(timeout=30, limits=limits) as http,
+    ):
         threads = [threading.Thread(target=lambda: results.append(post(fp, http).status_code)) for _ in range(n)]
         for t in threads:
             t.start()

@@ -32,7 +32,9 @@ def test_marker_configures_the_fake_provider(fake_provider, fake_llm):
 def test_studyhall_storage_is_a_fresh_sqlite_database(studyhall_storage, tmp_path):
     assert isinstance(studyhall_storage, Storage)
     assert studyhall_storage.dialect == "sqlite" and str(tmp_path) in studyhall_storage.url
-    count = studyhall_storage.transaction(lambda c: c.execute(sa.select(sa.func.count()).select_from(tables.llm_cache)).scalar())
+    count = studyhall_storage.transaction(
+        lambda c: c.execute(sa.select(sa.func.count()).select_from(tables.llm_cache)).scalar()
+    )
     assert count == 0
 
 
@@ -52,7 +54,17 @@ def test_studyhall_pg_option_gives_a_postgresql_schema_that_is_dropped(postgresq
         )
     )
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py", "--studyhall-pg", postgresql_url],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "test_inner.py",
+            "--studyhall-pg",
+            postgresql_url,
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -223,9 +223,10 @@ def test_usage_reconciles_the_limiters_reservation():
 
 
 def test_fallback_answers_when_the_primary_is_exhausted():
-    with FakeProvider(rpm=None, tpm=None, latency_s=0.0, error_rate=1.0) as bad, FakeProvider(
-        rpm=None, tpm=None, latency_s=0.0
-    ) as good:
+    with (
+        FakeProvider(rpm=None, tpm=None, latency_s=0.0, error_rate=1.0) as bad,
+        FakeProvider(rpm=None, tpm=None, latency_s=0.0) as good,
+    ):
         backup = client(good, model="backup-model")
         primary = client(bad, model="primary-model", max_retries=1, fallbacks=[backup])
         with recording() as rec:
@@ -265,9 +266,7 @@ def test_chat_many_keeps_order_and_puts_errors_in_place():
             out = lm.chat_many(convs, concurrency=4, max_tokens=8)
     assert isinstance(out[3], ProviderError) and out[3].status == 500
     assert isinstance(out[7], InvalidRequest)
-    assert [c.text for i, c in enumerate(out) if i not in (3, 7)] == [
-        f"Q{i}" for i in range(10) if i not in (3, 7)
-    ]
+    assert [c.text for i, c in enumerate(out) if i not in (3, 7)] == [f"Q{i}" for i in range(10) if i not in (3, 7)]
     # The recorder of the calling context was seen in every pool thread.
     assert rec.counters["llm.calls"] == 9 and len(rec.samples["llm.latency_s"]) == 8
     assert lm.chat_many([]) == []
@@ -330,7 +329,9 @@ def test_cache_uses_the_limiters_storage(studyhall_storage):
     with FakeProvider(rpm=None, tpm=None, latency_s=0.0) as fp, client(fp, limiter=lim, cache=True) as lm:
         lm.chat(Q, temperature=0)
         assert lm.chat(Q, temperature=0).cached
-    assert studyhall_storage.transaction(lambda c: c.execute(sa.select(sa.func.count()).select_from(tables.llm_cache)).scalar())
+    assert studyhall_storage.transaction(
+        lambda c: c.execute(sa.select(sa.func.count()).select_from(tables.llm_cache)).scalar()
+    )
 
 
 # ---------------------------------------------------------------- pickling and secrecy
@@ -352,15 +353,18 @@ def test_api_key_never_leaks(caplog, studyhall_storage):
     secret = f"sk-test-{uuid.uuid4().hex}"
     caplog.set_level(logging.DEBUG)
     seen: list[str] = []
-    with FakeProvider(rpm=None, tpm=None, latency_s=0.0, api_key=secret) as fp, FakeProvider(
-        rpm=None, tpm=None, latency_s=0.0, error_rate=1.0
-    ) as down:
+    with (
+        FakeProvider(rpm=None, tpm=None, latency_s=0.0, api_key=secret) as fp,
+        FakeProvider(rpm=None, tpm=None, latency_s=0.0, error_rate=1.0) as down,
+    ):
         lim = RateLimiter(f"k-{uuid.uuid4().hex[:8]}", rpm=1000, storage=studyhall_storage)
         good = LLMClient("fake-model", base_url=fp.base_url, api_key=secret, limiter=lim, cache=True)
         with recording() as rec:
             good.chat(Q, temperature=0)
             good.chat(Q, temperature=0)
-        failing = LLMClient("down", base_url=down.base_url, api_key=secret, max_retries=2, backoff=0.01, fallbacks=[good])
+        failing = LLMClient(
+            "down", base_url=down.base_url, api_key=secret, max_retries=2, backoff=0.01, fallbacks=[good]
+        )
         assert failing.chat(Q, temperature=0.5).model == "fake-model"
         wrong = LLMClient("fake-model", base_url=fp.base_url, api_key=secret[::-1])
         exhausted = LLMClient("down", base_url=down.base_url, api_key=secret, max_retries=1, backoff=0.01)

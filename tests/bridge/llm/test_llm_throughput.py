@@ -77,7 +77,9 @@ def test_a_limit_copied_from_the_providers_docs_draws_no_429s():
     with FakeProvider(rpm=rpm, tpm=None, per=per, latency_s=(0.005, 0.02)) as fp:
         lim = RateLimiter(f"docs-{uuid.uuid4().hex[:8]}", limits=[Limit(requests=rpm, per=per)])
         with JitteryClient("fake-model", base_url=fp.base_url, limiter=lim, timeout=60, max_retries=6) as lm:
-            out = lm.chat_many([[{"role": "user", "content": f"q{i}"}] for i in range(540)], concurrency=8, max_tokens=8)
+            out = lm.chat_many(
+                [[{"role": "user", "content": f"q{i}"}] for i in range(540)], concurrency=8, max_tokens=8
+            )
         stats, admitted = fp.stats(), fp.admitted()
     assert all(isinstance(c, Completion) for c in out)
     assert stats["rate_limited"] == 0, stats

@@ -128,7 +128,10 @@ def start_escapees() -> list[int]:
     exits at once, so its parent is gone). Tell the submitter their pids; return them."""
     own = subprocess.Popen(["sleep", "300"], start_new_session=True)
     shell = subprocess.run(
-        ["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 </dev/null & echo $!"], capture_output=True, text=True, check=True
+        ["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 </dev/null & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     pids = [own.pid, int(shell.stdout.strip())]
     worker_channel().send(pids)  # type: ignore[union-attr]
@@ -154,7 +157,7 @@ def start_escapees_then_exit() -> None:
 
 def hog(megabytes: int) -> int:
     block = bytearray(megabytes * 1024 * 1024)
-    block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page so it is resident
+    block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
     _HOGGED.append(block)
     return os.getpid()
 

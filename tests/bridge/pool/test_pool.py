@@ -25,8 +25,17 @@ from studyhall.bridge import (
 from studyhall.bridge.pool import PoolState, RemoteTraceback, run_inline
 
 STATS_KEYS = {
-    "workers", "busy", "idle", "queued", "completed", "failed", "timeouts",
-    "crashes", "restarts", "scale_ups", "scale_downs",
+    "workers",
+    "busy",
+    "idle",
+    "queued",
+    "completed",
+    "failed",
+    "timeouts",
+    "crashes",
+    "restarts",
+    "scale_ups",
+    "scale_downs",
 }
 
 

@@ -90,7 +90,8 @@ def test_recycling_counts_the_task_sent_ahead() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"prefetch": -1}, {"prefetch": 65}, {"prefetch": 1.5}, {"prefetch": True}, {"prefetch": 1, "max_memory_mb": 512}]
+    "kwargs",
+    [{"prefetch": -1}, {"prefetch": 65}, {"prefetch": 1.5}, {"prefetch": True}, {"prefetch": 1, "max_memory_mb": 512}],
 )
 def test_bad_prefetch_settings_are_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest, match="prefetch"):

@@ -124,7 +124,9 @@ def test_grandchildren_that_left_the_process_group_die_with_the_task(how: str) -
                 pool.submit(h.start_escapees_then_exit, on_send=escaped.append).result(timeout=30)
         pids = escaped[0]
         try:
-            h.wait_until(lambda: all(gone(p) for p in pids), timeout=10, what=f"the escaped grandchildren {pids} to die")
+            h.wait_until(
+                lambda: all(gone(p) for p in pids), timeout=10, what=f"the escaped grandchildren {pids} to die"
+            )
         finally:
             for p in pids:  # never leave them behind, whatever the outcome
                 with contextlib.suppress(OSError):

@@ -61,7 +61,9 @@ def test_try_acquire_decisions_and_retry_after():
 
 
 def test_all_buckets_are_checked_and_consumed_together():
-    lim = RateLimiter(name(), limits=[Limit(requests=10, per=3600, headroom=0), Limit(tokens=100, per=3600, headroom=0)])
+    lim = RateLimiter(
+        name(), limits=[Limit(requests=10, per=3600, headroom=0), Limit(tokens=100, per=3600, headroom=0)]
+    )
     assert lim.try_acquire(tokens=80)
     denied = lim.try_acquire(tokens=30)
     assert not denied and denied.retry_after_s > 60
