@@ -175,11 +175,12 @@ def part_processes(backends: dict[str, Callable[[], str]], procs: int, n_each: i
     print(f"{'backend':<11}{'optuna':>8}{'studyhall':>11}{'ratio':>8}{'errors':>8}  target >= 3x, 0 errors")
     for backend, url_for in backends.items():
         url_o, url_s = url_for(), url_for()
+        # A server backend hands both sides the same database: one study name each.
         name = f"p-{uuid.uuid4().hex[:8]}"
-        optuna.create_study(storage=url_o, study_name=name, sampler=make_sampler("random"))
-        Orchestrator(url_s).create_study(name, sampler="random")
-        rate_o, err_o, _ = run_processes("optuna", url_o, name, procs, n_each)
-        rate_s, err_s, tails = run_processes("studyhall", url_s, name, procs, n_each)
+        optuna.create_study(storage=url_o, study_name=f"{name}-o", sampler=make_sampler("random"))
+        Orchestrator(url_s).create_study(f"{name}-s", sampler="random")
+        rate_o, err_o, _ = run_processes("optuna", url_o, f"{name}-o", procs, n_each)
+        rate_s, err_s, tails = run_processes("studyhall", url_s, f"{name}-s", procs, n_each)
         ok = rate_s >= 3 * rate_o and err_s == 0
         print(
             f"{backend:<11}{rate_o:>8.0f}{rate_s:>11.0f}{rate_s / max(rate_o, 1e-9):>7.2f}x{err_s:>8}  {verdict(ok)}"
