@@ -64,7 +64,7 @@ from studyhall.optimizer.mipro._evaluate import (
     evaluate_batch,
     resolve_lm,
 )
-from studyhall.optimizer.mipro._policy import MARGIN, Pick, incumbent, paired_gain, pick_full_eval
+from studyhall.optimizer.mipro._policy import MARGIN, Pick, incumbent, pick_full_eval, race_bound
 from studyhall.optimizer.mipro._progress import LoopProgress
 from studyhall.optimizer.mipro._results import (
     FullEval,
@@ -400,7 +400,8 @@ class MiproLoop:
         """Score ``pick`` on the whole valset, reusing the examples its trials scored; None if over budget.
 
         A challenger of the incumbent races it: scored in chunks of ``max_in_flight``
-        examples, and dropped as soon as its paired bound says it cannot win.
+        examples, and dropped as soon as its paired bound on the final full-score gain
+        (``race_bound``) says it cannot win by MARGIN.
         """
         known = combo_scores(trials).get(pick.key, ({}, 0))[0]
         todo = [i for i in range(len(self.valset)) if i not in known]
@@ -430,7 +431,7 @@ class MiproLoop:
                 per[batch.indices[pos]] = score
             if inc is not None and at + chunk < len(todo):
                 got = {i: x for i, x in enumerate(per) if x is not None}
-                g = paired_gain(got, inc, self.full_eval_z)
+                g = race_bound(got, inc, self.full_eval_z, len(self.valset))
                 if g is not None and g[1] <= MARGIN:
                     complete = False  # it can no longer beat the incumbent: stop paying for it
                     break

@@ -8,8 +8,9 @@
             d_i = its score - the incumbent's score on the same example   (paired)
             gain = mean(d), ucb = gain + z * sd(d) / sqrt(n)
         ucb > MARGIN (it may beat F by more) ──> the highest estimate F + gain  reason "gain"
-            scored in chunks (a race): after each, the same bound on everything it
-            scored; once it is <= MARGIN the challenger is dropped unfinished
+            scored in chunks (a race): after each, race_bound on everything it scored,
+            a bound on its FINAL full-score gain (only the examples left are uncertain);
+            once it is <= MARGIN the challenger is dropped unfinished
         none ──> no full evaluation: nothing could change the answer
 
 DSPy's MIPROv2 full-evaluates the best-mean combination not yet evaluated every few
@@ -62,8 +63,26 @@ def paired_gain(per: dict[int, float], inc: FullEval, z: float) -> tuple[float, 
     return mean, mean + z * sd / math.sqrt(n), n
 
 
+def race_bound(per: dict[int, float], inc: FullEval, z: float, total: int) -> tuple[float, float, int] | None:
+    """(mean gain so far, upper bound of its FINAL full-score gain over the incumbent, n) in a race.
+
+    What decides a race is the challenger's full score against the incumbent's, so the
+    bound is on the gain over all ``total`` examples: the ``n`` scored ones are known,
+    only the ``m`` left are uncertain (their mean: the estimate's error plus their own
+    sampling noise). It narrows to the exact outcome as the race nears its end, where
+    ``paired_gain``'s bound on the true gain stays wide.
+    """
+    g = paired_gain(per, inc, z)
+    if g is None:
+        return None
+    mean, ucb, n = g
+    m = max(0, total - n)
+    sd = (ucb - mean) / z * math.sqrt(n) if z > 0 else 0.0
+    return mean, mean + z * (m / total) * sd * math.sqrt(1 / n + (1 / m if m else 0.0)), n
+
+
 def pick_full_eval(
-    combos: dict[Combo, tuple[dict[int, float], int]], fulls: Sequence[FullEval], z: float
+    combos: dict[Combo, tuple[dict[int, float], int]], fulls: Sequence[FullEval], z: float, *, final: bool = False
 ) -> Pick | None:
     """The next combination to evaluate fully, or None when none could beat the incumbent.
 
@@ -71,6 +90,10 @@ def pick_full_eval(
         combos: per combination, its score per scored valset example and its first trial.
         fulls: the full evaluations so far.
         z: how many standard errors of optimism a combination gets (larger: more full evaluations).
+        final: the search is over (no trial will add evidence): a challenger must also be
+            ahead of the incumbent on the examples both scored (its paired estimate above
+            zero), not only possibly ahead; one behind is, on the evidence, worse, and a
+            full evaluation of it would mostly confirm that at the price of a valset.
     """
     done = {combo_key(f.params) for f in fulls}
     todo = {k: v for k, v in combos.items() if k not in done and v[0]}
@@ -85,7 +108,7 @@ def pick_full_eval(
     best: Pick | None = None
     for key, (per, _) in todo.items():
         g = paired_gain(per, inc, z)
-        if g is None or g[1] <= MARGIN:
+        if g is None or g[1] <= MARGIN or (final and g[0] <= 0):
             continue
         pick = Pick(key, "gain", sum(per.values()) / len(per), inc.score + g[0], inc.score + g[1])
         if best is None or (pick.estimate, pick.ucb) > (best.estimate, best.ucb):
