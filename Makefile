@@ -34,9 +34,10 @@ test: $(STAMP) $(OPTUNA_TESTS)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -m "not slow and not integration and not e2e and not server"
 
-# The packages pass mypy --strict and everything passes ruff (settings in pyproject.toml).
+# The packages pass mypy --strict; everything passes ruff and is ruff-formatted (settings in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check storage bridge optimizer tests benchmarks examples studyhall
+	$(BIN)/ruff format --check storage bridge optimizer tests benchmarks examples studyhall
 	$(BIN)/mypy
 
 # The browser end-to-end test (the demo's telemetry as optuna-dashboard renders it in

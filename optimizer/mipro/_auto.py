@@ -128,7 +128,9 @@ def auto_loop(
         raise InvalidRequest("MiproLoop.auto needs a non-empty trainset")
     if valset is None:
         if len(train) < 5:
-            raise InvalidRequest("MiproLoop.auto without a valset splits the trainset (20% / 80%); give it 5 examples or more")
+            raise InvalidRequest(
+                "MiproLoop.auto without a valset splits the trainset (20% / 80%); give it 5 examples or more"
+            )
         cut = len(train) - max(1, int(len(train) * 0.8))
         train, val = train[:cut], train[cut:]
     else:
@@ -147,21 +149,46 @@ def auto_loop(
         instructions = []
         for i, basic in enumerate(basics):
             what = program_description + (f" (step {i + 1} of {len(basics)})" if len(basics) > 1 else "")
-            proposed = propose_instructions(counting, train, b.proposals, program_description=what,
-                                            basic_instruction=basic, seed=seed + i, show=show or show_example)
+            proposed = propose_instructions(
+                counting,
+                train,
+                b.proposals,
+                program_description=what,
+                basic_instruction=basic,
+                seed=seed + i,
+                show=show or show_example,
+            )
             instructions.append([basic, *proposed])
         task_lm = counting if prompt_lm is None else _CountingLM(resolve_lm(lm))
-        demos = bootstrap_demos(bootstrap_program or program, metric, train, lm=task_lm, instruction=basics[0] if len(basics) == 1 else basics,
-                                sets=b.demo_sets, k=b.demos_per_set, seed=seed, demo=demo)
+        demos = bootstrap_demos(
+            bootstrap_program or program,
+            metric,
+            train,
+            lm=task_lm,
+            instruction=basics[0] if len(basics) == 1 else basics,
+            sets=b.demo_sets,
+            k=b.demos_per_set,
+            seed=seed,
+            demo=demo,
+        )
         calls = counting.calls + (task_lm.calls if task_lm is not counting else 0)
         tokens = counting.tokens + (task_lm.tokens if task_lm is not counting else 0)
         setup = {"llm_calls": calls, "tokens": tokens}
     opts: dict[str, Any] = dict(
-        valset=val, lm=lm, study=study, storage=storage, seed=seed, n_trials=b.n_trials,
-        minibatch_size=b.minibatch_size, full_eval_every=b.full_eval_every, prune=True,
+        valset=val,
+        lm=lm,
+        study=study,
+        storage=storage,
+        seed=seed,
+        n_trials=b.n_trials,
+        minibatch_size=b.minibatch_size,
+        full_eval_every=b.full_eval_every,
+        prune=True,
     )
     opts.update(overrides)
-    loop = MiproLoop(program, metric, instructions=instructions if len(basics) > 1 else instructions[0], demos=demos, **opts)
+    loop = MiproLoop(
+        program, metric, instructions=instructions if len(basics) > 1 else instructions[0], demos=demos, **opts
+    )
     loop.budget = b
     if saved is None:
         st = loop.open_study()

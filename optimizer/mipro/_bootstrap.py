@@ -103,7 +103,11 @@ def bootstrap_demos(
                     kept.append(got)
             at += window
     if not kept:
-        _log.warning("bootstrap_demos: the program got none of %d examples right in %d calls; only the zero-shot set", at, counting.calls)
+        _log.warning(
+            "bootstrap_demos: the program got none of %d examples right in %d calls; only the zero-shot set",
+            at,
+            counting.calls,
+        )
     per_predictor = bool(kept) and isinstance(kept[0], list)
     n_pred = len(kept[0]) if per_predictor else 1
     out = []

@@ -29,11 +29,15 @@ class Candidates:
     """Instruction and demo-set candidates per predictor, and the categorical space over them."""
 
     def __init__(self, instructions: Any, demos: Any) -> None:
-        self.instructions = [_unique(ins, f"instruction candidates of predictor {i}", _norm_text) for i, ins in
-                             enumerate(_per_predictor_instructions(instructions))]
+        self.instructions = [
+            _unique(ins, f"instruction candidates of predictor {i}", _norm_text)
+            for i, ins in enumerate(_per_predictor_instructions(instructions))
+        ]
         n = len(self.instructions)
-        self.demos = [_unique(sets, f"demo sets of predictor {i}", _norm_demos) for i, sets in
-                      enumerate(_per_predictor_demos(demos, n))]
+        self.demos = [
+            _unique(sets, f"demo sets of predictor {i}", _norm_demos)
+            for i, sets in enumerate(_per_predictor_demos(demos, n))
+        ]
         self.single = n == 1 and (isinstance(instructions, Sequence) and all(isinstance(x, str) for x in instructions))
 
     @property
@@ -61,7 +65,10 @@ class Candidates:
     def chosen(self, params: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
         """The instruction and demo set of each predictor for a combination."""
         ins = [self.instructions[i][int(params.get(f"{i}_instruction", 0))] for i in range(self.n_predictors)]
-        dem = [list(self.demos[i][int(params.get(f"{i}_demos", 0))]) if self.demos[i] else [] for i in range(self.n_predictors)]
+        dem = [
+            list(self.demos[i][int(params.get(f"{i}_demos", 0))]) if self.demos[i] else []
+            for i in range(self.n_predictors)
+        ]
         return ins, dem
 
     def program_args(self, params: Mapping[str, Any]) -> tuple[Any, Any]:

@@ -122,7 +122,9 @@ class Batch:
         return int(round(self.skipped * per_example))
 
 
-def _one(program: Callable[..., Any], metric: Callable[..., Any], example: Any, instruction: Any, demos: Any, lm: Any) -> float:
+def _one(
+    program: Callable[..., Any], metric: Callable[..., Any], example: Any, instruction: Any, demos: Any, lm: Any
+) -> float:
     prediction = program(example, instruction, demos, lm)
     score = float(metric(example, prediction))
     if not math.isfinite(score):

@@ -186,13 +186,18 @@ class MiproLoop:
         artifacts: str | Path | None = None,
     ) -> None:
         if not callable(program) or not callable(metric):
-            raise InvalidRequest("program and metric must be callables: program(example, instruction, demos, lm), metric(example, prediction)")
+            raise InvalidRequest(
+                "program and metric must be callables: program(example, instruction, demos, lm), metric(example, prediction)"
+            )
         data = valset if valset is not None else trainset
         if data is None or len(data) == 0:
             raise InvalidRequest("MiproLoop needs a non-empty valset (or trainset) to score candidates on")
         int_args = (
-            ("minibatch_size", minibatch_size, 1), ("full_eval_every", full_eval_every, 1),
-            ("concurrency", concurrency, 1), ("workers", workers, 0), ("retries", retries, 0),
+            ("minibatch_size", minibatch_size, 1),
+            ("full_eval_every", full_eval_every, 1),
+            ("concurrency", concurrency, 1),
+            ("workers", workers, 0),
+            ("retries", retries, 0),
         )
         for name, v, low in int_args:
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -203,7 +208,9 @@ class MiproLoop:
         if not 0.0 < prune_p < 1.0:
             raise InvalidRequest(f"prune_p is a p-value threshold in (0, 1); got {prune_p!r}")
         if not isinstance(full_eval_z, (int, float)) or full_eval_z < 0:
-            raise InvalidRequest(f"full_eval_z must be a number >= 0 (standard errors of optimism); got {full_eval_z!r}")
+            raise InvalidRequest(
+                f"full_eval_z must be a number >= 0 (standard errors of optimism); got {full_eval_z!r}"
+            )
         if any(not callable(cb) for cb in callbacks):
             raise InvalidRequest("callbacks must be callables taking a MiproEvent")
         if demos is None and trainset is not None:
@@ -272,10 +279,19 @@ class MiproLoop:
         orch = Orchestrator(self.storage)
         fresh = self.study_name not in orch.study_names()
         study = orch.create_study(
-            self.study_name, direction="maximize", sampler=self._sampler(n_trials or self.n_trials), seed=self.seed,
-            pruner=self._pruner(), load_if_exists=True,
+            self.study_name,
+            direction="maximize",
+            sampler=self._sampler(n_trials or self.n_trials),
+            seed=self.seed,
+            pruner=self._pruner(),
+            load_if_exists=True,
         )
-        config = {"candidates": self.candidates.fingerprint(), "valset": len(self.valset), "minibatch_size": self.minibatch_size, "seed": self.seed}
+        config = {
+            "candidates": self.candidates.fingerprint(),
+            "valset": len(self.valset),
+            "minibatch_size": self.minibatch_size,
+            "seed": self.seed,
+        }
         attrs = study.optuna.user_attrs
         saved = attrs.get(CONFIG_ATTR)
         if saved is None:
@@ -310,8 +326,16 @@ class MiproLoop:
         base = 1 if study.optuna.user_attrs.get(BASELINE_ATTR) else 0
         need = n_trials + base
         objective = MinibatchObjective(
-            self.program, self.metric, self.lm, self.valset, self.candidates, self.minibatch_size,
-            self.seed, self.concurrency, self.max_errors, self.prune,
+            self.program,
+            self.metric,
+            self.lm,
+            self.valset,
+            self.candidates,
+            self.minibatch_size,
+            self.seed,
+            self.concurrency,
+            self.max_errors,
+            self.prune,
         )
         seen = {t.number for t in finished_trials(study)}
         stopped, skipped = "n_trials", 0
@@ -327,14 +351,25 @@ class MiproLoop:
                     _log.warning("the last trials all failed; stopping (their 'error' attribute says why)")
                     break
                 # rounds end where the search trials reach a multiple of full_eval_every
-                k = min(self.full_eval_every - (n - base) % self.full_eval_every if n >= base else self.full_eval_every + base - n, need - n)
+                k = min(
+                    self.full_eval_every - (n - base) % self.full_eval_every
+                    if n >= base
+                    else self.full_eval_every + base - n,
+                    need - n,
+                )
                 k = self._affordable(trials, self.full_evals(study), k)
                 if k < 1:
                     stopped = "max_tokens_total"
                     break
                 study.optimize(
-                    objective, n_trials=k, workers=min(self.workers, k), trial_timeout=self.trial_timeout,
-                    retries=self.retries, space=self.candidates.space(), progress=False, artifacts=False,
+                    objective,
+                    n_trials=k,
+                    workers=min(self.workers, k),
+                    trial_timeout=self.trial_timeout,
+                    retries=self.retries,
+                    space=self.candidates.space(),
+                    progress=False,
+                    artifacts=False,
                 )
                 bar.update()
                 self._notify_trials(study, seen)
@@ -396,7 +431,9 @@ class MiproLoop:
             return False
         return self._full_eval(study, trials, fulls, bar, pick)
 
-    def _full_eval(self, study: Study, trials: list[FrozenTrial], fulls: list[FullEval], bar: LoopProgress, pick: Pick) -> bool | None:
+    def _full_eval(
+        self, study: Study, trials: list[FrozenTrial], fulls: list[FullEval], bar: LoopProgress, pick: Pick
+    ) -> bool | None:
         """Score ``pick`` on the whole valset, reusing the examples its trials scored; None if over budget.
 
         A challenger of the incumbent races it: scored in chunks of ``max_in_flight``
@@ -418,11 +455,21 @@ class MiproLoop:
         complete = True
         for at in range(0, len(todo), max(1, chunk)):
             part = todo[at : at + chunk]
-            with recording(_otel.recorder()), _otel.span(
-                "studyhall.full_eval", {"studyhall.study": study.name, **{f"studyhall.param.{k}": v for k, v in params.items()}}
+            with (
+                recording(_otel.recorder()),
+                _otel.span(
+                    "studyhall.full_eval",
+                    {"studyhall.study": study.name, **{f"studyhall.param.{k}": v for k, v in params.items()}},
+                ),
             ):
                 batch = evaluate_batch(
-                    self.program, self.metric, resolve_lm(self.lm), self.valset, part, instruction, demos,
+                    self.program,
+                    self.metric,
+                    resolve_lm(self.lm),
+                    self.valset,
+                    part,
+                    instruction,
+                    demos,
                     concurrency=self.max_in_flight,
                 )
             self._latencies.extend(batch.latencies)
@@ -493,7 +540,9 @@ class MiproLoop:
         attrs = retrying(study.storage.optuna.get_study_user_attrs, study._study_id)
         return [FullEval(**attrs[k]) for k in sorted(attrs) if k.startswith(FULL_EVAL_ATTR)]
 
-    def _settle(self, study: Study, trials: list[FrozenTrial], fulls: list[FullEval]) -> tuple[dict[str, int], float | None]:
+    def _settle(
+        self, study: Study, trials: list[FrozenTrial], fulls: list[FullEval]
+    ) -> tuple[dict[str, int], float | None]:
         """The loop's answer: the combination with the best full score (earliest on ties).
 
         Recorded as the study's selection (``study.select``: params, full-valset score
@@ -508,7 +557,10 @@ class MiproLoop:
             if scores:
                 first = combo_scores(trials).get(combo_key(best.params))
                 study.select(
-                    best.params, scores=scores, trial=first[1] if first else None, source="full evaluation",
+                    best.params,
+                    scores=scores,
+                    trial=first[1] if first else None,
+                    source="full evaluation",
                     full_eval=next(i for i, f in enumerate(fulls) if f is best),
                 )
             return dict(best.params), best.score
@@ -523,7 +575,11 @@ class MiproLoop:
         fulls = self.full_evals(study)
         params, score = self._settle(study, trials, fulls)
         ins, dem = self.candidates.chosen(params)
-        samples = [float(x) for arr in read_study_samples(study.storage, study._study_id, "llm.latency_s").values() for x in arr]
+        samples = [
+            float(x)
+            for arr in read_study_samples(study.storage, study._study_id, "llm.latency_s").values()
+            for x in arr
+        ]
         samples += self._latencies
         from studyhall.optimizer.mipro._auto import setup_cost
 

@@ -22,8 +22,12 @@ class LoopProgress:
 
         self._study = study
         self._bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=Console(stderr=True),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
         )
         self._task = self._bar.add_task(f"mipro {study.name}", total=total, detail="")
         self._phase = ""

@@ -34,7 +34,7 @@ TIPS: tuple[str, ...] = (
     "Keep the instruction clear and concise.",
     "Tell the model how to reason about the problem before it answers.",
     "Make the instruction informative and descriptive.",
-    "Include a persona relevant to the task (\"You are a ...\").",
+    'Include a persona relevant to the task ("You are a ...").',
     "Say exactly what form the final answer must take.",
     "Don't be afraid to be creative.",
     "Mention the mistakes that are easy to make on this task and how to avoid them.",
@@ -125,8 +125,11 @@ def propose_instructions(
     if data and budget > 1:
         shown = "\n\n".join(show(x) for x in data[:SUMMARY_EXAMPLES])
         ask = f"Here are examples from a dataset:\n\n{shown}\n\nSummarize the task these examples pose and what makes it hard."
-        summary = client.chat([{"role": "system", "content": _SYSTEM_SUMMARY}, {"role": "user", "content": ask}],
-                              max_tokens=max_tokens, temperature=0.0).text.strip()
+        summary = client.chat(
+            [{"role": "system", "content": _SYSTEM_SUMMARY}, {"role": "user", "content": ask}],
+            max_tokens=max_tokens,
+            temperature=0.0,
+        ).text.strip()
         calls += 1
     tips = list(TIPS)
     rng.shuffle(tips)
@@ -139,9 +142,15 @@ def propose_instructions(
             prompts = []
             for _ in range(want):
                 shots = rng.sample(data, min(examples_per_prompt, len(data))) if data else []
-                prompts.append(_proposal_prompt(program_description, summary, basic_instruction, shots, tips[j % len(tips)], j, show))
+                prompts.append(
+                    _proposal_prompt(
+                        program_description, summary, basic_instruction, shots, tips[j % len(tips)], j, show
+                    )
+                )
                 j += 1
-            replies = list(pool.map(lambda m: client.chat(m, max_tokens=max_tokens, temperature=temperature).text, prompts))
+            replies = list(
+                pool.map(lambda m: client.chat(m, max_tokens=max_tokens, temperature=temperature).text, prompts)
+            )
             calls += len(prompts)
             for reply in replies:
                 text = clean_instruction(reply)
@@ -151,8 +160,9 @@ def propose_instructions(
     return out
 
 
-def _proposal_prompt(description: str, summary: str, basic: str, shots: list[Any], tip: str, j: int,
-                     show: Callable[[Any], str]) -> list[dict[str, str]]:
+def _proposal_prompt(
+    description: str, summary: str, basic: str, shots: list[Any], tip: str, j: int, show: Callable[[Any], str]
+) -> list[dict[str, str]]:
     parts = []
     if description:
         parts.append(f"The program: {description}")

@@ -145,7 +145,9 @@ def combo_scores(trials: Sequence[FrozenTrial]) -> dict[Combo, tuple[dict[int, f
 
 def combo_means(trials: Sequence[FrozenTrial]) -> dict[Combo, tuple[float, int, int]]:
     """Per combination: the mean over the examples its trials scored, how many, and its first trial."""
-    return {k: (sum(per.values()) / len(per), len(per), first) for k, (per, first) in combo_scores(trials).items() if per}
+    return {
+        k: (sum(per.values()) / len(per), len(per), first) for k, (per, first) in combo_scores(trials).items() if per
+    }
 
 
 # ---- what the study spent -------------------------------------------------------------------

@@ -118,8 +118,13 @@ class SimModel(SimResponder):
             return _dspy_reply(fields, {f: "I can only answer the simulated task's word problems." for f in fields})
         instruction = system.split(_OBJECTIVE, 1)[-1].strip() if _OBJECTIVE in system else system
         demos = [str(x.get("content", "")) for x in messages[1:-1] if x.get("role") == "assistant"]
-        worked = sum("[[ ## reasoning ## ]]" in d and "Not supplied" not in d.split("[[ ## answer", 1)[0] for d in demos)
-        p = _sigmoid(logit(instruction, len(demos), worked / len(demos) if demos else 0.0, model) - 0.8 * (int(problem["difficulty"]) - 1))
+        worked = sum(
+            "[[ ## reasoning ## ]]" in d and "Not supplied" not in d.split("[[ ## answer", 1)[0] for d in demos
+        )
+        p = _sigmoid(
+            logit(instruction, len(demos), worked / len(demos) if demos else 0.0, model)
+            - 0.8 * (int(problem["difficulty"]) - 1)
+        )
         prompt = "\n".join(str(x.get("content", "")) for x in messages)
         value, reasoning = attempt(problem, p, self.seed, model, prompt, last)
         return _dspy_reply(fields, {"reasoning": reasoning, "answer": str(value)})

@@ -208,8 +208,13 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def true_quality(instruction: str, n_demos: int, worked: float, problems: Sequence[Mapping[str, Any]] | None = None,
-                 model: str = "sim-small") -> float:
+def true_quality(
+    instruction: str,
+    n_demos: int,
+    worked: float,
+    problems: Sequence[Mapping[str, Any]] | None = None,
+    model: str = "sim-small",
+) -> float:
     """The expected accuracy of a prompt over ``problems`` (default: all shipped ones): no coin, no sample."""
     probs = problems if problems is not None else load_problems()
     z = logit(instruction, n_demos, worked, model)

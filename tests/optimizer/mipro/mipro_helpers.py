@@ -47,8 +47,16 @@ class SimLM:
 def make_loop(url: str, name: str, lm: Any = None, **kw: Any) -> MiproLoop:
     """A loop on the simulated task: 8 instructions x 6 demo sets, minibatches of 20, inline trials."""
     opts: dict[str, Any] = dict(
-        instructions=TASK.instructions, demos=TASK.demos, valset=TASK.valset, lm=lm or SimLM(),
-        study=name, storage=url, minibatch_size=20, full_eval_every=5, workers=0, seed=0,
+        instructions=TASK.instructions,
+        demos=TASK.demos,
+        valset=TASK.valset,
+        lm=lm or SimLM(),
+        study=name,
+        storage=url,
+        minibatch_size=20,
+        full_eval_every=5,
+        workers=0,
+        seed=0,
     )
     opts.update(kw)
     return MiproLoop(solve, exact_match, **opts)

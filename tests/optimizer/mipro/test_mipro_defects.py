@@ -36,10 +36,14 @@ class AlwaysPrune:
 def test_the_pruner_is_not_asked_once_every_example_has_started(concurrency: int) -> None:
     trial = AlwaysPrune()
     idx = list(range(15))  # the pruner's first turn (15 scores) is the last example
-    batch = evaluate_batch(solve, exact_match, SimLM(), TASK.valset, idx, TASK.instructions[0], [], concurrency=concurrency, trial=trial)
+    batch = evaluate_batch(
+        solve, exact_match, SimLM(), TASK.valset, idx, TASK.instructions[0], [], concurrency=concurrency, trial=trial
+    )
     assert trial.asked_at == [] and not batch.pruned and len(batch.scores) == 15
     trial = AlwaysPrune()
-    batch = evaluate_batch(solve, exact_match, SimLM(), TASK.valset, list(range(30)), TASK.instructions[0], [], concurrency=1, trial=trial)
+    batch = evaluate_batch(
+        solve, exact_match, SimLM(), TASK.valset, list(range(30)), TASK.instructions[0], [], concurrency=1, trial=trial
+    )
     assert trial.asked_at == [15] and batch.pruned and batch.skipped == 15  # asked while 15 were still to start
 
 
@@ -99,8 +103,16 @@ def test_full_evaluations_go_only_to_combinations_that_could_win(sqlite_url: str
     from studyhall.optimizer import MiproLoop
 
     loop = MiproLoop(
-        one_good_instruction, exact_match, instructions=list(ACCURACY), valset=TASK.valset, lm=CountingLM(),
-        study=study_name, storage=sqlite_url, minibatch_size=20, full_eval_every=5, workers=0,
+        one_good_instruction,
+        exact_match,
+        instructions=list(ACCURACY),
+        valset=TASK.valset,
+        lm=CountingLM(),
+        study=study_name,
+        storage=sqlite_url,
+        minibatch_size=20,
+        full_eval_every=5,
+        workers=0,
     )
     result = loop.run(n_trials=20)
     assert result.best_instruction == "i3"
@@ -148,7 +160,9 @@ def test_callbacks_after_each_trial_and_each_full_evaluation(sqlite_url: str, st
 
 def test_duplicate_candidates_are_dropped_with_a_warning() -> None:
     with pytest.warns(UserWarning) as caught:
-        c = Candidates(["Answer.", "Think step by step.", "answer. ", "Think  step by step."], [[], [{"q": 1}], [{"q": 1}]])
+        c = Candidates(
+            ["Answer.", "Think step by step.", "answer. ", "Think  step by step."], [[], [{"q": 1}], [{"q": 1}]]
+        )
     messages = [str(w.message) for w in caught]
     assert "instruction candidates of predictor 0: dropped 2 duplicate(s) (indices [2, 3])" in messages[0]
     assert "demo sets of predictor 0: dropped 1 duplicate(s) (indices [2])" in messages[1]

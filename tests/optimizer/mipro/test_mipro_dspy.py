@@ -29,8 +29,16 @@ def test_optimize_dspy_end_to_end(sqlite_url: str, study_name: str) -> None:
     with FakeProvider(responder=SimModel(0), rpm=None, tpm=None) as fp:
         limiter = RateLimiter(f"dspy-{study_name}", rpm=100_000, tpm=10_000_000, storage=sqlite_url)
         client = LLMClient("sim-small", base_url=fp.base_url, api_key="sim", limiter=limiter)
-        compiled = optimize_dspy(task.program, task.metric, task.trainset, task.valset, lm=client,
-                                 study=study_name, storage=sqlite_url, n_trials=5)
+        compiled = optimize_dspy(
+            task.program,
+            task.metric,
+            task.trainset,
+            task.valset,
+            lm=client,
+            study=study_name,
+            storage=sqlite_url,
+            n_trials=5,
+        )
         served = fp.stats()["completed"]
     r = compiled.studyhall_result
     assert isinstance(compiled, dspy.Module) and compiled is not task.program

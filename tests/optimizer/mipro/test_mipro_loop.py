@@ -40,9 +40,14 @@ def test_responder_is_deterministic_and_rewards_better_prompts() -> None:
     assert SimResponder(0)(msgs, "m") == SimResponder(0)(msgs, "m")
     base = build_messages(ex, INSTRUCTIONS[0], [])
     hasty = build_messages(ex, INSTRUCTIONS[5], [])
-    p = {k: answer_probability(m[0]["content"], m[1]["content"]) for k, m in {"best": msgs, "base": base, "hasty": hasty}.items()}
+    p = {
+        k: answer_probability(m[0]["content"], m[1]["content"])
+        for k, m in {"best": msgs, "base": base, "hasty": hasty}.items()
+    }
     assert p["best"] > p["base"] > p["hasty"]
-    assert answer_probability(INSTRUCTIONS[0], "Question: x", difficulty=3) < answer_probability(INSTRUCTIONS[0], "Question: x", difficulty=1)
+    assert answer_probability(INSTRUCTIONS[0], "Question: x", difficulty=3) < answer_probability(
+        INSTRUCTIONS[0], "Question: x", difficulty=1
+    )
     assert "only answer" in SimResponder(0)([{"role": "user", "content": "Question: what is love?"}], "m")
 
 
@@ -56,8 +61,12 @@ def test_parse_and_metric() -> None:
 
 def test_simulated_landscape_has_a_clear_best() -> None:
     lm = SimLM()
+
     def acc(i: int, d: int) -> float:
-        return sum(exact_match(ex, solve(ex, TASK.instructions[i], TASK.demos[d], lm)) for ex in TASK.valset) / len(TASK.valset)
+        return sum(exact_match(ex, solve(ex, TASK.instructions[i], TASK.demos[d], lm)) for ex in TASK.valset) / len(
+            TASK.valset
+        )
+
     assert acc(4, 4) - acc(0, 0) > 0.4  # the search has something to find
 
 
@@ -71,15 +80,22 @@ def test_candidates_one_and_several_predictors() -> None:
     two = Candidates([["a", "b"], ["c"]], [[[], [1]], [[2]]])
     # predictor 1 has one demo set: no choice, so no parameter for it
     assert not two.single and set(two.space()) == {"0_instruction", "0_demos", "1_instruction"}
-    assert two.program_args({"0_instruction": 1, "0_demos": 1, "1_instruction": 0, "1_demos": 0}) == (["b", "c"], [[1], [2]])
+    assert two.program_args({"0_instruction": 1, "0_demos": 1, "1_instruction": 0, "1_demos": 0}) == (
+        ["b", "c"],
+        [[1], [2]],
+    )
     no_demos = Candidates(["a"], None)
     assert set(no_demos.space()) == {"0_instruction"}
 
 
 @pytest.mark.parametrize(
     ("instructions", "demos", "match"),
-    [("just one string", None, "list of instruction strings"), ([], None, "instructions"),
-     ([["a"], ["b"]], [[[]]], "2 predictors need 2"), (["a"], "x", "demo sets")],
+    [
+        ("just one string", None, "list of instruction strings"),
+        ([], None, "instructions"),
+        ([["a"], ["b"]], [[[]]], "2 predictors need 2"),
+        (["a"], "x", "demo sets"),
+    ],
 )
 def test_bad_candidates_say_what_to_pass(instructions, demos, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidRequest, match=match):
@@ -98,11 +114,15 @@ def test_minibatches_are_seeded_per_trial() -> None:
 def test_failed_calls_are_errors_not_zeros_and_concurrency_is_bounded() -> None:
     bad = {TASK.valset[i]["question"] for i in (0, 1)}
     lm = SimLM(fail_on=bad, delay=0.005)
-    batch = evaluate_batch(solve, exact_match, lm, TASK.valset, range(20), TASK.instructions[4], TASK.demos[4], concurrency=4)
+    batch = evaluate_batch(
+        solve, exact_match, lm, TASK.valset, range(20), TASK.instructions[4], TASK.demos[4], concurrency=4
+    )
     assert set(batch.errors) == {0, 1} and "ProviderError" in batch.errors[0]
     assert len(batch.scores) == 18 and batch.calls == 18 and batch.tokens > 0
     assert lm.max_in_flight <= 4
-    stopped = evaluate_batch(solve, exact_match, SimLM(fail_on=bad), TASK.valset, range(20), "x", [], concurrency=1, max_errors=1)
+    stopped = evaluate_batch(
+        solve, exact_match, SimLM(fail_on=bad), TASK.valset, range(20), "x", [], concurrency=1, max_errors=1
+    )
     assert len(stopped.errors) == 2 and stopped.skipped == 18  # nothing more is spent on a doomed trial
 
 
@@ -200,13 +220,25 @@ def test_several_predictors(sqlite_url: str, study_name: str) -> None:
         return draft if instruction[1] == "keep" else ""
 
     loop = MiproLoop(
-        two_step, exact_match, instructions=[TASK.instructions, ["keep", "drop"]], demos=[TASK.demos, [[]]],
-        valset=TASK.valset, lm=SimLM(), study=study_name, storage=sqlite_url, minibatch_size=10, workers=0,
+        two_step,
+        exact_match,
+        instructions=[TASK.instructions, ["keep", "drop"]],
+        demos=[TASK.demos, [[]]],
+        valset=TASK.valset,
+        lm=SimLM(),
+        study=study_name,
+        storage=sqlite_url,
+        minibatch_size=10,
+        workers=0,
     )
     result = loop.run(n_trials=10)
     assert isinstance(seen[0][0], list) and len(seen[0][0]) == 2
     assert result.best_params["1_instruction"] == 0 and len(result.best_instructions) == 2
-    assert set(Orchestrator(sqlite_url).load_study(study_name).trials()[0].params) == {"0_instruction", "0_demos", "1_instruction"}
+    assert set(Orchestrator(sqlite_url).load_study(study_name).trials()[0].params) == {
+        "0_instruction",
+        "0_demos",
+        "1_instruction",
+    }
 
 
 def test_bad_arguments() -> None:
@@ -234,8 +266,18 @@ def test_parallel_trials_in_pool_workers_share_one_limiter(sqlite_url: str, stud
         client = LLMClient("sim-small", base_url=fp.base_url, api_key="sim", limiter=limiter, timeout=30.0)
         with services.override("lm", client):  # the loop names the service; workers get it too
             loop = MiproLoop(
-                solve, exact_match, instructions=task.instructions, demos=task.demos, valset=task.valset, lm="lm",
-                study=study_name, storage=sqlite_url, minibatch_size=10, full_eval_every=3, workers=2, concurrency=2,
+                solve,
+                exact_match,
+                instructions=task.instructions,
+                demos=task.demos,
+                valset=task.valset,
+                lm="lm",
+                study=study_name,
+                storage=sqlite_url,
+                minibatch_size=10,
+                full_eval_every=3,
+                workers=2,
+                concurrency=2,
             )
             result = loop.run(n_trials=6)
         served = fp.stats()["completed"]

@@ -13,8 +13,18 @@ N = 100
 
 
 def _incumbent(scores: list[float]) -> FullEval:
-    return FullEval(params={"0_instruction": 0}, score=sum(scores) / len(scores), n=len(scores), errors=0,
-                    minibatch_mean=None, after_trials=10, llm_calls=0, tokens=0, elapsed_s=0.0, scores=list(scores))
+    return FullEval(
+        params={"0_instruction": 0},
+        score=sum(scores) / len(scores),
+        n=len(scores),
+        errors=0,
+        minibatch_mean=None,
+        after_trials=10,
+        llm_calls=0,
+        tokens=0,
+        elapsed_s=0.0,
+        scores=list(scores),
+    )
 
 
 def _challenger(n: int, losses: int, wins: int) -> dict[int, float]:
@@ -93,8 +103,17 @@ def test_the_loop_drops_a_level_challenger_before_the_last_chunk(sqlite_url: str
     from studyhall.optimizer.mipro._results import combo_key
 
     lm = _Calls()
-    loop = MiproLoop(_level, lambda ex, pred: pred, instructions=["incumbent", "challenger"], valset=[{"i": i} for i in range(N)],
-                     lm=lm, study=study_name, storage=sqlite_url, workers=0, concurrency=8)
+    loop = MiproLoop(
+        _level,
+        lambda ex, pred: pred,
+        instructions=["incumbent", "challenger"],
+        valset=[{"i": i} for i in range(N)],
+        lm=lm,
+        study=study_name,
+        storage=sqlite_url,
+        workers=0,
+        concurrency=8,
+    )
     study = loop.open_study(1)
     inc = _incumbent([1.0 if _inc_right(i) else 0.0 for i in range(N)])
     pick = Pick(combo_key({"0_instruction": 1}), "gain", 0.5)

@@ -12,8 +12,9 @@ from studyhall.optimizer.mipro._simtask import exact_match, solve
 
 def test_proposals_are_grounded_distinct_and_bounded() -> None:
     lm = SimLM(responder=SimModel(0))
-    out = propose_instructions(lm, TASK.trainset, n=6, program_description="solve(question) -> number",
-                               basic_instruction=PHRASINGS[0])
+    out = propose_instructions(
+        lm, TASK.trainset, n=6, program_description="solve(question) -> number", basic_instruction=PHRASINGS[0]
+    )
     assert 1 <= len(out) <= 6 and len({o.casefold() for o in out}) == len(out)
     assert PHRASINGS[0] not in out and all(o in PHRASINGS for o in out)
     assert lm.calls <= 6 + 1 + 1  # one per candidate, the summary, a spare for duplicates
@@ -36,16 +37,36 @@ def test_bootstrapped_demos_are_right_answers_within_the_budget() -> None:
 
 def test_auto_proposes_bootstraps_and_resumes_without_new_calls(sqlite_url: str, study_name: str) -> None:
     lm = SimLM(responder=SimModel(0))
-    loop = MiproLoop.auto("light", solve, exact_match, trainset=TASK.trainset, valset=TASK.valset, lm=lm,
-                          instruction=TASK.instructions[0], study=study_name, storage=sqlite_url, workers=0)
+    loop = MiproLoop.auto(
+        "light",
+        solve,
+        exact_match,
+        trainset=TASK.trainset,
+        valset=TASK.valset,
+        lm=lm,
+        instruction=TASK.instructions[0],
+        study=study_name,
+        storage=sqlite_url,
+        workers=0,
+    )
     b = budget("light", len(TASK.valset))
     assert loop.budget == b and loop.n_trials == b.n_trials == 10 and loop.minibatch_size == 15 and loop.prune
     assert loop.candidates.instructions[0][0] == TASK.instructions[0] and len(loop.candidates.instructions[0]) > 4
     made = lm.calls
     result = loop.run(n_trials=4)
     assert result.setup_calls == made and result.trials == 5
-    again = MiproLoop.auto("light", solve, exact_match, trainset=TASK.trainset, valset=TASK.valset, lm=lm,
-                           instruction=TASK.instructions[0], study=study_name, storage=sqlite_url, workers=0)
+    again = MiproLoop.auto(
+        "light",
+        solve,
+        exact_match,
+        trainset=TASK.trainset,
+        valset=TASK.valset,
+        lm=lm,
+        instruction=TASK.instructions[0],
+        study=study_name,
+        storage=sqlite_url,
+        workers=0,
+    )
     assert again.candidates.fingerprint() == loop.candidates.fingerprint()
     before = lm.calls
     assert again.run(n_trials=4).trials == 5 and lm.calls == before  # resumed: nothing proposed or run again
