@@ -204,8 +204,7 @@ def sleepy(trial: object) -> float:
 
 def part_optimize(backends: dict[str, Callable[[], str]], widths: list[int], per_worker: int) -> None:
     print(f"\n== optimize(workers=W), 100 ms objective, {per_worker} trials per worker, space given up front")
-    print("   (whole: the call, the pool's start included; steady: from the W-th trial finished to the last)")
-    print(f"{'backend':<11}{'W':>4}{'trials/s':>10}{'ideal':>7}{'whole':>8}{'steady':>8}  target (whole)")
+    print(f"{'backend':<11}{'W':>4}{'trials/s':>10}{'ideal':>7}{'share':>8}  target")
     for backend, url_for in backends.items():
         for w in widths:
             study = Orchestrator(url_for()).create_study(f"opt-{uuid.uuid4().hex[:8]}", sampler="random")
@@ -215,12 +214,9 @@ def part_optimize(backends: dict[str, Callable[[], str]], widths: list[int], per
             report = study.optimize(sleepy, n_trials=n, workers=w, space=SPACE, progress=False)
             rate = report.completed / (time.perf_counter() - t0)
             share = rate / (w / 0.1)
-            ends = sorted(t.datetime_complete for t in study.trials() if t.datetime_complete is not None)[-n:]
-            span = (ends[-1] - ends[w - 1]).total_seconds() if len(ends) > w else 0.0
-            steady = (len(ends) - w) / span / (w / 0.1) if span > 0 else float("nan")
             target = {8: 0.9, 16: 0.75}.get(w)
             flag = "" if target is None else f">= {target:.0%} {verdict(share >= target)}"
-            print(f"{backend:<11}{w:>4}{rate:>10.1f}{w / 0.1:>7.0f}{share:>8.0%}{steady:>8.0%}  {flag}", flush=True)
+            print(f"{backend:<11}{w:>4}{rate:>10.1f}{w / 0.1:>7.0f}{share:>8.0%}  {flag}", flush=True)
 
 
 # ---- the HTTP service -----------------------------------------------------------------------
