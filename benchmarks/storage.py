@@ -414,7 +414,7 @@ def main() -> None:
             part_optimize(
                 {k: v for k, v in backends.items() if k != "mysql"},
                 [4] if args.quick else [4, 8, 16],
-                4 if args.quick else 8,
+                4 if args.quick else 25,
             )
         if "service" in parts:
             part_service(backends["sqlite"](), 80 if args.quick else 400)
