@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 # The simulated provider's limits, per 10-second window (a real provider counts per
 # minute; a shorter window makes the limits bind within a one-minute demo). The
 # client's limiter is told 3% more requests than the provider allows (as when a limit
-# is copied from the docs and the account's is lower), so a few 429s happen and are
-# retried after their Retry-After.
+# is copied from the docs and the account's is lower); the limiter's headroom (10% of
+# its window) absorbs that, so a 429 is rare, and one that happens is retried after
+# its Retry-After.
 SIM_WINDOW_S = 10.0
 SIM_REQUESTS, SIM_TOKENS = 200, 60_000
 SIM_LATENCY_S = (0.1, 0.4)
