@@ -29,7 +29,7 @@ demo: $(STAMP)
 test: $(STAMP) $(OPTUNA_TESTS)
 	$(BIN)/python -m pytest -q
 
-# The unit-level tests while you work (about a minute): SQLite only; no integration, slow
+# The unit-level tests while you work (under two minutes on 2 cores): SQLite only; no integration, slow
 # or browser tests, and no cases on PostgreSQL or MariaDB (make test runs all of them).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -m "not slow and not integration and not e2e and not server"

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
 from studyhall.optimizer import Float, Orchestrator
@@ -26,6 +27,7 @@ def _scored(objective_trial):  # type: ignore[no-untyped-def]
     return [1.0 if i / 10 < x else 0.0 for i in range(10)]
 
 
+@pytest.mark.slow
 def test_the_report_is_one_study_artifact_rewritten_in_place(storage_url, study_name, tmp_path):
     study = Orchestrator(storage_url).create_study(study_name, direction="maximize")
     for scores in ([1, 0, 1, 1], [0, 0, 1, 0]):
@@ -69,6 +71,7 @@ def test_where_the_artifacts_go(tmp_path, monkeypatch):
     assert artifact_dir(f"sqlite:///{tmp_path}/studyhall.db") == tmp_path / "env"
 
 
+@pytest.mark.slow
 def test_report_attach_command(sqlite_url, study_name, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -26,6 +26,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_studies_and_trials_as_json_and_tables(sqlite_url, study_name):
     study = Orchestrator(sqlite_url).create_study(study_name, direction="maximize")
     t = study.ask({"x": Float(0, 1)})
@@ -58,6 +59,7 @@ def test_studies_and_trials_as_json_and_tables(sqlite_url, study_name):
     assert study_name in run("studies", "--storage", sqlite_url).stdout
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_and_no_traceback(sqlite_url, study_name):
     Orchestrator(sqlite_url).create_study(study_name)
     for args in (
@@ -271,6 +273,7 @@ def test_report_into_a_missing_folder_and_a_wrong_log_level_are_one_line_errors(
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.slow
 def test_demo_takes_the_api_key_from_the_environment_never_the_command_line(cli, sqlite_url, monkeypatch):
     # issue 13, item 12: `--api-key KEY` showed the key to every user in `ps`
     code, _, err = cli("demo", "--api-key", "sk-on-the-command-line", "--storage", sqlite_url)

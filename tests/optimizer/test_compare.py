@@ -93,6 +93,7 @@ def test_degenerate_and_bad_comparisons(sqlite_url, study_name):
         study.compare(same, "full:0")
 
 
+@pytest.mark.slow
 def test_compare_command(sqlite_url, study_name):
     study = Orchestrator(sqlite_url).create_study(study_name, direction="maximize")
     ta = _tell(study, [1.0] * 27 + [0.0] * 3)

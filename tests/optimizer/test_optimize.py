@@ -60,6 +60,7 @@ def test_in_process_outcomes_and_telemetry(study):
     assert_nothing_left(study)
 
 
+@pytest.mark.slow
 def test_pool_accounts_for_crashes_hangs_and_errors(study):
     enqueue_kinds(study, "ok", "raise", "crash", "hang", "evaluation", "nan", "scores")
     report = study.optimize(f"{OBJ}:by_kind", n_trials=7, workers=2, trial_timeout=3.0, progress=False)
@@ -206,6 +207,7 @@ def started(study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials(states=["running"]) if t.params]
 
 
+@pytest.mark.slow
 def test_ctrl_c_fails_running_trials_and_reraises(study):
     def interrupt_when_running() -> None:
         from tests._util import wait_until
@@ -246,6 +248,7 @@ def test_a_pool_worker_runs_a_trial_without_loading_optuna_or_sqlalchemy(study):
     assert [t.user_attrs["heavy"] for t in study.trials()] == [[], []]
 
 
+@pytest.mark.slow
 def test_trial_timeout_does_not_count_the_import_of_the_objectives_module(study, monkeypatch):
     monkeypatch.setenv("STUDYHALL_TEST_IMPORT_S", "2.5")  # each worker imports it before its first trial
     report = study.optimize(

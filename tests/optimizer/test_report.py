@@ -35,6 +35,7 @@ def study(sqlite_url, study_name):  # type: ignore[no-untyped-def]
     return study
 
 
+@pytest.mark.slow
 def test_png_and_html_reports(study, tmp_path):
     png = render_report(study, tmp_path / "r.png")
     data = png.read_bytes()

@@ -125,6 +125,7 @@ def test_failed_trials_keep_their_last_20_steps(sqlite_url, study_name, workers)
     assert len(events.query(study.storage, trial=ok._trial_id)) == 36
 
 
+@pytest.mark.slow
 def test_a_crashed_trial_keeps_the_steps_sent_before_the_kill(sqlite_url, study_name):
     study = Orchestrator(sqlite_url).create_study(study_name)
     report = study.optimize(dying_objective, n_trials=1, workers=1, progress=False)

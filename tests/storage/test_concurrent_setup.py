@@ -22,6 +22,7 @@ print(st.now() > 0)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mysql"])
 def test_four_processes_create_the_schema_at_once(request, backend, tmp_path):
     base = request.getfixturevalue(f"{backend}_url")

@@ -27,6 +27,7 @@ def run(fp: FakeProvider, limiter: RateLimiter, conversations: list, max_tokens:
         return lm.chat_many(conversations, concurrency=8, max_tokens=max_tokens)
 
 
+@pytest.mark.slow
 def test_rpm_bound_workload_uses_the_request_limit():
     rpm, per = 60, 2.0  # 30 requests/s
     with FakeProvider(rpm=rpm, tpm=None, per=per, latency_s=(0.005, 0.02)) as fp:
@@ -40,6 +41,7 @@ def test_rpm_bound_workload_uses_the_request_limit():
     assert steady_rate(admitted, use_tokens=False) >= 0.9 * rpm / per
 
 
+@pytest.mark.slow
 def test_tpm_bound_workload_uses_the_token_limit():
     tpm, per = 6000, 2.0  # 3000 tokens/s, charged as prompt + max_tokens
     with FakeProvider(rpm=None, tpm=tpm, per=per, latency_s=(0.005, 0.02)) as fp:
@@ -70,6 +72,7 @@ class JitteryClient(LLMClient):
         return super()._post(body, timeout)
 
 
+@pytest.mark.slow
 def test_a_limit_copied_from_the_providers_docs_draws_no_429s():
     # issue 13 item 18: the limiter set to exactly the provider's published limit; the
     # default headroom (10% of the window, here 0.6 s) absorbs the jitter.

@@ -98,6 +98,7 @@ def test_bad_prefetch_settings_are_rejected(kwargs: dict[str, object]) -> None:
         WorkerPool(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_shrinking_stops_a_worker_even_while_tasks_keep_coming() -> None:
     with WorkerPool(min_workers=2, max_workers=2, prefetch=8) as pool:
         futures = [pool.submit(h.nap, 0.002) for _ in range(1500)]

@@ -109,6 +109,7 @@ def test_a_timeout_kills_what_the_task_started() -> None:
         h.wait_until(lambda: gone(sleepers[0]), timeout=10, what="the grandchild `sleep 1000` to die")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["timeout", "timeout-sigterm-ignored", "crash"])
 def test_grandchildren_that_left_the_process_group_die_with_the_task(how: str) -> None:
     # issue 13 item 13: a new session (start_new_session=True) or a daemon whose parent

@@ -123,6 +123,7 @@ def test_storage_limiter_blocks_until_the_database_clock_allows(store):
         lim.acquire(timeout=0.01)
 
 
+@pytest.mark.slow
 def test_pause_reaches_a_request_booked_in_another_process(shared_url):
     st = connect(shared_url)
     lim = RateLimiter(f"pause-{uuid.uuid4().hex[:8]}", limits=[Limit(tokens=100, per=2.0)], storage=st)
@@ -146,6 +147,7 @@ def test_pause_reaches_a_request_booked_in_another_process(shared_url):
     assert result["granted_at"] >= before_drain + 2.45
 
 
+@pytest.mark.slow
 def test_three_processes_share_one_limit(shared_url):
     key = "sk-test-multiprocess"
     with FakeProvider(rpm=40, tpm=12_000, per=2.0, latency_s=(0.005, 0.03), api_key=key) as fp:

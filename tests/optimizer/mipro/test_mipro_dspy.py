@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline
 import dspy  # noqa: E402 - the dev extra installs it; studyhall itself does not need it
 
@@ -24,6 +26,7 @@ def test_dspy_lm_goes_through_the_client() -> None:
         assert fp.stats()["completed"] == 1
 
 
+@pytest.mark.slow
 def test_optimize_dspy_end_to_end(sqlite_url: str, study_name: str) -> None:
     task = dspy_arith_task(n_train=30, n_val=40, seed=0)
     with FakeProvider(responder=SimModel(0), rpm=None, tpm=None) as fp:

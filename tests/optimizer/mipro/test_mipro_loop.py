@@ -256,6 +256,7 @@ def test_wilcoxon_pruner_construction_is_quiet() -> None:
     assert isinstance(QuietWilcoxon(0.1)._inner, optuna.pruners.WilcoxonPruner)
 
 
+@pytest.mark.slow
 def test_parallel_trials_in_pool_workers_share_one_limiter(sqlite_url: str, study_name: str) -> None:
     from studyhall.bridge import FakeProvider, LLMClient, RateLimiter
     from studyhall.optimizer import services
@@ -292,6 +293,7 @@ def test_parallel_trials_in_pool_workers_share_one_limiter(sqlite_url: str, stud
     assert result.latency is not None and result.latency.n == served
 
 
+@pytest.mark.slow
 def test_demo_command_fresh_then_resumed(sqlite_url: str) -> None:
     from typer.testing import CliRunner
 
