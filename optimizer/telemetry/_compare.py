@@ -103,41 +103,14 @@ def compare_sides(sa: Side, sb: Side, metric: str = "score") -> Comparison:
     if pairs is not None:
         d = x[pairs[0]] - y[pairs[1]]
         diff, lo, hi, p = _paired(d)
-        return Comparison(
-            sa.label,
-            sb.label,
-            metric,
-            x.size,
-            y.size,
-            float(x.mean()),
-            float(y.mean()),
-            diff,
-            lo,
-            hi,
-            p,
-            True,
-            int(d.size),
-            "paired t-test",
-            note,
-        )
-    diff, lo, hi, p = _welch(x, y)
+        paired, used, test = True, int(d.size), "paired t-test"
+    else:
+        diff, lo, hi, p = _welch(x, y)
+        paired, used, test = False, int(x.size + y.size), "Welch's t-test"
     return Comparison(
-        sa.label,
-        sb.label,
-        metric,
-        x.size,
-        y.size,
-        float(x.mean()),
-        float(y.mean()),
-        diff,
-        lo,
-        hi,
-        p,
-        False,
-        int(x.size + y.size),
-        "Welch's t-test",
-        note,
-    )
+        sa.label, sb.label, metric, x.size, y.size, float(x.mean()), float(y.mean()),
+        diff, lo, hi, p, paired, used, test, note,
+    )  # fmt: skip
 
 
 def _pairs(sa: Side, sb: Side) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
