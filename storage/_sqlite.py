@@ -110,4 +110,7 @@ def install_hooks(engine: sa.Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the lock at BEGIN (a deferred one could fail to upgrade its read
+        # snapshot midway); a transaction marked read-only reads a WAL snapshot beside writers.
+        read = conn.get_execution_options().get("studyhall_read", False)
+        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")

@@ -157,7 +157,7 @@ class _Run:
                 for fl in done:
                     if fl.future.exception() is not None:  # type: ignore[union-attr]
                         self._finish(fl)
-                self._fill()
+                self._fill(most=len(done))
                 for fl in done:
                     if fl.number in self.inflight:
                         self._finish(fl)
@@ -172,10 +172,25 @@ class _Run:
         self.turns.append((waited, turn))
         self.lock.patient = sum(w for w, _ in self.turns) > 0.5 * sum(t for _, t in self.turns)
 
-    def _fill(self) -> None:
+    def _fill(self, most: int | None = None) -> None:
+        """Ask and submit trials while a worker would idle: at most ``most``, else until a result comes.
+
+        A result waiting to be told ends the asking: when asks are slow (a sampler
+        over many trials), asking on would leave finished trials RUNNING and the
+        sampler blind to their values until the study's last ask.
+        """
+        asked = 0
         while self._busy() < self.backend.capacity + self.backend.ahead and self._may_ask():
+            if most is not None and asked >= most:
+                return
             if not self._start():
                 return
+            asked += 1
+            if most is None and self._result_waiting():
+                return
+
+    def _result_waiting(self) -> bool:
+        return any(fl.future is not None and fl.future.done() for fl in self.inflight.values())
 
     def _busy(self) -> int:
         if isinstance(self.backend, Inline):  # its trials are done when submitted; tell before the next

@@ -41,6 +41,7 @@ class Statements:
     trial_number: Any
     lock_study: Any
     study_exists: Any
+    waiting_head: Any
     count_trials: Any
     count_first_attempts: Any
     insert_trial: Any
@@ -100,6 +101,11 @@ def statements() -> Statements:
         trial_number=sa.select(t.c.number).where(t.c.trial_id == tid),
         lock_study=sa.select(s.c.study_id).where(s.c.study_id == sid).with_for_update(),
         study_exists=sa.select(s.c.study_id).where(s.c.study_id == sid),
+        # The oldest few enqueued trials, to claim one (pop_waiting_trial).
+        waiting_head=sa.select(t.c.trial_id)
+        .where(t.c.study_id == sid, t.c.state == TrialState.WAITING)
+        .order_by(t.c.trial_id)
+        .limit(8),
         count_trials=sa.select(sa.func.count()).where(t.c.study_id == sid),
         # What a total (max_total_trials) counts: every trial but retries, in any state.
         count_first_attempts=sa.select(sa.func.count()).where(

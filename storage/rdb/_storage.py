@@ -34,7 +34,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Container, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -129,11 +129,20 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
     # ---- transactions ------------------------------------------------------------------
 
+    def _begin(self) -> AbstractContextManager[sa.Connection]:
+        return self._transaction(read=False)
+
+    def _begin_read(self) -> AbstractContextManager[sa.Connection]:
+        return self._transaction(read=True)
+
     @contextmanager
-    def _begin(self) -> Iterator[sa.Connection]:
+    def _transaction(self, *, read: bool) -> Iterator[sa.Connection]:
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                if read:  # SQLite: a plain BEGIN, so readers do not queue behind writers (storage/_sqlite.py)
+                    conn.execution_options(studyhall_read=True)
+                with conn.begin():
+                    yield conn
         except (sa.exc.IntegrityError, _Changed):
             raise
         except sa.exc.SQLAlchemyError as exc:
@@ -144,19 +153,25 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 f"{str(exc).splitlines()[0][:200]})"
             ) from exc
 
-    def _txn(self, fn: Callable[[sa.Connection], T], retry: Callable[[sa.Connection], T | None] | None = None) -> T:
+    def _txn(
+        self,
+        fn: Callable[[sa.Connection], T],
+        retry: Callable[[sa.Connection], T | None] | None = None,
+        *,
+        read: bool = False,
+    ) -> T:
         """``fn(conn)`` in one transaction, retried on transient errors.
 
         On a retry, ``retry(conn)`` runs first: if the failed attempt had in fact
         committed, it returns that attempt's result (anything but None) and ``fn``
-        does not run again.
+        does not run again. ``read``: ``fn`` only reads (SQLite need not take the write lock).
         """
         attempts = 0
 
         def once() -> T:
             nonlocal attempts
             attempts += 1
-            with self._begin() as conn:
+            with self._begin_read() if read else self._begin() as conn:
                 if attempts > 1 and retry is not None:
                     done = retry(conn)
                     if done is not None:
@@ -462,14 +477,32 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             self._pending.pop(provisional, None)
 
     def pop_waiting_trial(self, study_id: int) -> int | None:
-        """Claim the oldest WAITING trial (RUNNING from now on); None when the queue is empty."""
-        for frozen in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-            try:
-                if self.set_trial_state_values(frozen._trial_id, TrialState.RUNNING):
-                    return frozen._trial_id
-            except UpdateFinishedTrialError:
-                continue
-        return None
+        """Claim the oldest WAITING trial (RUNNING from now on); None when the queue is empty.
+
+        One small read of the queue's head (usually empty: no trial is read), then one
+        conditional UPDATE per candidate; another process may claim it first.
+        """
+        q = statements()
+        with self._lock:
+            known = study_id in self._studies
+
+        def head(conn: sa.Connection) -> list[int]:
+            ids = [row[0] for row in conn.execute(q.waiting_head, {"sid": study_id})]
+            if not ids and not known:  # an empty queue, or no such study?
+                self._check_study_exists(conn, study_id)
+            return ids
+
+        while True:
+            ids = self._txn(head, read=True)
+            if not ids:
+                return None
+            for trial_id in ids:
+                try:
+                    if self.set_trial_state_values(trial_id, TrialState.RUNNING):
+                        return trial_id
+                except UpdateFinishedTrialError:
+                    continue
+            # every one was claimed by another process meanwhile: look at the queue again
 
     # ---- writing trials ----------------------------------------------------------------
 
@@ -787,7 +820,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 return cached
             if cached is not None and trial_id in self._owner_of:
                 return clone(cached)  # optuna.Trial writes into the trial it reads
-        trials = self._txn(lambda conn: load_trials(conn, self._parse, ids=[trial_id]))
+        trials = self._txn(lambda conn: load_trials(conn, self._parse, ids=[trial_id]), read=True)
         if not trials:
             raise KeyError(_NOT_FOUND)
         return trials[0]
@@ -804,7 +837,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                     self._check_study_exists(conn, study_id)
                 cache.refresh(conn, self._parse, self._owner_of.keys())
 
-            self._txn(refresh)
+            self._txn(refresh, read=True)
             trials = cache.trials(states if states is None else [s for s in TrialState if s in states])
         return copy.deepcopy(trials) if deepcopy else trials
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import optuna
@@ -333,3 +334,31 @@ def test_a_workers_call_goes_before_the_parents_own_work(monkeypatch):
     caller.join(10)
     other.join(10)
     assert order == ["call", "parent"]
+
+
+class _SlowAsks(optuna.samplers.RandomSampler):
+    """Each ask costs 30 ms in the parent (as TPE's does over a large study); it logs asks and tells."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.log: list[str] = []
+
+    def sample_independent(self, study, trial, name, distribution):  # type: ignore[no-untyped-def]
+        self.log.append("ask")
+        deadline = time.perf_counter() + 0.03
+        while time.perf_counter() < deadline:  # the sampler's work, not a wait on anything
+            pass
+        return super().sample_independent(study, trial, name, distribution)
+
+    def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
+        self.log.append("tell")
+
+
+def test_results_are_told_while_asks_are_slow(sqlite_url, study_name):
+    # Seen: with asks slower than the trials, optimize asked all n_trials before telling any,
+    # so finished trials stayed RUNNING and the sampler never saw a value until the end.
+    sampler = _SlowAsks()
+    study = Orchestrator(sqlite_url).create_study(study_name, sampler=sampler)
+    study.optimize(f"{OBJ}:quadratic", n_trials=16, workers=2, space={"x": Float(-10, 10)}, progress=False)
+    assert sampler.log.count("ask") == 16 and sampler.log.count("tell") == 16
+    assert sampler.log.index("tell") < 6, sampler.log  # told once its worker is free, not after every ask
