@@ -52,7 +52,7 @@ from studyhall.storage._errors import StorageError, TrialOwnershipLost
 from studyhall.storage._limits import attr_json, check_name
 from studyhall.storage._optuna import table
 from studyhall.storage._retry import is_transient, retrying
-from studyhall.storage._sql import upsert
+from studyhall.storage._sql import driver_upsert, upsert
 from studyhall.storage.rdb._cache import StudyCache
 from studyhall.storage.rdb._pending import Pending
 from studyhall.storage.rdb._rows import (
@@ -663,7 +663,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                     self._lock_trial(conn, trial_id, states=tuple(TrialState))  # TrialOwnershipLost if it changed hands
                 raise _Changed
             upsert(conn, table("TrialValueModel"), value_rows, keys=("trial_id", "objective"))
-            upsert(conn, table("TrialUserAttributeModel"), attr_rows, keys=("trial_id", "key"))
+            driver_upsert(conn, table("TrialUserAttributeModel"), attr_rows, keys=("trial_id", "key"))
             if extra is not None:
                 extra(conn)
             return True
