@@ -53,3 +53,13 @@ def test_driver_upsert_refuses_a_column_that_needs_bind_processing(store):
     with pytest.raises(TypeError, match="value_type"), store.engine.begin() as conn:
         row = {"trial_id": 1, "objective": 0, "value": 1.0, "value_type": "FINITE"}
         driver_upsert(conn, table("TrialValueModel"), [row], ("trial_id", "objective"))
+
+
+def test_driver_upsert_splits_many_rows_under_sqlites_bound_value_limit(store):
+    trial_id = random.randrange(10**6, 10**9)
+    rows = [{**_row(trial_id, i / 300, b""), "name": f"m{i:03d}"} for i in range(300)]  # 2,400 values: 3 statements
+    with store.engine.begin() as conn:
+        driver_upsert(conn, trial_metrics, rows, ("trial_id", "name"))
+    read = sa.select(trial_metrics.c.name, trial_metrics.c.mean).where(trial_metrics.c.trial_id == trial_id)
+    with store.engine.connect() as conn:
+        assert sorted(tuple(r) for r in conn.execute(read)) == [(f"m{i:03d}", i / 300) for i in range(300)]
