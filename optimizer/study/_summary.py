@@ -147,8 +147,36 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
 def summarize_array(arr: np.ndarray, bins: int = MAX_BINS) -> Summary:
     """:func:`summarize` of samples :func:`as_array` already checked (1-d float64, finite, at least one)."""
     # tell() runs this once per metric with the CPU caches full of SQL work, where each numpy
-    # call costs a few microseconds: one sort serves the quantiles (read with one fancy index),
-    # the distinct count and the histogram (one searchsorted); scalar arithmetic stays in Python.
+    # call costs several microseconds. Pass/fail scores, the common case, are all 0 or 1: two
+    # counts say everything, and the rest is arithmetic on them.
+    ones = int(np.count_nonzero(arr == 1.0))
+    if ones == int(np.count_nonzero(arr)):  # every sample that is not 0 is 1
+        return _binary_summary(arr.size, ones, bins)
+    return _sorted_summary(arr, bins)
+
+
+def _binary_summary(n: int, ones: int, bins: int) -> Summary:
+    """The Summary of ``n`` samples of which ``ones`` are 1 and the others 0, as :func:`_sorted_summary` makes it."""
+    zeros = n - ones
+    lo, hi = (0.0 if zeros else 1.0), (1.0 if ones else 0.0)
+    at, frac = _quantile_positions(n)
+    picked = [0.0 if i < zeros else 1.0 for i in at.tolist()]  # sorted, the zeros come first
+    p50, p90, p99 = (_between(picked[1 + 2 * i], picked[2 + 2 * i], frac[i]) for i in range(3))
+    mean = ones / n  # the sum of the samples is exactly ``ones``
+    std = math.sqrt((zeros * mean * mean + ones * (1.0 - mean) * (1.0 - mean)) / n)
+    if zeros and ones and bins >= 2:  # two distinct values: two bins, [0, 0.5) and [0.5, 1]
+        hist = [(0.0, 0.5, zeros), (0.5, 1.0, ones)]
+    elif zeros and ones:
+        hist = [(0.0, 1.0, n)]
+    else:
+        hist = [(lo - 0.5, hi + 0.5, n)]
+    sem, ci_low, ci_high, method = mean_interval(n, mean, std, True)
+    return Summary(n, mean, std, lo, p50, p90, p99, hi, hist, sem, ci_low, ci_high, method)
+
+
+def _sorted_summary(arr: np.ndarray, bins: int) -> Summary:
+    # One sort serves the quantiles (read with one fancy index), the distinct count and the
+    # histogram (one searchsorted); scalar arithmetic stays in Python.
     n = arr.size
     srt = np.sort(arr)
     at, frac = _quantile_positions(n)
