@@ -85,6 +85,9 @@ class TotalReached(Exception):
     """``commit_trial(total=N)`` created nothing: the study already has N trials besides retries."""
 
 
+_JSON_SCALARS = (float, int, str, bool)
+
+
 class SQLStorage(BaseStorage, BaseHeartbeat):
     """An ``optuna.storages.BaseStorage`` on Optuna's RDB schema, written with SQLAlchemy Core.
 
@@ -648,9 +651,8 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             for i, (x, k) in enumerate(map(value_repr, values or ()))
         ]
         attrs = dict(user_attrs or {})
-        attr_rows = [
-            {"trial_id": trial_id, "key": k, "value_json": attr_json("user attribute", k, v)} for k, v in attrs.items()
-        ]
+        texts = {k: attr_json("user attribute", k, v) for k, v in attrs.items()}
+        attr_rows = [{"trial_id": trial_id, "key": k, "value_json": text} for k, text in texts.items()]
         token = self._tokens.get(trial_id)
         finish = q.finish_running if token is None else q.finish_owned
         if token is not None:
@@ -680,7 +682,10 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         except _Changed:
             self._forget(trial_id)
             return False
-        stored_attrs = json.loads(json.dumps(attrs))  # as a reader would get them back
+        # as a reader would get them back (JSON's scalars are themselves)
+        stored_attrs = {
+            k: v if v is None or v.__class__ in _JSON_SCALARS else json.loads(texts[k]) for k, v in attrs.items()
+        }
         self._update_cached(trial_id, lambda frozen: frozen.user_attrs.update(stored_attrs))
         self._after_state_change(trial_id, state, values, times)
         return True

@@ -1,4 +1,4 @@
-"""storage/_sql.py's statements run straight by the driver (a tell's hot path) on every backend."""
+"""storage's hot-path helpers (driver statements, attribute JSON) on every backend."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import random
 import pytest
 import sqlalchemy as sa
 
+from studyhall.storage import InvalidRequest
+from studyhall.storage._limits import attr_json
 from studyhall.storage._optuna import table
 from studyhall.storage._schema import trial_metrics
 from studyhall.storage._sql import driver_upsert
@@ -63,3 +65,19 @@ def test_driver_upsert_splits_many_rows_under_sqlites_bound_value_limit(store):
     read = sa.select(trial_metrics.c.name, trial_metrics.c.mean).where(trial_metrics.c.trial_id == trial_id)
     with store.engine.connect() as conn:
         assert sorted(tuple(r) for r in conn.execute(read)) == [(f"m{i:03d}", i / 300) for i in range(300)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.5, -0.0, 1e-300, 1e16, 2.0**60, 0.1 + 0.2, float("nan"), float("inf"), 7, -(2**70), True, None, "x", [1.5, 2]],
+)
+def test_attr_json_of_a_number_is_json_dumps(value):
+    # floats and ints skip json.dumps on a tell's path: the same text, byte for byte
+    assert attr_json("user attribute", "score.mean", value) == json.dumps(value)
+
+
+def test_attr_json_still_refuses_a_bad_key_after_good_ones():
+    attr_json("user attribute", "score.p50", 1.0)
+    for bad in ("", "a\x00b", 3):
+        with pytest.raises(InvalidRequest):
+            attr_json("user attribute", bad, 1.0)
