@@ -9,6 +9,7 @@ input, with one message, and leaves nothing half-written.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from studyhall.storage._errors import InvalidRequest
@@ -38,6 +39,8 @@ def check_name(kind: str, name: Any, *, empty: bool = False) -> str:
 
 def check_json(kind: str, text: str) -> str:
     """``text`` (a value's JSON) if it fits Optuna's TEXT column on every backend."""
+    if len(text) <= MAX_JSON // 4:  # at most 4 UTF-8 bytes a character: fits without counting
+        return text
     size = len(text.encode("utf-8"))
     if size > MAX_JSON:
         raise InvalidRequest(
@@ -47,9 +50,21 @@ def check_json(kind: str, text: str) -> str:
     return text
 
 
+_GOOD_KEYS: set[str] = set()  # attribute keys already checked (a tell writes the same dozen each time)
+_MAX_GOOD_KEYS = 10_000
+
+
 def attr_json(kind: str, key: Any, value: Any) -> str:
     """The JSON of attribute ``key`` = ``value`` (of a trial or study), if every backend can store it."""
-    check_name(f"{kind} key", key)
+    if key.__class__ is not str or key not in _GOOD_KEYS:
+        check_name(f"{kind} key", key)
+        if len(_GOOD_KEYS) < _MAX_GOOD_KEYS:
+            _GOOD_KEYS.add(key)
+    cls = value.__class__
+    if cls is float and math.isfinite(value):  # what json.dumps writes for a finite float or an int
+        return float.__repr__(value)
+    if cls is int:
+        return int.__repr__(value)
     try:
         text = json.dumps(value)
     except (TypeError, ValueError) as exc:

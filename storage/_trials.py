@@ -14,6 +14,7 @@ Also a trial's other rows: back to the queue (``requeue_trial``), its study
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -24,7 +25,7 @@ from optuna.trial import TrialState
 
 from studyhall.storage._optuna import table
 from studyhall.storage._schema import trial_metrics
-from studyhall.storage._sql import upsert
+from studyhall.storage._sql import driver_upsert
 from studyhall.storage._storage import Storage
 
 _STAT_COLUMNS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
@@ -61,14 +62,14 @@ def finish_trial(
             "trial_number": trial_number,
             "name": name,
             **{c: summary[c] for c in _STAT_COLUMNS},
-            "histogram": [list(b) for b in summary["histogram"]],
+            "histogram": json.dumps(summary["histogram"]),  # driver_upsert takes a JSON column's text
             "samples": None if samples is None else np.ascontiguousarray(samples, dtype="<f8").tobytes(),
         }
         for name, summary, samples in metrics
     ]
 
     def telemetry(conn: sa.Connection) -> None:
-        upsert(conn, trial_metrics, rows, keys=("trial_id", "name"))
+        driver_upsert(conn, trial_metrics, rows, keys=("trial_id", "name"))
         if extra is not None:
             extra(conn)
 

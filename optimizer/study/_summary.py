@@ -16,6 +16,7 @@ Wilson interval of a single 0 or 1 is still wide, as it should be).
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Iterable, Mapping
@@ -138,38 +139,71 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
         0.75
     """
     arr = as_array(samples)
-    n = arr.size
-    if n == 0:
+    if arr.size == 0:
         raise InvalidRequest("cannot summarise an empty list of samples; pass at least one")
-    # tell() runs this once per metric with the CPU caches full of SQL work, where each
-    # numpy call costs microseconds: one sort serves the quantiles, the distinct count and
-    # the histogram, and scalar arithmetic stays in Python.
+    return summarize_array(arr, bins)
+
+
+def summarize_array(arr: np.ndarray, bins: int = MAX_BINS) -> Summary:
+    """:func:`summarize` of samples :func:`as_array` already checked (1-d float64, finite, at least one)."""
+    # tell() runs this once per metric with the CPU caches full of SQL work, where each numpy
+    # call costs several microseconds. Pass/fail scores, the common case, are all 0 or 1: two
+    # counts say everything, and the rest is arithmetic on them.
+    ones = int(np.count_nonzero(arr == 1.0))
+    if ones == int(np.count_nonzero(arr)):  # every sample that is not 0 is 1
+        return _binary_summary(arr.size, ones, bins)
+    return _sorted_summary(arr, bins)
+
+
+def _binary_summary(n: int, ones: int, bins: int) -> Summary:
+    """The Summary of ``n`` samples of which ``ones`` are 1 and the others 0, as :func:`_sorted_summary` makes it."""
+    zeros = n - ones
+    lo, hi = (0.0 if zeros else 1.0), (1.0 if ones else 0.0)
+    at, frac = _quantile_positions(n)
+    picked = [0.0 if i < zeros else 1.0 for i in at.tolist()]  # sorted, the zeros come first
+    p50, p90, p99 = (_between(picked[1 + 2 * i], picked[2 + 2 * i], frac[i]) for i in range(3))
+    mean = ones / n  # the sum of the samples is exactly ``ones``
+    std = math.sqrt((zeros * mean * mean + ones * (1.0 - mean) * (1.0 - mean)) / n)
+    if zeros and ones and bins >= 2:  # two distinct values: two bins, [0, 0.5) and [0.5, 1]
+        hist = [(0.0, 0.5, zeros), (0.5, 1.0, ones)]
+    elif zeros and ones:
+        hist = [(0.0, 1.0, n)]
+    else:
+        hist = [(lo - 0.5, hi + 0.5, n)]
+    sem, ci_low, ci_high, method = mean_interval(n, mean, std, True)
+    return Summary(n, mean, std, lo, p50, p90, p99, hi, hist, sem, ci_low, ci_high, method)
+
+
+def _sorted_summary(arr: np.ndarray, bins: int) -> Summary:
+    # One sort serves the quantiles (read with one fancy index), the distinct count and the
+    # histogram (one searchsorted); scalar arithmetic stays in Python.
+    n = arr.size
     srt = np.sort(arr)
-    lo, hi = float(srt[0]), float(srt[-1])
-    p50, p90, p99 = (_quantile(srt, q) for q in (0.50, 0.90, 0.99))
+    at, frac = _quantile_positions(n)
+    picked = srt[at].tolist()  # min, then (below, above) of p50, p90, p99, then max
+    lo, hi = picked[0], picked[-1]
+    p50, p90, p99 = (_between(picked[1 + 2 * i], picked[2 + 2 * i], frac[i]) for i in range(3))
     # Squares of samples beyond ~1e154 overflow float64: take the moments of scaled values.
     scale = max(abs(lo), abs(hi))
     scale = scale if scale > 1e150 else 1.0
     scaled = arr / scale if scale != 1.0 else arr
-    mean = float(scaled.sum()) / n  # the same pairwise sums as numpy's mean and std
+    mean = float(scaled.sum()) / n  # numpy's pairwise sum, as its mean
     dev = scaled - mean
-    std = math.sqrt(float((dev * dev).sum()) / n)
-    distinct = 1 + int(np.count_nonzero(srt[1:] != srt[:-1]))
+    std = math.sqrt(float(np.dot(dev, dev)) / n)
+    distinct = 1 + int(np.count_nonzero(srt[1:] != srt[:-1]))  # not np.diff: it overflows near the float limit
     nbins = max(1, min(bins, distinct))
-    if hi > lo:  # np.linspace(lo, hi, nbins + 1), without its per-call checks
-        steps = _STEPS[nbins] if nbins <= MAX_BINS else np.arange(nbins + 1, dtype=np.float64)
+    if hi > lo:  # np.linspace(lo, hi, nbins + 1), in Python floats (the same IEEE arithmetic)
         width = hi - lo
         if math.isfinite(width):
-            edges = steps * (width / nbins) + lo
+            step = width / nbins
+            inner = [i * step + lo for i in range(1, nbins)]
         else:  # hi - lo beyond the largest float: lo * (1 - t) + hi * t, whose terms cannot overflow
-            t = steps / nbins
-            edges = lo * (1.0 - t) + hi * t
-        edges[-1] = hi
+            inner = [lo * (1.0 - i / nbins) + hi * (i / nbins) for i in range(1, nbins)]
+        e = [lo, *inner, hi]
     else:
-        edges = np.array([lo - 0.5, hi + 0.5])
+        e = [lo - 0.5, hi + 0.5]
     # Bins are [a, b) except the last, [a, b], as in numpy.histogram.
-    cuts = [0, *np.searchsorted(srt, edges[1:-1], side="left").tolist(), n]
-    e = edges.tolist()
+    cuts = [0, *np.searchsorted(srt, e[1:-1], side="left").tolist(), n] if len(e) > 2 else [0, n]
     hist = [(e[i], e[i + 1], cuts[i + 1] - cuts[i]) for i in range(len(e) - 1)]
     mean, std = mean * scale, std * scale
     binary = distinct <= 2 and lo in (0.0, 1.0) and hi in (0.0, 1.0)  # at most two distinct values, both 0 or 1
@@ -238,19 +272,24 @@ def _looks_binary(s: Summary) -> bool:
     return s.min == s.max or len(s.histogram) == 2  # two bins from 0 to 1: exactly two distinct values
 
 
-_STEPS = [np.arange(k + 1, dtype=np.float64) for k in range(MAX_BINS + 1)]
+@functools.lru_cache(maxsize=256)
+def _quantile_positions(n: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Where numpy's default ("linear") p50, p90, p99 of ``n`` sorted samples read: the indexes
+    (min, below and above each quantile, max) and each quantile's fraction of the way up."""
+    at, frac = [0], []
+    for q in (0.50, 0.90, 0.99):
+        pos = q * (n - 1)
+        below = int(pos)
+        at += [below, min(below + 1, n - 1)]
+        frac.append(pos - below)
+    at.append(n - 1)
+    return np.array(at, dtype=np.intp), (frac[0], frac[1], frac[2])
 
 
-def _quantile(srt: np.ndarray, q: float) -> float:
-    # numpy's default ("linear") percentile, read off an already sorted array.
-    pos = q * (srt.size - 1)
-    below = int(pos)
-    above = min(below + 1, srt.size - 1)
-    a, b = float(srt[below]), float(srt[above])
+def _between(a: float, b: float, f: float) -> float:
     if math.isfinite(b - a):
-        return a + (b - a) * (pos - below)
-    f = pos - below  # b - a beyond the largest float: weigh the two instead
-    return a * (1.0 - f) + b * f
+        return a + (b - a) * f
+    return a * (1.0 - f) + b * f  # b - a beyond the largest float: weigh the two instead
 
 
 def summary_attrs(name: str, s: Summary) -> dict[str, float | int]:

@@ -23,7 +23,7 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from studyhall.optimizer import _optuna
-from studyhall.optimizer.study._summary import Summary, as_array, summarize, summary_attrs
+from studyhall.optimizer.study._summary import Summary, as_array, summarize_array, summary_attrs
 from studyhall.storage import InvalidRequest
 from studyhall.storage._limits import attr_json
 
@@ -95,7 +95,7 @@ def _summarise(told: Told, name: str, samples: np.ndarray) -> Summary | None:
     # A distribution is kept as a row and as flat user_attrs (name.p50, ...); no samples, no row.
     if not samples.size:
         return None
-    s = summarize(samples)
+    s = summarize_array(samples)  # checked by as_array already
     told.user_attrs.update(summary_attrs(name, s))
     told.rows.append((name, s.as_dict(), samples))
     return s

@@ -52,7 +52,7 @@ from studyhall.storage._errors import StorageError, TrialOwnershipLost
 from studyhall.storage._limits import attr_json, check_name
 from studyhall.storage._optuna import table
 from studyhall.storage._retry import is_transient, retrying
-from studyhall.storage._sql import upsert
+from studyhall.storage._sql import driver_upsert, upsert
 from studyhall.storage.rdb._cache import StudyCache
 from studyhall.storage.rdb._pending import Pending
 from studyhall.storage.rdb._rows import (
@@ -83,6 +83,9 @@ class _Changed(Exception):
 
 class TotalReached(Exception):
     """``commit_trial(total=N)`` created nothing: the study already has N trials besides retries."""
+
+
+_JSON_SCALARS = (float, int, str, bool)
 
 
 class SQLStorage(BaseStorage, BaseHeartbeat):
@@ -681,9 +684,8 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             for i, (x, k) in enumerate(map(value_repr, values or ()))
         ]
         attrs = dict(user_attrs or {})
-        attr_rows = [
-            {"trial_id": trial_id, "key": k, "value_json": attr_json("user attribute", k, v)} for k, v in attrs.items()
-        ]
+        texts = {k: attr_json("user attribute", k, v) for k, v in attrs.items()}
+        attr_rows = [{"trial_id": trial_id, "key": k, "value_json": text} for k, text in texts.items()]
         token = self._tokens.get(trial_id)
         finish = q.finish_running if token is None else q.finish_owned
         if token is not None:
@@ -696,7 +698,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                     self._lock_trial(conn, trial_id, states=tuple(TrialState))  # TrialOwnershipLost if it changed hands
                 raise _Changed
             upsert(conn, table("TrialValueModel"), value_rows, keys=("trial_id", "objective"))
-            upsert(conn, table("TrialUserAttributeModel"), attr_rows, keys=("trial_id", "key"))
+            driver_upsert(conn, table("TrialUserAttributeModel"), attr_rows, keys=("trial_id", "key"))
             if extra is not None:
                 extra(conn)
             return True
@@ -713,7 +715,10 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         except _Changed:
             self._forget(trial_id)
             return False
-        stored_attrs = json.loads(json.dumps(attrs))  # as a reader would get them back
+        # as a reader would get them back (JSON's scalars are themselves)
+        stored_attrs = {
+            k: v if v is None or v.__class__ in _JSON_SCALARS else json.loads(texts[k]) for k, v in attrs.items()
+        }
         self._update_cached(trial_id, lambda frozen: frozen.user_attrs.update(stored_attrs))
         self._after_state_change(trial_id, state, values, times)
         return True

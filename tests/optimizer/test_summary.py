@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from studyhall.optimizer import Summary, summarize
+from studyhall.optimizer.study._summary import _binary_summary, _sorted_summary
 from studyhall.storage import InvalidRequest
 
 
@@ -18,6 +19,9 @@ from studyhall.storage import InvalidRequest
         np.array([1, 1, 2, 2, 2, 5.0]),
         np.array([3.0]),
         np.random.default_rng(3).random(100) * 1e6,
+        np.zeros(4),
+        np.ones(1000),
+        np.random.default_rng(4).integers(0, 2, 1000).astype(float),
     ],
 )
 def test_matches_numpy(samples):
@@ -139,3 +143,16 @@ def test_a_0_5_score_is_not_pass_fail():
     assert summarize([0.0, 0.5, 1.0]).ci_method == "t"
     assert summarize([0.0, 1.0], bins=1).ci_method == "wilson"
     assert summarize([0.0, 0.5, 1.0], bins=1).ci_method == "t"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 99, 100, 101, 1000, 4321])
+@pytest.mark.parametrize("bins", [1, 2, 20])
+def test_pass_fail_scores_summarised_from_two_counts_match_the_sorted_path(n, bins):
+    for ones in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+        x = np.r_[np.ones(ones), np.zeros(n - ones)]
+        np.random.default_rng(n).shuffle(x)
+        fast, general = _binary_summary(n, ones, bins).as_dict(), _sorted_summary(x, bins).as_dict()
+        for key in ("std", "sem", "ci_low", "ci_high"):
+            assert fast.pop(key) == pytest.approx(general.pop(key), rel=1e-12, abs=1e-15)
+        assert fast == general
+        assert summarize(x, bins=bins) == _binary_summary(n, ones, bins)  # what tell() takes

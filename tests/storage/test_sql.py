@@ -1,0 +1,83 @@
+"""storage's hot-path helpers (driver statements, attribute JSON) on every backend."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import sqlalchemy as sa
+
+from studyhall.storage import InvalidRequest
+from studyhall.storage._limits import attr_json
+from studyhall.storage._optuna import table
+from studyhall.storage._schema import trial_metrics
+from studyhall.storage._sql import driver_upsert
+
+
+def _row(trial_id: int, mean: float, samples: bytes) -> dict[str, object]:
+    return {
+        "study_id": 1,
+        "trial_id": trial_id,
+        "trial_number": 0,
+        "name": "score",
+        "n": 2,
+        "mean": mean,
+        "histogram": json.dumps([[0.0, 1.0, 2]]),  # a JSON column takes its text
+        "samples": samples,
+    }
+
+
+def test_driver_upsert_inserts_then_overwrites_like_upsert(store):
+    ids = random.sample(range(10**6, 10**9), 2)  # the server databases are shared by the session's tests
+    read = sa.select(trial_metrics.c.trial_id, trial_metrics.c.mean, trial_metrics.c.histogram, trial_metrics.c.samples)
+    read = read.where(trial_metrics.c.trial_id.in_(ids)).order_by(trial_metrics.c.trial_id)
+    with store.engine.begin() as conn:
+        driver_upsert(
+            conn, trial_metrics, [_row(ids[0], 0.5, b"\x00\x01"), _row(ids[1], 0.25, b"")], ("trial_id", "name")
+        )
+        driver_upsert(conn, trial_metrics, [_row(ids[0], 0.75, b"\xff" * 9000)], ("trial_id", "name"))
+    with store.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(read)]
+    first, second = sorted(ids)
+    by_id = {ids[0]: (0.75, b"\xff" * 9000), ids[1]: (0.25, b"")}
+    assert rows == [(i, by_id[i][0], [[0.0, 1.0, 2]], by_id[i][1]) for i in (first, second)]
+
+
+def test_driver_upsert_errors_are_sqlalchemys(store):
+    # The driver's errors still come translated (and a dropped connection invalidated): the
+    # retries and the storage's error messages see what they see for Core statements.
+    with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+        driver_upsert(conn, trial_metrics, [{**_row(10**9, 0.5, b""), "name": None}], ("trial_id", "name"))
+
+
+def test_driver_upsert_refuses_a_column_that_needs_bind_processing(store):
+    with pytest.raises(TypeError, match="value_type"), store.engine.begin() as conn:
+        row = {"trial_id": 1, "objective": 0, "value": 1.0, "value_type": "FINITE"}
+        driver_upsert(conn, table("TrialValueModel"), [row], ("trial_id", "objective"))
+
+
+def test_driver_upsert_splits_many_rows_under_sqlites_bound_value_limit(store):
+    trial_id = random.randrange(10**6, 10**9)
+    rows = [{**_row(trial_id, i / 300, b""), "name": f"m{i:03d}"} for i in range(300)]  # 2,400 values: 3 statements
+    with store.engine.begin() as conn:
+        driver_upsert(conn, trial_metrics, rows, ("trial_id", "name"))
+    read = sa.select(trial_metrics.c.name, trial_metrics.c.mean).where(trial_metrics.c.trial_id == trial_id)
+    with store.engine.connect() as conn:
+        assert sorted(tuple(r) for r in conn.execute(read)) == [(f"m{i:03d}", i / 300) for i in range(300)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.5, -0.0, 1e-300, 1e16, 2.0**60, 0.1 + 0.2, float("nan"), float("inf"), 7, -(2**70), True, None, "x", [1.5, 2]],
+)
+def test_attr_json_of_a_number_is_json_dumps(value):
+    # floats and ints skip json.dumps on a tell's path: the same text, byte for byte
+    assert attr_json("user attribute", "score.mean", value) == json.dumps(value)
+
+
+def test_attr_json_still_refuses_a_bad_key_after_good_ones():
+    attr_json("user attribute", "score.p50", 1.0)
+    for bad in ("", "a\x00b", 3):
+        with pytest.raises(InvalidRequest):
+            attr_json("user attribute", bad, 1.0)
