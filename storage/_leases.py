@@ -16,9 +16,16 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from studyhall.storage._errors import InvalidRequest, StudyNotFound
 from studyhall.storage._optuna import table
 from studyhall.storage._schema import leases
 from studyhall.storage._storage import Storage
+from studyhall.storage._trials import InTransaction, TrialWrite
+from studyhall.storage.rdb._statements import statements
+
+# Built once: a statement's construction costs more than its execution on SQLite.
+_LEASE = sa.select(leases).where(leases.c.trial_id == sa.bindparam("tid"))
+_CLAIM = sa.delete(leases).where(leases.c.trial_id == sa.bindparam("tid"), leases.c.expires_at >= sa.bindparam("now"))
 
 
 @dataclass(frozen=True)
@@ -38,17 +45,59 @@ class LeaseExpired:
 EXPIRED = LeaseExpired()
 
 
+class LeaseRanOut(InvalidRequest):
+    """Raised inside a tell's transaction (:func:`take_for_tell`) to roll it back: the lease had run out."""
+
+
 def grant(st: Storage, study_id: int, trial_ids: Sequence[int], lease_s: float, expires_at: float) -> None:
     """Lease new trials until ``expires_at``, and date their Optuna heartbeat at that moment."""
+    st.transaction(lambda conn: grant_in(conn, study_id, trial_ids, lease_s, expires_at))
+
+
+def grant_in(conn: sa.Connection, study_id: int, trial_ids: Sequence[int], lease_s: float, expires_at: float) -> None:
+    """:func:`grant` inside the caller's transaction (the one that creates the trial)."""
+    conn.execute(
+        sa.insert(leases),
+        [{"trial_id": t, "study_id": study_id, "lease_s": lease_s, "expires_at": expires_at} for t in trial_ids],
+    )
+    _beat(conn, trial_ids, lease_s)
+
+
+def check_study(conn: sa.Connection, study_id: int, name: str) -> None:
+    """StudyNotFound unless study ``study_id`` still exists and is still called ``name``.
+
+    A service that caches a study's id checks it in the transaction that writes,
+    instead of looking the name up before each request: a deleted study (and an id a
+    later study reused) is refused all the same.
+    """
+    if conn.execute(statements().study_name, {"sid": study_id}).scalar() != name:
+        raise StudyNotFound(f"study {name!r} was deleted")
+
+
+def granting(study_id: int, name: str, lease_s: float, expires_at: float) -> TrialWrite:
+    """The lease of a trial being created, for its creating transaction (``Study._ask_with``).
+
+    Checks first that the study still exists under ``name`` (:func:`check_study`).
+    """
+
+    def write(conn: sa.Connection, trial_id: int) -> None:
+        check_study(conn, study_id, name)
+        grant_in(conn, study_id, [trial_id], lease_s, expires_at)
+
+    return write
+
+
+def taking(trial_id: int, now: float) -> InTransaction:
+    """:func:`claim` for a tell's transaction: LeaseRanOut (rolling the tell back) if the lease ran out.
+
+    A trial that was never leased (asked in-process) is told as it is.
+    """
 
     def write(conn: sa.Connection) -> None:
-        conn.execute(
-            sa.insert(leases),
-            [{"trial_id": t, "study_id": study_id, "lease_s": lease_s, "expires_at": expires_at} for t in trial_ids],
-        )
-        _beat(conn, trial_ids, lease_s)
+        if isinstance(claim_in(conn, trial_id, now), LeaseExpired):
+            raise LeaseRanOut(f"the lease of the trial with id {trial_id} ran out")
 
-    st.transaction(write)
+    return write
 
 
 def renew(st: Storage, trial_id: int, now: float, lease_s: float | None = None) -> float | LeaseExpired | None:
@@ -74,17 +123,17 @@ def renew(st: Storage, trial_id: int, now: float, lease_s: float | None = None) 
 
 def claim(st: Storage, trial_id: int, now: float) -> Lease | LeaseExpired | None:
     """Delete a lease still valid at ``now`` (a tell takes it): the row; EXPIRED; None if never leased."""
+    return st.transaction(lambda conn: claim_in(conn, trial_id, now))
 
-    def write(conn: sa.Connection) -> Lease | LeaseExpired | None:
-        row = conn.execute(sa.select(leases).where(leases.c.trial_id == trial_id)).first()
-        if row is None:
-            return None
-        done = conn.execute(sa.delete(leases).where(leases.c.trial_id == trial_id, leases.c.expires_at >= now)).rowcount
-        if done != 1:
-            return EXPIRED
-        return Lease(row.trial_id, row.study_id, row.lease_s, row.expires_at)
 
-    return st.transaction(write)
+def claim_in(conn: sa.Connection, trial_id: int, now: float) -> Lease | LeaseExpired | None:
+    """:func:`claim` inside the caller's transaction."""
+    row = conn.execute(_LEASE, {"tid": trial_id}).first()
+    if row is None:
+        return None
+    if conn.execute(_CLAIM, {"tid": trial_id, "now": now}).rowcount != 1:
+        return EXPIRED
+    return Lease(row.trial_id, row.study_id, row.lease_s, row.expires_at)
 
 
 def restore(st: Storage, lease: Lease) -> None:

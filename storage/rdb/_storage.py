@@ -165,6 +165,10 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
 
         return retrying(once)
 
+    def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
+        """``fn(conn)`` in one transaction on this storage's engine, retried on transient errors."""
+        return self._txn(fn)
+
     def _lock_trial(
         self, conn: sa.Connection, trial_id: int, *, states: Container[TrialState] = _UNFINISHED
     ) -> TrialState:
@@ -374,7 +378,12 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         return self._insert(pending, token=None)._trial_id
 
     def _insert(
-        self, pending: Pending, token: str | None, heartbeat: bool = False, total: int | None = None
+        self,
+        pending: Pending,
+        token: str | None,
+        heartbeat: bool = False,
+        total: int | None = None,
+        extra: Callable[[sa.Connection, int], None] | None = None,
     ) -> FrozenTrial:
         """Write a whole new trial (row, values, params, attrs, intermediates) in one transaction."""
         q = statements()
@@ -402,6 +411,8 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             pending.write_children(conn, trial_id)
             if heartbeat:
                 conn.execute(q.first_beat, {"tid": trial_id})
+            if extra is not None:
+                extra(conn, trial_id)
             return pending.frozen(trial_id, number)
 
         def retry(conn: sa.Connection) -> FrozenTrial | None:
@@ -439,7 +450,14 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             self._pending[provisional] = Pending.new(study_id, provisional, expected)
         return provisional
 
-    def commit_trial(self, provisional: int, *, heartbeat: bool = True, total: int | None = None) -> FrozenTrial:
+    def commit_trial(
+        self,
+        provisional: int,
+        *,
+        heartbeat: bool = True,
+        total: int | None = None,
+        extra: Callable[[sa.Connection, int], None] | None = None,
+    ) -> FrozenTrial:
         """Write the trial begun as ``provisional`` in one transaction; its id from now on is the real one.
 
         Safe to retry after a dropped connection: the trial carries a token, so a
@@ -447,11 +465,13 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         this process the trial's owner (fenced writes, see the module's docstring).
         ``total``: raise ``TotalReached`` instead if the study already has that many
         trials besides retries (checked under the study's lock, so exact across hosts).
+        ``extra(conn, trial_id)`` runs in the same transaction (the HTTP service's lease);
+        an exception from it writes nothing.
         """
         with self._lock:
             pending = self._pending.pop(provisional)
         token = uuid.uuid4().hex
-        frozen = self._insert(pending, token, heartbeat=heartbeat, total=total)
+        frozen = self._insert(pending, token, heartbeat=heartbeat, total=total, extra=extra)
         with self._lock:
             self._alias[provisional] = frozen._trial_id
         return frozen
