@@ -19,12 +19,15 @@ import sqlalchemy as sa
 from studyhall.storage._errors import InvalidRequest, StudyNotFound
 from studyhall.storage._optuna import table
 from studyhall.storage._schema import leases
+from studyhall.storage._sql import upsert
 from studyhall.storage._storage import Storage
 from studyhall.storage._trials import InTransaction, TrialWrite
 from studyhall.storage.rdb._statements import statements
 
 # Built once: a statement's construction costs more than its execution on SQLite.
 _LEASE = sa.select(leases).where(leases.c.trial_id == sa.bindparam("tid"))
+_INSERT = sa.insert(leases)
+_NOW = sa.select(sa.func.now())
 _CLAIM = sa.delete(leases).where(leases.c.trial_id == sa.bindparam("tid"), leases.c.expires_at >= sa.bindparam("now"))
 
 
@@ -57,7 +60,7 @@ def grant(st: Storage, study_id: int, trial_ids: Sequence[int], lease_s: float, 
 def grant_in(conn: sa.Connection, study_id: int, trial_ids: Sequence[int], lease_s: float, expires_at: float) -> None:
     """:func:`grant` inside the caller's transaction (the one that creates the trial)."""
     conn.execute(
-        sa.insert(leases),
+        _INSERT,
         [{"trial_id": t, "study_id": study_id, "lease_s": lease_s, "expires_at": expires_at} for t in trial_ids],
     )
     _beat(conn, trial_ids, lease_s)
@@ -94,7 +97,10 @@ def taking(trial_id: int, now: float) -> InTransaction:
     """
 
     def write(conn: sa.Connection) -> None:
-        if isinstance(claim_in(conn, trial_id, now), LeaseExpired):
+        # The valid lease first: one statement on the hot path.
+        if conn.execute(_CLAIM, {"tid": trial_id, "now": now}).rowcount == 1:
+            return
+        if conn.execute(_LEASE, {"tid": trial_id}).first() is not None:
             raise LeaseRanOut(f"the lease of the trial with id {trial_id} ran out")
 
     return write
@@ -174,13 +180,9 @@ def drop(st: Storage, trial_id: int) -> None:
 def _beat(conn: sa.Connection, trial_ids: Sequence[int], seconds: float) -> None:
     # Optuna's heartbeat column is a naive datetime in the database's now() frame
     # (UTC on SQLite, the session time zone elsewhere): date it from that clock.
-    hb = table("TrialHeartbeatModel")
     # SQLite's and MySQL's now() have whole seconds: the extra second keeps the
     # beat from being dated before the lease ends.
-    now = conn.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
+    now = conn.execute(_NOW).scalar_one().replace(tzinfo=None)
     when = now + datetime.timedelta(seconds=seconds + 1)
-    ids = list(trial_ids)
-    done = conn.execute(sa.update(hb).where(hb.c.trial_id.in_(ids)).values(heartbeat=when)).rowcount
-    if done < len(ids):
-        have = set(conn.execute(sa.select(hb.c.trial_id).where(hb.c.trial_id.in_(ids))).scalars())
-        conn.execute(sa.insert(hb), [{"trial_id": t, "heartbeat": when} for t in ids if t not in have])
+    # One statement whether or not the trial has a beat yet (Optuna's trial_id is unique there).
+    upsert(conn, table("TrialHeartbeatModel"), [{"trial_id": t, "heartbeat": when} for t in trial_ids], ("trial_id",))

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRouter
 from optuna.trial import FrozenTrial
 
@@ -166,24 +166,36 @@ def add_leased_trial_routes(api: APIRouter, studies: Studies, leases: Leases, me
     """Ask (a lease starts), tell (it ends) and heartbeat (it is renewed)."""
     st = studies.orch.storage
 
+    # ask and tell are the hot path: async endpoints that hop to a worker thread once for
+    # the database and answer JSON they built themselves. (A sync endpoint hops twice:
+    # FastAPI validates its return value against response_model in the threadpool too.
+    # response_model stays, for the OpenAPI schema that clients and the fuzz tests check.)
+
     @api.post("/studies/{name}/ask", response_model=m.AskResponse, responses=errors(400, 404, 413, 422))
-    def ask(name: StudyName, body: m.AskRequest) -> dict[str, Any]:
+    async def ask(name: StudyName, body: m.AskRequest) -> Response:
         """Start ``k`` trials; each must be told or renewed within ``lease_s`` or it fails (and is retried)."""
-        space = m.space_from_spec(body.space) if body.space is not None else None
-        handles, expires = studies.using(name, lambda study: leases.ask(study, space, body.k, body.lease_s))
-        metrics.asked.inc(len(handles))
-        return {
-            "trials": [{"number": h.number, "params": m.finite(h.params), "lease_expires_at": expires} for h in handles]
-        }
+
+        def work() -> dict[str, Any]:
+            space = m.space_from_spec(body.space) if body.space is not None else None
+            handles, expires = studies.using(name, lambda study: leases.ask(study, space, body.k, body.lease_s))
+            metrics.asked.inc(len(handles))
+            trials = [{"number": h.number, "params": m.finite(h.params), "lease_expires_at": expires} for h in handles]
+            return {"trials": trials}
+
+        return JSONResponse(await run_in_threadpool(work))
 
     @api.post(
         "/studies/{name}/trials/{number}/tell", response_model=m.TrialOut, responses=errors(400, 404, 409, 413, 422)
     )
-    def tell(name: StudyName, number: TrialNumber, body: m.TellRequest) -> dict[str, Any]:
+    async def tell(name: StudyName, number: TrialNumber, body: m.TellRequest) -> Response:
         """Finish a trial with value(s), per-example scores, or a fail/pruned state."""
-        frozen = studies.using(name, lambda study: _tell(study, number, body, leases, st))
-        metrics.told.labels(frozen.state.name.lower()).inc()
-        return m.trial_out(frozen)
+
+        def work() -> dict[str, Any]:
+            frozen = studies.using(name, lambda study: _tell(study, number, body, leases, st))
+            metrics.told.labels(frozen.state.name.lower()).inc()
+            return m.trial_out(frozen)
+
+        return JSONResponse(await run_in_threadpool(work))
 
     @api.post(
         "/studies/{name}/trials/{number}/heartbeat",
