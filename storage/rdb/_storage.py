@@ -53,6 +53,7 @@ from studyhall.storage._limits import attr_json, check_name
 from studyhall.storage._optuna import table
 from studyhall.storage._retry import is_transient, retrying
 from studyhall.storage._sql import upsert
+from studyhall.storage._sqlite import turns
 from studyhall.storage.rdb._cache import StudyCache
 from studyhall.storage.rdb._pending import Pending
 from studyhall.storage.rdb._rows import (
@@ -132,7 +133,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     @contextmanager
     def _begin(self) -> Iterator[sa.Connection]:
         try:
-            with self.engine.begin() as conn:
+            with turns.taken(self.engine), self.engine.begin() as conn:
                 yield conn
         except (sa.exc.IntegrityError, _Changed):
             raise
