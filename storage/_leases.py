@@ -11,8 +11,10 @@ database clock's epoch seconds, given by the caller.
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -22,7 +24,6 @@ from studyhall.storage._schema import leases
 from studyhall.storage._sql import upsert
 from studyhall.storage._storage import Storage
 from studyhall.storage._trials import InTransaction, TrialWrite
-from studyhall.storage.rdb._statements import statements
 
 # Built once: a statement's construction costs more than its execution on SQLite.
 _LEASE = sa.select(leases).where(leases.c.trial_id == sa.bindparam("tid"))
@@ -66,28 +67,37 @@ def grant_in(conn: sa.Connection, study_id: int, trial_ids: Sequence[int], lease
     _beat(conn, trial_ids, lease_s)
 
 
-def check_study(conn: sa.Connection, study_id: int, name: str) -> None:
-    """StudyNotFound unless study ``study_id`` still exists and is still called ``name``.
-
-    A service that caches a study's id checks it in the transaction that writes,
-    instead of looking the name up before each request: a deleted study (and an id a
-    later study reused) is refused all the same.
-    """
-    if conn.execute(statements().study_name, {"sid": study_id}).scalar() != name:
-        raise StudyNotFound(f"study {name!r} was deleted")
-
-
 def granting(study_id: int, name: str, lease_s: float, expires_at: float) -> TrialWrite:
     """The lease of a trial being created, for its creating transaction (``Study._ask_with``).
 
-    Checks first that the study still exists under ``name`` (:func:`check_study`).
+    StudyNotFound (rolling the creation back) unless the study still exists under ``name``:
+    a service that caches a study's id checks it in the transaction that writes, instead
+    of looking the name up before each request, so a deleted study (or an id a later
+    study reused) is refused all the same.
     """
 
+    row = {"sid": study_id, "name": name, "lease_s": lease_s, "expires_at": expires_at}
+
     def write(conn: sa.Connection, trial_id: int) -> None:
-        check_study(conn, study_id, name)
-        grant_in(conn, study_id, [trial_id], lease_s, expires_at)
+        # The check and the lease in one statement: no row is inserted unless the study is still so named.
+        if conn.execute(_insert_if_named(), {**row, "tid": trial_id}).rowcount != 1:
+            raise StudyNotFound(f"study {name!r} was deleted")
+        _beat(conn, [trial_id], lease_s)
 
     return write
+
+
+@functools.cache
+def _insert_if_named() -> Any:
+    s = table("StudyModel")
+    found = sa.select(
+        sa.bindparam("tid", type_=sa.Integer),
+        s.c.study_id,
+        sa.bindparam("lease_s", type_=sa.Double),
+        sa.bindparam("expires_at", type_=sa.Double),
+    ).where(s.c.study_id == sa.bindparam("sid"), s.c.study_name == sa.bindparam("name"))
+    insert = sa.insert(leases).from_select(["trial_id", "study_id", "lease_s", "expires_at"], found)
+    return insert.execution_options(preserve_rowcount=True)  # psycopg reports -1 without it
 
 
 def taking(trial_id: int, now: float) -> InTransaction:
