@@ -30,23 +30,31 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"x": Float(-5.0, 5.0), "y": Float(0.0, 1.0), "k": Int(1, 8)}
 
 
-def loop(study: object, n: int) -> None:
+def loop(study: object, n: int, asks: list[float]) -> None:
     for _ in range(n):
+        t0 = time.perf_counter()
         t = study.ask(SPACE)  # type: ignore[attr-defined]
+        asks.append(time.perf_counter() - t0)
         study.tell(t, (t.params["x"] - 1) ** 2 + t.params["y"])  # type: ignore[attr-defined]
 
 
-def rate(n_total: int, clients: int, make_study: Callable[[], object]) -> float:
-    """Round trips per second with ``clients`` threads sharing ``n_total`` round trips."""
+def rate(n_total: int, clients: int, make_study: Callable[[], object], asks: list[float]) -> float:
+    """Round trips per second with ``clients`` threads sharing ``n_total`` round trips; ``asks`` gets each ask's seconds."""
     studies = [make_study() for _ in range(clients)]
     per = n_total // clients
-    threads = [threading.Thread(target=loop, args=(s, per)) for s in studies]
+    threads = [threading.Thread(target=loop, args=(s, per, asks)) for s in studies]
     t0 = time.perf_counter()
     for th in threads:
         th.start()
     for th in threads:
         th.join()
     return per * clients / (time.perf_counter() - t0)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The ``q`` quantile of ``xs`` in milliseconds (nearest rank)."""
+    ordered = sorted(xs)
+    return 1000 * ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def main() -> None:
@@ -57,18 +65,23 @@ def main() -> None:
         "--rounds", type=int, default=3, help="alternate in-process and HTTP this many times; report medians"
     )
     ap.add_argument("--storage", default=None, help="storage URL (default: a fresh SQLite file)")
+    ap.add_argument("--sampler", action="append", choices=["random", "tpe"], help="only this sampler (repeatable)")
+    ap.add_argument("--clients", type=int, action="append", help="only this many clients (repeatable; default 1 and 8)")
     args = ap.parse_args()
     n = args.n or (40 if args.quick else 180)
     rounds = 1 if args.quick else max(1, args.rounds)
-    samplers = ["random"] if args.quick else ["random", "tpe"]
+    samplers = args.sampler or (["random"] if args.quick else ["random", "tpe"])
     with tempfile.TemporaryDirectory() as tmp:
         url = args.storage or f"sqlite:///{Path(tmp) / 'bench.db'}"
         orch = Orchestrator(url)
         print(f"ask+tell round trips/s, {n} per scenario in {rounds} alternating round(s), storage {orch.storage!r}")
-        print(f"{'sampler':8} {'clients':>7} {'in-process':>11} {'HTTP':>8} {'HTTP/in-process':>16}")
+        print(
+            f"{'sampler':8} {'clients':>7} {'in-process':>11} {'HTTP':>8} {'HTTP/in-process':>16}"
+            f" {'ask p50/p99 ms in-process':>26} {'HTTP':>12}"
+        )
         with serve(url) as base, Client(base) as remote:
             for smp in samplers:
-                for clients in (1, 8):
+                for clients in args.clients or (1, 8):
                     name = f"bench-{uuid.uuid4().hex[:8]}"
                     orch.create_study(f"{name}-local", sampler=smp, seed=0)
                     remote.create_study(f"{name}-http", sampler=smp, seed=0)
@@ -80,17 +93,23 @@ def main() -> None:
                         return c.load_study(f"{name}-http")
 
                     local_rates, http_rates = [], []
+                    local_asks: list[float] = []
+                    http_asks: list[float] = []
                     for _ in range(rounds):  # alternating, so that load from elsewhere hits both sides alike
                         local_rates.append(
-                            rate(n // rounds, clients, lambda name=name: orch.load_study(f"{name}-local"))
+                            rate(n // rounds, clients, lambda name=name: orch.load_study(f"{name}-local"), local_asks)
                         )
-                        http_rates.append(rate(n // rounds, clients, remote_study))
+                        http_rates.append(rate(n // rounds, clients, remote_study, http_asks))
                     for c in opened:
                         c.close()
                     orch.delete_study(f"{name}-local")  # leave a shared database as it was
                     orch.delete_study(f"{name}-http")
                     local, http = statistics.median(local_rates), statistics.median(http_rates)
-                    print(f"{smp:8} {clients:>7} {local:>11.1f} {http:>8.1f} {http / local:>15.2f}x", flush=True)
+                    lat = [f"{percentile(a, 0.5):.1f}/{percentile(a, 0.99):.1f}" for a in (local_asks, http_asks)]
+                    print(
+                        f"{smp:8} {clients:>7} {local:>11.1f} {http:>8.1f} {http / local:>15.2f}x {lat[0]:>26} {lat[1]:>12}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

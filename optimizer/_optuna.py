@@ -19,6 +19,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 if TYPE_CHECKING:
+    from studyhall.storage._trials import TrialWrite
     from studyhall.storage.rdb import SQLStorage
 
 
@@ -67,6 +68,7 @@ def ask(
     *,
     heartbeat: bool,
     total: int | None = None,
+    extra: TrialWrite | None = None,
 ) -> optuna.Trial:
     """``optuna.Study.ask(fixed_distributions=dists)``, with a new trial written in one transaction.
 
@@ -76,6 +78,8 @@ def ask(
     parameters and (``heartbeat``) its first beat together. A failure before the
     commit writes nothing. ``total``: a new trial is created only while the study has
     fewer trials besides retries (else ``TotalReached``); a queued one is always claimed.
+    ``extra(conn, trial_id)`` is written in the new trial's transaction (a claimed one's
+    in a transaction of its own, after the claim): the HTTP service's lease.
     """
     sid = study._study_id
     study._thread_local.cached_all_trials = None  # Optuna syncs with the storage once per ask
@@ -86,13 +90,15 @@ def ask(
         trial = optuna.Trial(study, waiting)
         for name, dist in dists.items():
             trial._suggest(name, dist)
+        if extra is not None:
+            storage.transaction(lambda conn: extra(conn, waiting))
         return trial
     provisional = storage.begin_trial(sid)
     try:
         trial = optuna.Trial(study, provisional)
         for name, dist in dists.items():
             trial._suggest(name, dist)
-        frozen = storage.commit_trial(provisional, heartbeat=heartbeat, total=total)
+        frozen = storage.commit_trial(provisional, heartbeat=heartbeat, total=total, extra=extra)
     except BaseException:
         storage.discard_trial(provisional)
         raise

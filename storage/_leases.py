@@ -11,14 +11,25 @@ database clock's epoch seconds, given by the caller.
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
+from studyhall.storage._errors import InvalidRequest, StudyNotFound
 from studyhall.storage._optuna import table
 from studyhall.storage._schema import leases
+from studyhall.storage._sql import upsert
 from studyhall.storage._storage import Storage
+from studyhall.storage._trials import InTransaction, TrialWrite
+
+# Built once: a statement's construction costs more than its execution on SQLite.
+_LEASE = sa.select(leases).where(leases.c.trial_id == sa.bindparam("tid"))
+_INSERT = sa.insert(leases)
+_NOW = sa.select(sa.func.now())
+_CLAIM = sa.delete(leases).where(leases.c.trial_id == sa.bindparam("tid"), leases.c.expires_at >= sa.bindparam("now"))
 
 
 @dataclass(frozen=True)
@@ -38,17 +49,71 @@ class LeaseExpired:
 EXPIRED = LeaseExpired()
 
 
+class LeaseRanOut(InvalidRequest):
+    """Raised inside a tell's transaction (:func:`take_for_tell`) to roll it back: the lease had run out."""
+
+
 def grant(st: Storage, study_id: int, trial_ids: Sequence[int], lease_s: float, expires_at: float) -> None:
     """Lease new trials until ``expires_at``, and date their Optuna heartbeat at that moment."""
+    st.transaction(lambda conn: grant_in(conn, study_id, trial_ids, lease_s, expires_at))
+
+
+def grant_in(conn: sa.Connection, study_id: int, trial_ids: Sequence[int], lease_s: float, expires_at: float) -> None:
+    """:func:`grant` inside the caller's transaction (the one that creates the trial)."""
+    conn.execute(
+        _INSERT,
+        [{"trial_id": t, "study_id": study_id, "lease_s": lease_s, "expires_at": expires_at} for t in trial_ids],
+    )
+    _beat(conn, trial_ids, lease_s)
+
+
+def granting(study_id: int, name: str, lease_s: float, expires_at: float) -> TrialWrite:
+    """The lease of a trial being created, for its creating transaction (``Study._ask_with``).
+
+    StudyNotFound (rolling the creation back) unless the study still exists under ``name``:
+    a service that caches a study's id checks it in the transaction that writes, instead
+    of looking the name up before each request, so a deleted study (or an id a later
+    study reused) is refused all the same.
+    """
+
+    row = {"sid": study_id, "name": name, "lease_s": lease_s, "expires_at": expires_at}
+
+    def write(conn: sa.Connection, trial_id: int) -> None:
+        # The check and the lease in one statement: no row is inserted unless the study is still so named.
+        if conn.execute(_insert_if_named(), {**row, "tid": trial_id}).rowcount != 1:
+            raise StudyNotFound(f"study {name!r} was deleted")
+        _beat(conn, [trial_id], lease_s)
+
+    return write
+
+
+@functools.cache
+def _insert_if_named() -> Any:
+    s = table("StudyModel")
+    found = sa.select(
+        sa.bindparam("tid", type_=sa.Integer),
+        s.c.study_id,
+        sa.bindparam("lease_s", type_=sa.Double),
+        sa.bindparam("expires_at", type_=sa.Double),
+    ).where(s.c.study_id == sa.bindparam("sid"), s.c.study_name == sa.bindparam("name"))
+    insert = sa.insert(leases).from_select(["trial_id", "study_id", "lease_s", "expires_at"], found)
+    return insert.execution_options(preserve_rowcount=True)  # psycopg reports -1 without it
+
+
+def taking(trial_id: int, now: float) -> InTransaction:
+    """:func:`claim` for a tell's transaction: LeaseRanOut (rolling the tell back) if the lease ran out.
+
+    A trial that was never leased (asked in-process) is told as it is.
+    """
 
     def write(conn: sa.Connection) -> None:
-        conn.execute(
-            sa.insert(leases),
-            [{"trial_id": t, "study_id": study_id, "lease_s": lease_s, "expires_at": expires_at} for t in trial_ids],
-        )
-        _beat(conn, trial_ids, lease_s)
+        # The valid lease first: one statement on the hot path.
+        if conn.execute(_CLAIM, {"tid": trial_id, "now": now}).rowcount == 1:
+            return
+        if conn.execute(_LEASE, {"tid": trial_id}).first() is not None:
+            raise LeaseRanOut(f"the lease of the trial with id {trial_id} ran out")
 
-    st.transaction(write)
+    return write
 
 
 def renew(st: Storage, trial_id: int, now: float, lease_s: float | None = None) -> float | LeaseExpired | None:
@@ -74,17 +139,17 @@ def renew(st: Storage, trial_id: int, now: float, lease_s: float | None = None) 
 
 def claim(st: Storage, trial_id: int, now: float) -> Lease | LeaseExpired | None:
     """Delete a lease still valid at ``now`` (a tell takes it): the row; EXPIRED; None if never leased."""
+    return st.transaction(lambda conn: claim_in(conn, trial_id, now))
 
-    def write(conn: sa.Connection) -> Lease | LeaseExpired | None:
-        row = conn.execute(sa.select(leases).where(leases.c.trial_id == trial_id)).first()
-        if row is None:
-            return None
-        done = conn.execute(sa.delete(leases).where(leases.c.trial_id == trial_id, leases.c.expires_at >= now)).rowcount
-        if done != 1:
-            return EXPIRED
-        return Lease(row.trial_id, row.study_id, row.lease_s, row.expires_at)
 
-    return st.transaction(write)
+def claim_in(conn: sa.Connection, trial_id: int, now: float) -> Lease | LeaseExpired | None:
+    """:func:`claim` inside the caller's transaction."""
+    row = conn.execute(_LEASE, {"tid": trial_id}).first()
+    if row is None:
+        return None
+    if conn.execute(_CLAIM, {"tid": trial_id, "now": now}).rowcount != 1:
+        return EXPIRED
+    return Lease(row.trial_id, row.study_id, row.lease_s, row.expires_at)
 
 
 def restore(st: Storage, lease: Lease) -> None:
@@ -125,13 +190,9 @@ def drop(st: Storage, trial_id: int) -> None:
 def _beat(conn: sa.Connection, trial_ids: Sequence[int], seconds: float) -> None:
     # Optuna's heartbeat column is a naive datetime in the database's now() frame
     # (UTC on SQLite, the session time zone elsewhere): date it from that clock.
-    hb = table("TrialHeartbeatModel")
     # SQLite's and MySQL's now() have whole seconds: the extra second keeps the
     # beat from being dated before the lease ends.
-    now = conn.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
+    now = conn.execute(_NOW).scalar_one().replace(tzinfo=None)
     when = now + datetime.timedelta(seconds=seconds + 1)
-    ids = list(trial_ids)
-    done = conn.execute(sa.update(hb).where(hb.c.trial_id.in_(ids)).values(heartbeat=when)).rowcount
-    if done < len(ids):
-        have = set(conn.execute(sa.select(hb.c.trial_id).where(hb.c.trial_id.in_(ids))).scalars())
-        conn.execute(sa.insert(hb), [{"trial_id": t, "heartbeat": when} for t in ids if t not in have])
+    # One statement whether or not the trial has a beat yet (Optuna's trial_id is unique there).
+    upsert(conn, table("TrialHeartbeatModel"), [{"trial_id": t, "heartbeat": when} for t in trial_ids], ("trial_id",))

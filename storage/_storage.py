@@ -229,7 +229,7 @@ class Storage:
         in :meth:`transaction` to have transient ones retried.
         """
         try:
-            with self.engine.begin() as conn:
+            with _sqlite.turns.taken(self.engine), self.engine.begin() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
             if is_transient(exc):

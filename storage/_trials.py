@@ -33,6 +33,20 @@ _STAT_COLUMNS = ("n", "mean", "std", "min", "p50", "p90", "p99", "max")
 InTransaction: TypeAlias = Callable[[sa.Connection], None]
 """More work for ``finish_trial``'s transaction (``extra=``), e.g. :func:`storage._notes.note_writer`."""
 
+TrialWrite: TypeAlias = Callable[[sa.Connection, int], None]
+"""More work for the transaction that creates a trial, given its id (``Study._ask_with``: a lease)."""
+
+
+def in_order(*writes: InTransaction | None) -> InTransaction:
+    """One ``extra=`` that runs ``writes`` (None skipped) one after the other in the same transaction."""
+    todo = [w for w in writes if w is not None]
+
+    def write(conn: sa.Connection) -> None:
+        for w in todo:
+            w(conn)
+
+    return write
+
 
 def finish_trial(
     st: Storage,

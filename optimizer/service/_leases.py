@@ -9,10 +9,11 @@ service lives; if nothing beat for it, every process's stale check
 after the ask, long before a 300 s lease ends. So leased trials are never given
 to the heartbeat thread, and the lease is written into Optuna's terms instead::
 
-    ask        ─> optuna.ask ─> lease row (expires_at = db now + lease_s)
-                              + Optuna heartbeat row dated expires_at (the future)
+    ask        ─> the trial, its parameters, its lease row (expires_at = db now + lease_s)
+                  and an Optuna heartbeat row dated expires_at (the future): ONE transaction
     heartbeat  ─> both moved forward, only while the lease is still valid
-    tell       ─> lease row claimed (deleted) while valid ─> Study.tell
+    tell       ─> Study.tell's one transaction also deletes the lease row while it is
+                  valid; if it ran out, the whole tell rolls back (409 LeaseExpired)
     sweep      ─> expired row claimed (expires_at := -claim time) ─> user_attrs
                   error "lease expired" ─> FAIL ─> Study.retry ─> row deleted
 
@@ -39,7 +40,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
@@ -48,6 +49,7 @@ from studyhall.optimizer.study._study import TrialHandle
 from studyhall.storage import Storage
 from studyhall.storage import _leases as lease_rows
 from studyhall.storage._leases import Lease, LeaseExpired
+from studyhall.storage._trials import InTransaction
 
 if TYPE_CHECKING:
     from studyhall.optimizer.study._space import Space
@@ -103,34 +105,23 @@ class Leases:
     # ---- ask, renew, claim -------------------------------------------------------------
 
     def ask(self, study: Study, space: Space | None, k: int, lease_s: float) -> tuple[list[TrialHandle], float]:
-        """``k`` trials of ``study``, each leased for ``lease_s`` seconds; also their expiry time."""
-        handles: list[TrialHandle] = []
-        try:
-            # keepalive=False: the lease keeps these alive, not this process's heartbeat.
-            for _ in range(k):
-                handles.append(study.ask(space, keepalive=False))
-        finally:
-            # Lease whatever was asked, even if a later ask failed, so none is orphaned.
-            expires = self.grant(study._study_id, [h.trial_id for h in handles], lease_s) if handles else 0.0
-        return handles, expires
+        """``k`` trials of ``study``, each leased for ``lease_s`` seconds; also their expiry time.
 
-    def grant(self, study_id: int, trial_ids: Sequence[int], lease_s: float) -> float:
-        """Lease new trials for ``lease_s`` seconds; returns the expiry (database clock)."""
+        Each trial's lease is written in the transaction that creates it (no trial
+        exists unleased, even for a moment), and that transaction also checks that the
+        study still exists under its name: StudyNotFound if it was deleted meanwhile.
+        """
         expires = self.now() + lease_s
-        lease_rows.grant(self.storage, study_id, trial_ids, lease_s, expires)
-        return expires
+        # The lease keeps these alive, not this process's heartbeat.
+        return study._ask_with(space, k, lease_rows.granting(study._study_id, study.name, lease_s, expires)), expires
 
     def renew(self, trial_id: int, lease_s: float | None = None) -> float | LeaseExpired | None:
         """Extend a valid lease (by its own length, or ``lease_s``); EXPIRED, or None if never leased."""
         return lease_rows.renew(self.storage, trial_id, self.now(), lease_s)
 
-    def claim(self, trial_id: int) -> Lease | LeaseExpired | None:
-        """Take a trial's valid lease for a tell; EXPIRED if it ran out, None if it has none."""
-        return lease_rows.claim(self.storage, trial_id, self.now())
-
-    def restore(self, lease: Lease) -> None:
-        """Put back a lease claimed by a tell that was rejected (the trial is still RUNNING)."""
-        lease_rows.restore(self.storage, lease)
+    def claiming(self, trial_id: int) -> InTransaction:
+        """What a tell writes in its own transaction: take the trial's lease (LeaseRanOut rolls the tell back)."""
+        return lease_rows.taking(trial_id, self.now())
 
     # ---- expiry ------------------------------------------------------------------------
 

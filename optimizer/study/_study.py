@@ -31,7 +31,14 @@ from studyhall.optimizer.telemetry._notes import before_tell
 from studyhall.optimizer.telemetry._registry import after_tell
 from studyhall.optimizer.telemetry._study import study_metrics
 from studyhall.storage import InvalidRequest, Storage, TrialNotFound, retrying
-from studyhall.storage._trials import finish_trial, read_trial_metrics, requeue_trial
+from studyhall.storage._trials import (
+    InTransaction,
+    TrialWrite,
+    finish_trial,
+    in_order,
+    read_trial_metrics,
+    requeue_trial,
+)
 
 if TYPE_CHECKING:
     from studyhall.optimizer.optimize._report import OptimizeReport
@@ -223,6 +230,20 @@ class Study:
         self._maybe_fail_stale()
         return [self._ask(dists, keepalive, lease) for _ in range(k)]
 
+    def _ask_with(self, space: Space | None, k: int, extra: TrialWrite) -> list[TrialHandle]:
+        """``k`` trials kept alive by the caller (``keepalive=False``), each written with ``extra(conn, trial_id)``.
+
+        The HTTP service's ask: its lease rides in each trial's own transaction, so a
+        trial never exists without it. Trials written before a failure stay written.
+        """
+        dists = self._remember_space(space)
+        self._maybe_fail_stale()
+        handles = []
+        for _ in range(k):
+            trial = self._ask_trial(dists, keepalive=False, extra=extra)
+            handles.append(TrialHandle(trial.number, dict(trial.params), _optuna.trial_id(trial), self.name))
+        return handles
+
     def _ask(
         self,
         dists: dict[str, optuna.distributions.BaseDistribution],
@@ -235,13 +256,17 @@ class Study:
         return TrialHandle(trial.number, dict(trial.params), _optuna.trial_id(trial), self.name)
 
     def _ask_trial(
-        self, dists: dict[str, optuna.distributions.BaseDistribution], keepalive: bool = True, total: int | None = None
+        self,
+        dists: dict[str, optuna.distributions.BaseDistribution],
+        keepalive: bool = True,
+        total: int | None = None,
+        extra: TrialWrite | None = None,
     ) -> optuna.Trial:
         # The live optuna.Trial: optimize() answers a worker's suggest_* calls with it.
         # No retry around it: each write inside retries itself, and a retried whole ask
         # is what used to leave orphan trials behind.
         with _optuna.quiet_ask(self.optuna):
-            trial = _optuna.ask(self.optuna, self.storage.optuna, dists, heartbeat=keepalive, total=total)
+            trial = _optuna.ask(self.optuna, self.storage.optuna, dists, heartbeat=keepalive, total=total, extra=extra)
         trial_id = _optuna.trial_id(trial)
         if len(self._ids) >= _MAX_CACHED_IDS:  # trials asked and never told (abandoned leases) must not pile up
             self._ids.clear()
@@ -291,6 +316,31 @@ class Study:
         ``trial_metrics`` and ``score.*`` user_attrs); ``metrics`` are summarised the
         same way under their own names. Bad input raises InvalidRequest and writes nothing.
         """
+        return self._tell(
+            trial,
+            value,
+            values=values,
+            scores=scores,
+            metrics=metrics,
+            state=state,
+            error=error,
+            user_attrs=user_attrs,
+        )
+
+    def _tell(
+        self,
+        trial: TrialHandle | int,
+        value: float | Sequence[float] | None = None,
+        *,
+        values: Sequence[float] | None = None,
+        scores: Sequence[float] | np.ndarray | None = None,
+        metrics: Mapping[str, Sequence[float]] | None = None,
+        state: str | TrialState | None = None,
+        error: str | None = None,
+        user_attrs: Mapping[str, Any] | None = None,
+        extra: InTransaction | None = None,
+    ) -> FrozenTrial:
+        """:meth:`tell`, with ``extra(conn)`` written in the tell's transaction (the HTTP service's lease)."""
         number = self._number(trial)
         # One read of the running trial: the sampler's after_trial hook, a pruned
         # trial's last intermediate value and the returned FrozenTrial all come from it.
@@ -316,7 +366,7 @@ class Study:
         try:
             _optuna.after_trial(self.optuna, running, told.state, told.values)
         finally:
-            written = self._finish(running, told, done_at, started_at)
+            written = self._finish(running, told, done_at, started_at, extra)
         if not written:  # another process told it between our read and our write
             raise InvalidRequest(f"trial {number} of study {self.name!r} was finished meanwhile")
         after_tell(self.name, told.state, told.values, told.rows, told.user_attrs)
@@ -339,11 +389,20 @@ class Study:
                 )
         return int(number)
 
-    def _finish(self, running: FrozenTrial, told: Told, done_at: datetime, started_at: datetime | None) -> bool:
-        """Write a checked tell: state, values, user_attrs, metrics rows and dashboard note in one transaction."""
+    def _finish(
+        self,
+        running: FrozenTrial,
+        told: Told,
+        done_at: datetime,
+        started_at: datetime | None,
+        extra: InTransaction | None = None,
+    ) -> bool:
+        """Write a checked tell: state, values, user_attrs, metrics rows, dashboard note and ``extra`` in one transaction."""
         trial_id = _optuna.trial_id(running)
         # a failed trial's last trace steps join its user_attrs; the note rides in the same transaction
         note = before_tell(self._study_id, trial_id, running.number, told.state, told.user_attrs, told.rows)
+        if extra is not None:
+            note = in_order(extra, note)
         try:
             return finish_trial(
                 self.storage,

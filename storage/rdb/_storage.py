@@ -34,7 +34,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Container, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,6 +53,7 @@ from studyhall.storage._limits import attr_json, check_name
 from studyhall.storage._optuna import table
 from studyhall.storage._retry import is_transient, retrying
 from studyhall.storage._sql import driver_upsert, upsert
+from studyhall.storage._sqlite import turns
 from studyhall.storage.rdb._cache import StudyCache
 from studyhall.storage.rdb._pending import Pending
 from studyhall.storage.rdb._rows import (
@@ -141,8 +142,10 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     @contextmanager
     def _transaction(self, *, read: bool) -> Iterator[sa.Connection]:
         try:
-            with self.engine.connect() as conn:
-                if read:  # SQLite: a plain BEGIN, so readers do not queue behind writers (storage/_sqlite.py)
+            # SQLite: writers take turns (storage/_sqlite.py); a reader begins a plain BEGIN
+            # and reads a WAL snapshot beside them, queueing behind nobody.
+            with nullcontext() if read else turns.taken(self.engine), self.engine.connect() as conn:
+                if read:
                     conn.execution_options(studyhall_read=True)
                 with conn.begin():
                     yield conn
@@ -182,6 +185,10 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 return fn(conn)
 
         return retrying(once)
+
+    def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
+        """``fn(conn)`` in one transaction on this storage's engine, retried on transient errors."""
+        return self._txn(fn)
 
     def _lock_trial(
         self, conn: sa.Connection, trial_id: int, *, states: Container[TrialState] = _UNFINISHED
@@ -392,7 +399,12 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         return self._insert(pending, token=None)._trial_id
 
     def _insert(
-        self, pending: Pending, token: str | None, heartbeat: bool = False, total: int | None = None
+        self,
+        pending: Pending,
+        token: str | None,
+        heartbeat: bool = False,
+        total: int | None = None,
+        extra: Callable[[sa.Connection, int], None] | None = None,
     ) -> FrozenTrial:
         """Write a whole new trial (row, values, params, attrs, intermediates) in one transaction."""
         q = statements()
@@ -420,6 +432,8 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             pending.write_children(conn, trial_id)
             if heartbeat:
                 conn.execute(q.first_beat, {"tid": trial_id})
+            if extra is not None:
+                extra(conn, trial_id)
             return pending.frozen(trial_id, number)
 
         def retry(conn: sa.Connection) -> FrozenTrial | None:
@@ -457,7 +471,14 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             self._pending[provisional] = Pending.new(study_id, provisional, expected)
         return provisional
 
-    def commit_trial(self, provisional: int, *, heartbeat: bool = True, total: int | None = None) -> FrozenTrial:
+    def commit_trial(
+        self,
+        provisional: int,
+        *,
+        heartbeat: bool = True,
+        total: int | None = None,
+        extra: Callable[[sa.Connection, int], None] | None = None,
+    ) -> FrozenTrial:
         """Write the trial begun as ``provisional`` in one transaction; its id from now on is the real one.
 
         Safe to retry after a dropped connection: the trial carries a token, so a
@@ -465,11 +486,13 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         this process the trial's owner (fenced writes, see the module's docstring).
         ``total``: raise ``TotalReached`` instead if the study already has that many
         trials besides retries (checked under the study's lock, so exact across hosts).
+        ``extra(conn, trial_id)`` runs in the same transaction (the HTTP service's lease);
+        an exception from it writes nothing.
         """
         with self._lock:
             pending = self._pending.pop(provisional)
         token = uuid.uuid4().hex
-        frozen = self._insert(pending, token, heartbeat=heartbeat, total=total)
+        frozen = self._insert(pending, token, heartbeat=heartbeat, total=total, extra=extra)
         with self._lock:
             self._alias[provisional] = frozen._trial_id
         return frozen

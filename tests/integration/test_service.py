@@ -520,3 +520,57 @@ def test_without_a_token_only_loopback_names_and_allowed_hosts_are_served(sqlite
         assert r.status_code == 200  # any name is allowed here; the browser would need the token too
     with TestClient(create_app(sqlite_url, token=TOKEN, allowed_hosts=[])) as http:
         assert error_of(http.get("/v1/studies", headers={"Authorization": f"Bearer {TOKEN}"}), 400) == "HostNotAllowed"
+
+
+def test_an_ask_is_two_transactions_and_a_tell_one_lease_included(storage_url, study_name):
+    # issue 12: the service took about seven (a name lookup per request, the lease granted,
+    # beaten and claimed in transactions of their own) where in-process ask+tell takes three
+    import sqlalchemy as sa
+
+    app = app_for_tests(storage_url, sweep_interval=3600)
+    begun = []
+    sa.event.listen(app.state.storage.engine, "begin", lambda _conn: begun.append(1))
+    with TestClient(app) as http:
+        http.post("/v1/studies", json={"name": study_name, "sampler": "random"})
+        http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON})  # the study's first ask
+        http.post(f"/v1/studies/{study_name}/trials/0/tell", json={"value": 1})
+        for number in (1, 2):
+            begun.clear()
+            r = http.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON})
+            assert r.status_code == 200 and r.json()["trials"][0]["number"] == number
+            # one to see whether a queued trial waits, one to write the trial with its lease
+            assert len(begun) <= 2, len(begun)
+            begun.clear()
+            r = http.post(f"/v1/studies/{study_name}/trials/{number}/tell", json={"value": 1})
+            assert r.json()["state"] == "complete"
+            assert len(begun) == 1
+
+
+def test_a_study_deleted_or_replaced_elsewhere_is_seen_by_ask_and_tell(storage_url, study_name):
+    # ask and tell trust the study this process looked up once; another process's
+    # delete (or delete and create again) must still be answered as before: 404, or the new study
+    other = Orchestrator(storage_url)
+    with TestClient(app_for_tests(storage_url)) as http:
+        ask = f"/v1/studies/{study_name}/ask"
+        http.post("/v1/studies", json={"name": study_name})
+        assert http.post(ask, json={"space": SPACE_JSON, "k": 2}).status_code == 200
+        assert http.post(f"/v1/studies/{study_name}/trials/0/tell", json={"value": 1}).status_code == 200
+
+        other.delete_study(study_name)
+        assert error_of(http.post(ask, json={"space": SPACE_JSON}), 404) == "StudyNotFound"
+        assert error_of(http.post(f"/v1/studies/{study_name}/trials/1/tell", json={"value": 1}), 404) == "StudyNotFound"
+
+        other.create_study(study_name)  # the same name, a new study (on SQLite maybe even the same id)
+        r = http.post(ask, json={"space": SPACE_JSON})
+        assert r.status_code == 200 and r.json()["trials"][0]["number"] == 0
+        assert http.post(f"/v1/studies/{study_name}/trials/0/tell", json={"value": 2}).json()["state"] == "complete"
+        assert [t.value for t in other.load_study(study_name).trials()] == [2]
+
+        # a study whose id now belongs to another name (SQLite reuses the highest id) is refused too
+        first = f"{study_name}-a"
+        http.post("/v1/studies", json={"name": first})
+        assert http.post(f"/v1/studies/{first}/ask", json={"space": SPACE_JSON}).status_code == 200
+        other.delete_study(first)
+        other.create_study(f"{study_name}-b")
+        assert error_of(http.post(f"/v1/studies/{first}/ask", json={"space": SPACE_JSON}), 404) == "StudyNotFound"
+        assert other.load_study(f"{study_name}-b").trials() == []
