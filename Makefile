@@ -26,13 +26,19 @@ $(OPTUNA_TESTS): $(STAMP)
 demo: $(STAMP)
 	$(BIN)/studyhall demo
 
-test: $(STAMP) $(OPTUNA_TESTS)
-	$(BIN)/python -m pytest -q
+# Two pytest-xdist workers (most tests wait on processes, servers or databases); the tests that
+# make network namespaces share one worker (xdist_group, --dist loadgroup). Optuna's own suite
+# runs beside them, started by the controller (tests/conftest.py). `make test XDIST=` runs
+# everything in one pytest process.
+XDIST ?= -n 2 --dist loadgroup
 
-# The unit-level tests while you work (under two minutes on 2 cores): SQLite only; no integration, slow
+test: $(STAMP) $(OPTUNA_TESTS)
+	$(BIN)/python -m pytest -q $(XDIST)
+
+# The unit-level tests while you work (about a minute on 2 cores): SQLite only; no integration, slow
 # or browser tests, and no cases on PostgreSQL or MariaDB (make test runs all of them).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -x -m "not slow and not integration and not e2e and not server"
+	$(BIN)/python -m pytest -q -x $(XDIST) -m "not slow and not integration and not e2e and not server"
 
 # The packages pass mypy --strict; everything passes ruff and is ruff-formatted (settings in pyproject.toml).
 lint: $(STAMP)

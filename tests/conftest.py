@@ -12,8 +12,9 @@ import os
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -136,19 +137,43 @@ def study_name(request: pytest.FixtureRequest) -> str:
 _UPSTREAM_TEST = "test_optuna_upstream.py::test_optunas_own_tests_pass_on_studyhalls_storage"
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start Optuna's own suite now, beside the rest, when its test is selected (minutes of one subprocess)."""
-    if any(item.nodeid.endswith(_UPSTREAM_TEST) for item in session.items) and not session.config.option.collectonly:
-        from tests.storage._upstream import RUN_KEY, UpstreamRun
+def _start_upstream(config: pytest.Config, ids: Iterable[str]) -> None:
+    """Start Optuna's own suite now, beside the rest, when its test is selected (minutes of subprocesses)."""
+    from tests.storage._upstream import RUN_KEY, UpstreamRun, folder_of
 
-        run = session.config.stash[RUN_KEY] = UpstreamRun()
-        run.start()
+    if RUN_KEY in config.stash or config.option.collectonly or not any(i.endswith(_UPSTREAM_TEST) for i in ids):
+        return
+    run = config.stash[RUN_KEY] = UpstreamRun(folder_of(config))
+    run.start()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Without pytest-xdist: start Optuna's suite once collection is done (on a worker the controller does)."""
+    if not hasattr(session.config, "workerinput"):
+        _start_upstream(session.config, (item.nodeid for item in session.items))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist controller: tell each worker where the files of Optuna's suite will be."""
+    from tests.storage._upstream import DIR_KEY, folder_of
+
+    node.workerinput[DIR_KEY] = str(folder_of(node.config))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """pytest-xdist controller: start Optuna's suite once, when a worker has collected its test."""
+    _start_upstream(node.config, ids)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Stop Optuna's suite if it still runs and drop its scratch databases."""
-    from tests.storage._upstream import RUN_KEY
+    """Stop Optuna's suite if it still runs, drop its scratch databases and remove its files."""
+    from tests.storage._upstream import DIR_STASH, RUN_KEY
 
     run = session.config.stash.get(RUN_KEY, None)
     if run is not None:
         run.close()
+    folder = session.config.stash.get(DIR_STASH, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)

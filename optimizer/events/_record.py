@@ -24,7 +24,9 @@ from studyhall.storage._trials import study_of_trial
 
 log = logging.getLogger("studyhall.optimizer.events")
 
-_study_of_trial: dict[int, int] = {}  # trial ids never move between studies: cache forever
+# Trial ids never move between studies: cache forever, per database (each numbers its trials
+# from 1, and one process may write to several).
+_study_of_trial: dict[tuple[str, int], int] = {}
 
 
 def trial_ids(st: Storage, trial: Any) -> tuple[int | None, int | None]:
@@ -36,12 +38,12 @@ def trial_ids(st: Storage, trial: Any) -> tuple[int | None, int | None]:
         raise InvalidRequest(
             f"trial= takes a TrialHandle, a FrozenTrial, an optuna Trial or an optuna trial id; got {trial!r:.80}"
         )
-    study_id = _optuna.study_id_of(trial) or _study_of_trial.get(trial_id)
+    study_id = _optuna.study_id_of(trial) or _study_of_trial.get((st.url, trial_id))
     if study_id is None:
         study_id = study_of_trial(st, trial_id)
         if study_id is None:
             raise InvalidRequest(f"there is no trial with id {trial_id} in {st!r}")
-    _study_of_trial[trial_id] = study_id
+    _study_of_trial[st.url, trial_id] = study_id
     return study_id, trial_id
 
 

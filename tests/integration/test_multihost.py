@@ -37,7 +37,9 @@ from studyhall.storage import connect
 from tests._util import ROOT, wait_until
 from tests.integration.multihost_net import Host, descendants, kill_tree, make_hosts
 
-pytestmark = [pytest.mark.slow, pytest.mark.multihost]
+# One pytest-xdist worker for every test that makes network namespaces: each picks a free
+# 10.213.x.0/24 by looking at the routes, which two at once could both pick.
+pytestmark = [pytest.mark.slow, pytest.mark.multihost, pytest.mark.xdist_group("netns")]
 
 CLI = "from studyhall.optimizer.cli import main; main()"
 OBJECTIVE = "tests.integration.multihost_objective:objective"

@@ -32,7 +32,9 @@ from studyhall.optimizer import Orchestrator
 from tests._util import ROOT, wait_until
 from tests.integration.multihost_net import Host, descendants, kill_tree, make_hosts
 
-pytestmark = [pytest.mark.slow, pytest.mark.multihost]
+# One pytest-xdist worker for every test that makes network namespaces: each picks a free
+# 10.213.x.0/24 by looking at the routes, which two at once could both pick.
+pytestmark = [pytest.mark.slow, pytest.mark.multihost, pytest.mark.xdist_group("netns")]
 
 LEASE_S, GRACE_S, PER_HOST = 2.0, 3, 15
 CLIENT = f"""

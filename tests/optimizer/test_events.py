@@ -61,6 +61,21 @@ def test_query_filters_by_trace_type_trial_time_and_limit(store, study_name):
         events.query(store, limit=-1)
 
 
+def test_a_trial_id_is_tied_to_its_own_databases_study(sqlite_db_url, tmp_path):
+    # Two databases in one process, both with a trial id 1, in studies of different ids.
+    a = Orchestrator(sqlite_db_url).create_study("a")
+    a_trial = a.ask({"x": Float(0, 1)})
+    b_url = f"sqlite:///{tmp_path / 'b.db'}"
+    Orchestrator(b_url).create_study("b-empty")
+    b = Orchestrator(b_url).create_study("b")
+    b_trial = b.ask({"x": Float(0, 1)})
+    assert a_trial.trial_id == b_trial.trial_id and a._study_id != b._study_id
+    on_a = events.record(sqlite_db_url, "x", {}, trial=a_trial.trial_id)
+    on_b = events.record(b_url, "x", {}, trial=b_trial.trial_id)  # the id alone: no study to read it from
+    assert events.get(sqlite_db_url, on_a).study_id == a._study_id
+    assert events.get(b_url, on_b).study_id == b._study_id
+
+
 def test_where_is_pushed_into_sql_and_type_exact(store):
     corr = f"where-{os.getpid()}-{time.time_ns()}"
     rows = [
