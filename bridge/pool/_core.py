@@ -109,6 +109,7 @@ class PoolCore:
     _broken: RestartStorm | None
     _abort_running: bool
     _planned: float  # when the supervisor will wake next
+    _held_until: float  # spawns held back (STARTING_AT_ONCE) are due again by then
     _wake_r: int
     _wake_w: int
     _wake_armed: bool

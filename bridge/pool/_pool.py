@@ -155,6 +155,7 @@ class WorkerPool(TaskDispatch, Supervisor):
         self._broken: RestartStorm | None = None
         self._abort_running = False
         self._planned = INF  # when the supervisor will wake next
+        self._held_until = INF
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         # Closed when the pool is collected, never earlier: a late _wake() from a lane

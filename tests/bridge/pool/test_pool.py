@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
 
@@ -310,3 +312,19 @@ def test_errors_say_what_to_do() -> None:
     with pytest.raises(InvalidRequest):
         WorkerPool().resize(min_workers=5, max_workers=1)
     assert issubclass(ChannelError, StudyhallError)
+
+
+@pytest.mark.slow
+def test_workers_boot_a_few_at_a_time_without_waiting_on_a_slow_initializer():
+    # Workers boot STARTING_AT_ONCE at a time (sixteen interpreters booting together on
+    # two cores are all ready only when the last is), but one whose initializer waits
+    # (here 2 s, on I/O as it were) holds the next ones back for STAGGER_S only: eight of
+    # them are all ready in about 2 s plus a few staggers, not 8 / STARTING_AT_ONCE * 2 s.
+    started = time.monotonic()
+    with WorkerPool(min_workers=8, max_workers=8, initializer=functools.partial(h.nap, 2.0)) as pool:
+        for f in [pool.submit(h.nap, 0.5) for _ in range(8)]:
+            f.result(timeout=60)
+        elapsed = time.monotonic() - started
+        assert pool.stats()["workers"] == 8
+    serialized = 8 / max(2, os.cpu_count() or 1) * 2.0
+    assert elapsed < min(serialized, 6.0), f"{elapsed:.1f}s: the slow initializers were waited for in turn"
