@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ from studyhall.storage._schema import leases
 from studyhall.storage._sql import upsert
 from studyhall.storage._storage import Storage
 from studyhall.storage._trials import InTransaction, TrialWrite
+
+# The system attribute naming the tell that finished a leased trial (TellRequest.key).
+TELL_KEY_ATTR = "studyhall:tell_key"
 
 # Built once: a statement's construction costs more than its execution on SQLite.
 _LEASE = sa.select(leases).where(leases.c.trial_id == sa.bindparam("tid"))
@@ -100,13 +104,17 @@ def _insert_if_named() -> Any:
     return insert.execution_options(preserve_rowcount=True)  # psycopg reports -1 without it
 
 
-def taking(trial_id: int, now: float) -> InTransaction:
+def taking(trial_id: int, now: float, key: str | None = None) -> InTransaction:
     """:func:`claim` for a tell's transaction: LeaseRanOut (rolling the tell back) if the lease ran out.
 
-    A trial that was never leased (asked in-process) is told as it is.
+    A trial that was never leased (asked in-process) is told as it is. ``key``, the
+    tell's own name, is stored with it (:func:`told_by`).
     """
 
     def write(conn: sa.Connection) -> None:
+        if key is not None:
+            row = {"trial_id": trial_id, "key": TELL_KEY_ATTR, "value_json": json.dumps(key)}
+            upsert(conn, table("TrialSystemAttributeModel"), [row], keys=("trial_id", "key"))
         # The valid lease first: one statement on the hot path.
         if conn.execute(_CLAIM, {"tid": trial_id, "now": now}).rowcount == 1:
             return
@@ -114,6 +122,14 @@ def taking(trial_id: int, now: float) -> InTransaction:
             raise LeaseRanOut(f"the lease of the trial with id {trial_id} ran out")
 
     return write
+
+
+def told_by(st: Storage, trial_id: int, key: str) -> bool:
+    """Whether the trial was told by the tell named ``key`` (its answer may have been lost)."""
+    attrs = table("TrialSystemAttributeModel")
+    query = sa.select(attrs.c.value_json).where(attrs.c.trial_id == trial_id, attrs.c.key == TELL_KEY_ATTR)
+    stored = st.transaction(lambda conn: conn.execute(query).scalar())
+    return stored is not None and json.loads(stored) == key
 
 
 def renew(st: Storage, trial_id: int, now: float, lease_s: float | None = None) -> float | LeaseExpired | None:

@@ -18,6 +18,7 @@ an InvalidRequest, as in-process); an unreachable or failing service is a
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -64,6 +65,9 @@ class Client:
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        # Names this client's tells: a tell repeated after its answer was lost (a dropped
+        # connection) is recognised as the same tell and answered as it was stored.
+        self.session = uuid.uuid4().hex
         self._owns_http = http is None
         self._http = http if http is not None else httpx.Client(base_url=self.base_url, timeout=timeout)
         self._headers = headers

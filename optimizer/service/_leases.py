@@ -119,9 +119,13 @@ class Leases:
         """Extend a valid lease (by its own length, or ``lease_s``); EXPIRED, or None if never leased."""
         return lease_rows.renew(self.storage, trial_id, self.now(), lease_s)
 
-    def claiming(self, trial_id: int) -> InTransaction:
-        """What a tell writes in its own transaction: take the trial's lease (LeaseRanOut rolls the tell back)."""
-        return lease_rows.taking(trial_id, self.now())
+    def claiming(self, trial_id: int, key: str | None = None) -> InTransaction:
+        """What a tell writes in its own transaction: take the trial's lease (LeaseRanOut rolls the tell back), and its key."""
+        return lease_rows.taking(trial_id, self.now(), key)
+
+    def told_by(self, trial_id: int, key: str) -> bool:
+        """Whether the tell named ``key`` is the one that finished the trial."""
+        return lease_rows.told_by(self.storage, trial_id, key)
 
     # ---- expiry ------------------------------------------------------------------------
 

@@ -169,6 +169,9 @@ class TellRequest(Model):
     error: Annotated[str, Field(max_length=10_000)] | None = None
     metrics: Annotated[dict[MetricName, list[Number]], Field(max_length=64)] | None = None
     user_attrs: UserAttrs | None = None
+    #: Names this tell: sent again with the same key after the trial was told by it, the
+    #: answer is the trial as stored (200), not TrialFinished. Client sets it per tell.
+    key: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
 
 
 class HeartbeatRequest(Model):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from studyhall.optimizer.service._wire import frozen_trial, quote_name, space_to_json
+from studyhall.optimizer.service._wire import encode, frozen_trial, quote_name, space_to_json
 from studyhall.optimizer.study._space import Space
 from studyhall.optimizer.study._study import TrialHandle
 from studyhall.optimizer.study._summary import Summary
@@ -96,7 +97,13 @@ class RemoteStudy:
                 body[key] = v
         if state is not None:
             body["state"] = state.name.lower() if isinstance(state, TrialState) else str(state).lower()
-        return frozen_trial(self.client.request("POST", f"{self._path}/trials/{number}/tell", body))
+        path = f"{self._path}/trials/{number}/tell"
+        # The same tell sent again (by a retry loop after a lost answer) carries the same key,
+        # and the service answers it with the trial as that tell stored it; another tell does not.
+        same = hashlib.blake2b(f"{self.client.session} {path} ".encode(), digest_size=16)
+        same.update(encode(body))  # what is sent: the same body gives the same bytes
+        body["key"] = same.hexdigest()
+        return frozen_trial(self.client.request("POST", path, body))
 
     def heartbeat(self, trial: TrialHandle | int, lease_s: float | None = None) -> float:
         """Renew a trial's lease; returns its new expiry (the database's epoch seconds)."""

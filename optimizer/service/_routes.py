@@ -236,18 +236,21 @@ def _tell(study: Study, number: int, body: m.TellRequest, leases: Leases, st: St
             state=body.state,
             error=body.error,
             user_attrs=body.user_attrs,
-            extra=leases.claiming(trial_id),
+            extra=leases.claiming(trial_id, body.key),
         )
-    except LeaseRanOut as exc:
+    except InvalidRequest as exc:
+        # This very tell, sent again after its answer was lost: the trial as it stored it.
+        if body.key is not None and leases.told_by(trial_id, body.key):
+            return st.optuna.get_trial(trial_id)
+        if not isinstance(exc, LeaseRanOut):
+            if st.optuna.get_trial(trial_id).state.is_finished():
+                raise Conflict("TrialFinished", str(exc)) from exc
+            raise
         raise Conflict(
             "LeaseExpired",
             f"the lease of trial {number} of study {study.name!r} expired before this tell; it is "
             "failed and retried per the study's retries. Renew leases with /heartbeat or ask for a longer lease_s",
         ) from exc
-    except InvalidRequest as exc:
-        if st.optuna.get_trial(trial_id).state.is_finished():
-            raise Conflict("TrialFinished", str(exc)) from exc
-        raise
 
 
 # ask's and tell's own worker threads: a plain executor hop costs less than anyio's

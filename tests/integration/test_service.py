@@ -574,3 +574,19 @@ def test_a_study_deleted_or_replaced_elsewhere_is_seen_by_ask_and_tell(storage_u
         other.create_study(f"{study_name}-b")
         assert error_of(http.post(f"/v1/studies/{first}/ask", json={"space": SPACE_JSON}), 404) == "StudyNotFound"
         assert other.load_study(f"{study_name}-b").trials() == []
+
+
+def test_a_tell_sent_again_after_its_answer_was_lost_is_answered_as_stored(http, study_name):
+    # Seen in the multi-host test: a tell was written, its answer was lost in a network cut,
+    # and the client's retry was refused as TrialFinished although its own tell had been stored.
+    study = Client("http://testserver", http=http).create_study(study_name)
+    t = study.ask({"x": Float(0, 1)})
+    first = study.tell(t, 0.25, user_attrs={"k": 1})
+    again = study.tell(t, 0.25, user_attrs={"k": 1})  # the same tell, as if the first answer never came
+    assert again.state.name == "COMPLETE" and again.value == first.value == 0.25 and again.user_attrs["k"] == 1
+    with pytest.raises(InvalidRequest, match="already finished"):
+        study.tell(t, 0.5)  # another tell of a told trial is still refused
+    other = Client("http://testserver", http=http).load_study(study_name)
+    with pytest.raises(InvalidRequest, match="already finished"):
+        other.tell(t.number, 0.25, user_attrs={"k": 1})  # the same values from another client: not its tell
+    assert len(study.trials()) == 1 and study.trials()[0].value == 0.25
