@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from studyhall.storage._errors import InvalidRequest, StudyNotFound
 from studyhall.storage._optuna import table
 from studyhall.storage._schema import leases
-from studyhall.storage._sql import upsert
+from studyhall.storage._sql import driver_upsert, upsert
 from studyhall.storage._storage import Storage
 from studyhall.storage._trials import InTransaction, TrialWrite
 
@@ -114,7 +114,7 @@ def taking(trial_id: int, now: float, key: str | None = None) -> InTransaction:
     def write(conn: sa.Connection) -> None:
         if key is not None:
             row = {"trial_id": trial_id, "key": TELL_KEY_ATTR, "value_json": json.dumps(key)}
-            upsert(conn, table("TrialSystemAttributeModel"), [row], keys=("trial_id", "key"))
+            driver_upsert(conn, table("TrialSystemAttributeModel"), [row], keys=("trial_id", "key"))
         # The valid lease first: one statement on the hot path.
         if conn.execute(_CLAIM, {"tid": trial_id, "now": now}).rowcount == 1:
             return

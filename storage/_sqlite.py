@@ -98,9 +98,9 @@ checkpointer = _Checkpointer()
 
 
 class _Turns:
-    """One transaction at a time per SQLite engine and process, handed over in order.
+    """One writing transaction at a time per SQLite engine and process, handed over in order.
 
-    Every transaction here is IMMEDIATE, so SQLite admits one at a time anyway; what
+    Every writing transaction here is IMMEDIATE, so SQLite admits one at a time anyway; what
     it does with the others is sleep and poll (1, 2, 5, ... then 100 ms naps), so
     with a few threads writing a waiter sleeps long after the lock came free: the
     HTTP service's ``ask`` had a p99 of over half a second at 8 clients. Threads of one

@@ -136,9 +136,6 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     def _begin(self) -> AbstractContextManager[sa.Connection]:
         return self._transaction(read=False)
 
-    def _begin_read(self) -> AbstractContextManager[sa.Connection]:
-        return self._transaction(read=True)
-
     @contextmanager
     def _transaction(self, *, read: bool) -> Iterator[sa.Connection]:
         try:
@@ -177,7 +174,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         def once() -> T:
             nonlocal attempts
             attempts += 1
-            with self._begin_read() if read else self._begin() as conn:
+            with self._transaction(read=True) if read else self._begin() as conn:
                 if attempts > 1 and retry is not None:
                     done = retry(conn)
                     if done is not None:
