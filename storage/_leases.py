@@ -31,7 +31,6 @@ TELL_KEY_ATTR = "studyhall:tell_key"
 
 # Built once: a statement's construction costs more than its execution on SQLite.
 _LEASE = sa.select(leases).where(leases.c.trial_id == sa.bindparam("tid"))
-_INSERT = sa.insert(leases)
 _NOW = sa.select(sa.func.now())
 _CLAIM = sa.delete(leases).where(leases.c.trial_id == sa.bindparam("tid"), leases.c.expires_at >= sa.bindparam("now"))
 
@@ -47,28 +46,14 @@ class Lease:
 
 
 class LeaseExpired:
-    """The type of :data:`EXPIRED`, what ``renew`` and ``claim`` return for a lease that ran out."""
+    """The type of :data:`EXPIRED`, what ``renew`` returns for a lease that ran out."""
 
 
 EXPIRED = LeaseExpired()
 
 
 class LeaseRanOut(InvalidRequest):
-    """Raised inside a tell's transaction (:func:`take_for_tell`) to roll it back: the lease had run out."""
-
-
-def grant(st: Storage, study_id: int, trial_ids: Sequence[int], lease_s: float, expires_at: float) -> None:
-    """Lease new trials until ``expires_at``, and date their Optuna heartbeat at that moment."""
-    st.transaction(lambda conn: grant_in(conn, study_id, trial_ids, lease_s, expires_at))
-
-
-def grant_in(conn: sa.Connection, study_id: int, trial_ids: Sequence[int], lease_s: float, expires_at: float) -> None:
-    """:func:`grant` inside the caller's transaction (the one that creates the trial)."""
-    conn.execute(
-        _INSERT,
-        [{"trial_id": t, "study_id": study_id, "lease_s": lease_s, "expires_at": expires_at} for t in trial_ids],
-    )
-    _beat(conn, trial_ids, lease_s)
+    """Raised inside a tell's transaction (:func:`taking`) to roll it back: the lease had run out."""
 
 
 def granting(study_id: int, name: str, lease_s: float, expires_at: float) -> TrialWrite:
@@ -105,7 +90,7 @@ def _insert_if_named() -> Any:
 
 
 def taking(trial_id: int, now: float, key: str | None = None) -> InTransaction:
-    """:func:`claim` for a tell's transaction: LeaseRanOut (rolling the tell back) if the lease ran out.
+    """A tell's taking of its trial's lease, in the tell's transaction: LeaseRanOut (rolling the tell back) if it ran out.
 
     A trial that was never leased (asked in-process) is told as it is. ``key``, the
     tell's own name, is stored with it (:func:`told_by`).
@@ -151,35 +136,6 @@ def renew(st: Storage, trial_id: int, now: float, lease_s: float | None = None) 
         return now + length
 
     return st.transaction(write)
-
-
-def claim(st: Storage, trial_id: int, now: float) -> Lease | LeaseExpired | None:
-    """Delete a lease still valid at ``now`` (a tell takes it): the row; EXPIRED; None if never leased."""
-    return st.transaction(lambda conn: claim_in(conn, trial_id, now))
-
-
-def claim_in(conn: sa.Connection, trial_id: int, now: float) -> Lease | LeaseExpired | None:
-    """:func:`claim` inside the caller's transaction."""
-    row = conn.execute(_LEASE, {"tid": trial_id}).first()
-    if row is None:
-        return None
-    if conn.execute(_CLAIM, {"tid": trial_id, "now": now}).rowcount != 1:
-        return EXPIRED
-    return Lease(row.trial_id, row.study_id, row.lease_s, row.expires_at)
-
-
-def restore(st: Storage, lease: Lease) -> None:
-    """Put back a lease that :func:`claim` took (the tell was rejected; the trial still runs)."""
-
-    def write(conn: sa.Connection) -> None:
-        conn.execute(sa.delete(leases).where(leases.c.trial_id == lease.trial_id))
-        conn.execute(
-            sa.insert(leases).values(
-                trial_id=lease.trial_id, study_id=lease.study_id, lease_s=lease.lease_s, expires_at=lease.expires_at
-            )
-        )
-
-    st.transaction(write)
 
 
 def expired(st: Storage, now: float, limit: int) -> list[Lease]:
