@@ -19,6 +19,7 @@ more go than its limit in any window; every process exited.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -64,6 +65,7 @@ def _start_worker(h: Host, url: str, study_name: str, logs: Path) -> subprocess.
         "MULTIHOST_HOST": h.name,
         "MULTIHOST_LOG_DIR": str(logs),
         "MULTIHOST_LIMIT": "/".join(str(v) for v in LIMIT),
+        "PYTHONFAULTHANDLER": "1",  # a host that hangs is sent SIGABRT and prints every thread's stack
     }
     cmd = [
         "ip",
@@ -90,6 +92,13 @@ def _start_worker(h: Host, url: str, study_name: str, logs: Path) -> subprocess.
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     h.procs.append(p)
     return p
+
+
+def _output_after_abort(p: subprocess.Popen[str]) -> tuple[str, str]:
+    try:
+        return p.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        return "", "(no output within 20 s of SIGABRT)"
 
 
 def _host_url(h: Host, postgresql_url: str) -> str:
@@ -145,8 +154,15 @@ def test_three_hosts_one_killed_one_cut_off(hosts, postgresql_url, study_name, t
         try:
             outputs[name] = p.communicate(timeout=150)
         except subprocess.TimeoutExpired:
+            states = collections.Counter(t.state.name for t in study.trials())
+            for proc in descendants(p):  # stacks of where it hangs, for the failure's message
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.send_signal(signal.SIGABRT)
+            _, err = _output_after_abort(p)
             kill_tree(p)
-            raise AssertionError(f"{name} did not exit") from None
+            raise AssertionError(
+                f"{name} did not exit; trials {dict(states)}; its stderr ends:\n{err[-6000:]}"
+            ) from None
     elapsed = time.monotonic() - started
     for h in hosts:  # nothing left running on any host
         assert not [p for p in h.procs for p in descendants(p) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
