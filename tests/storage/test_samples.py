@@ -14,6 +14,7 @@ from alembic import command
 
 from studyhall.optimizer import Float, Orchestrator, summarize
 from studyhall.storage import _migrate, connect
+from studyhall.storage._retry import setup_retry
 from studyhall.storage._samples import BITS, F8, decode_samples, encode_samples, read_trial_samples
 from studyhall.storage._schema import trial_metrics
 from studyhall.storage._trials import read_study_samples
@@ -189,3 +190,18 @@ def test_a_database_at_revision_0001_upgrades_and_downgrades_without_losing_samp
         assert np.frombuffer(rows[10**6], "<f8").tobytes() == old.tobytes()
         assert np.frombuffer(rows[new_id], "<f8").tobytes() == new.tobytes()
         _alembic(engine, "upgrade", "head")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "(pymysql.err.OperationalError) (1060, \"Duplicate column name 'samples_format'\")",
+        "(sqlite3.OperationalError) duplicate column name: samples_format",
+        '(psycopg.errors.DuplicateColumn) column "samples_format" of relation "studyhall_trial_metrics" already exists',
+    ],
+)
+def test_processes_adding_the_column_at_once_retry_instead_of_failing(message):
+    # Seen on MariaDB with four processes connecting to an empty database at once: its
+    # ALTER TABLE does not wait for the winner's migration, the loser's fails outright.
+    error = sa.exc.OperationalError("ALTER TABLE studyhall_trial_metrics ADD COLUMN ...", {}, Exception(message))
+    assert setup_retry(error)
