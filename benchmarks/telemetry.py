@@ -3,7 +3,7 @@
 1. ``study.tell(t, scores=<1,000 scores>)`` vs ``study.tell(t, value)`` (and raw Optuna's
    tell): the price of keeping a distribution, a note and the Prometheus series
    (target <= 1.3x the plain tell); also with 40 LLM latencies and a counter besides,
-   what an LLM trial tells.
+   what an LLM trial tells; and the bytes the 1,000 pass/fail scores take in the database.
 2. ``events.record`` vs a bare INSERT of the same row.
 3. At 100,000 events: ``events.query`` with ``where`` pushed into SQL vs the same
    filter in Python (``data_filter``); ``trace_tree`` of one 1,000-event trace (one
@@ -37,6 +37,7 @@ from _pg import drop_scratch_schema, scratch_schema_url
 from studyhall.optimizer import Float, Orchestrator, events
 from studyhall.storage import connect
 from studyhall.storage._schema import events as events_table
+from studyhall.storage._schema import trial_metrics
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -100,14 +101,20 @@ def bench_tell(url: str, n: int, n_scores: int) -> None:
     ratio = sum(t_dist) / sum(t_plain)
     flag = "ok" if ratio <= 1.3 else "> 1.3"
     print(
-        f"  tell, median ms: optuna value {mr:.2f} | studyhall value {mp:.2f} | {n_scores} scores {md:.2f} "
-        f"| {n_scores} scores + 40 latencies + a counter {ml:.2f}"
+        f"  tell, median ms: optuna value {mr:.3f} | studyhall value {mp:.3f} | {n_scores} scores {md:.3f} "
+        f"| {n_scores} scores + 40 latencies + a counter {ml:.3f}"
     )
     print(
-        f"  tell with {n_scores} scores / tell with a value: {ratio:.2f}x {flag}   "
+        f"  tell with {n_scores} scores / tell with a value: {ratio:.2f}x {flag} (of the medians {md / mp:.2f}x)   "
         f"(with the latencies and counter too: {sum(t_llm) / sum(t_plain):.2f}x; "
         f"studyhall value / optuna value: {sum(t_plain) / sum(t_raw):.2f}x)"
     )
+    query = sa.select(sa.func.avg(sa.func.length(trial_metrics.c.samples))).where(
+        trial_metrics.c.study_id == dist._study_id, trial_metrics.c.name == "score"
+    )
+    with orch.storage.engine.connect() as conn:
+        stored = float(conn.execute(query).scalar_one())
+    print(f"  {n_scores} pass/fail scores stored in {stored:,.0f} bytes ({8 * n_scores:,} as float64)")
 
 
 # ---- 2. record ----------------------------------------------------------------------------

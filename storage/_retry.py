@@ -105,14 +105,24 @@ def _next_in_chain(exc: BaseException) -> BaseException | None:
     return exc.__context__ if wrapper and not exc.__suppress_context__ else None
 
 
+_SETUP_RACE_TEXT = (
+    "already exists",
+    "duplicate key",
+    "duplicate entry",
+    "unique constraint failed",
+    "duplicate column",
+)
+
+
 def is_setup_race(exc: BaseException | None) -> bool:
     # Processes creating the schema at the same moment: the loser's CREATE TABLE/TYPE
-    # hits "already exists" or a duplicate key in the catalog; trying again sees the
-    # winner's tables and creates nothing.
+    # hits "already exists" or a duplicate key in the catalog, its ADD COLUMN (MySQL and
+    # SQLite say "duplicate column name"; their DDL does not wait for the winner's
+    # transaction); trying again sees the winner's tables and creates nothing.
     seen = 0
     while exc is not None and seen < 8:
         text = str(exc).lower()
-        if any(t in text for t in ("already exists", "duplicate key", "duplicate entry", "unique constraint failed")):
+        if any(t in text for t in _SETUP_RACE_TEXT):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1

@@ -34,9 +34,12 @@ trial_metrics = sa.Table(
     sa.Column("p99", sa.Double),
     sa.Column("max", sa.Double),
     sa.Column("histogram", sa.JSON, nullable=False),
-    # The raw samples as little-endian float64, so that study-wide distributions
-    # pool exactly instead of merging histograms.
+    # The raw samples, so that study-wide distributions pool exactly instead of merging
+    # histograms and paired comparisons match them example by example. Stored as
+    # samples_format says (storage/_samples.py): 0 little-endian float64, 1 0/1 samples
+    # as bits (migration 0002; rows from before it are 0).
     sa.Column("samples", Blob),
+    sa.Column("samples_format", sa.SmallInteger, nullable=False, server_default="0"),
     sa.UniqueConstraint("trial_id", "name", name="uq_studyhall_trial_metrics_trial_name"),
     sa.Index("ix_studyhall_trial_metrics_study_name", "study_id", "name"),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -66,15 +66,21 @@ def _upsert_statement(dialect: str, table: sa.Table, columns: tuple[str, ...], k
     return mstmt.on_duplicate_key_update({c: mstmt.inserted[c] for c in update})
 
 
+class Ran(NamedTuple):
+    """What a :class:`DriverStatement` run reports: the driver's row count."""
+
+    rowcount: int
+
+
 class DriverStatement:
-    """A Core statement compiled once for one dialect, run with ``exec_driver_sql``.
+    """A Core statement compiled once for one dialect, run on the driver's own cursor.
 
     ``Connection.execute`` of a prebuilt statement still costs 50-80 µs on a tell's
-    path (its cache key, a context, bind processing per row); the same SQL handed
-    to ``exec_driver_sql`` costs 10-20 µs, with SQLAlchemy's events, error
-    translation and connection invalidation all kept. The price: values go to the
-    driver as they are, so every bound value must already be what the driver
-    takes: int, float, str, bytes or None, a JSON column's value as its JSON text.
+    path (its cache key, a context, bind processing per row), ``exec_driver_sql``
+    10-20 µs; the driver's cursor itself a few (see :func:`run_driver_sql`). The
+    price: values go to the driver as they are, so every bound value must already
+    be what the driver takes: int, float, str, bytes or None, a JSON column's value
+    as its JSON text.
     """
 
     __slots__ = ("names", "sql")
@@ -90,11 +96,49 @@ class DriverStatement:
             self.names = None
         self.sql = compiled.string
 
-    def execute(self, conn: sa.Connection, runs: Sequence[Mapping[str, Any]]) -> sa.CursorResult[Any]:
+    def execute(self, conn: sa.Connection, runs: Sequence[Mapping[str, Any]]) -> Ran:
         """Run the statement once per dict of bound values (one driver call: ``executemany`` for several)."""
         names = self.names
         params: list[Any] = list(runs) if names is None else [tuple(r[k] for k in names) for r in runs]
-        return conn.exec_driver_sql(self.sql, params if len(params) != 1 else params[0])
+        return run_driver_sql(conn, self.sql, params if len(params) != 1 else params[0])
+
+
+# SQLAlchemy's own error handling, which the driver's cursor below must not lose: translating
+# the driver's exception, noticing a dropped connection and invalidating it (storage/_retry.py
+# retries on exactly that), the handle_error events. A private method: without it (another
+# SQLAlchemy), every statement takes exec_driver_sql, slower but the same (tests/storage/test_sql.py).
+_HANDLE_ERROR = getattr(sa.Connection, "_handle_dbapi_exception", None)
+
+
+def run_driver_sql(conn: sa.Connection, sql: str, params: Any) -> Ran:
+    """``conn.exec_driver_sql(sql, params)`` on the driver's cursor, with SQLAlchemy's error handling.
+
+    ``exec_driver_sql`` builds an execution context and a result per statement, 10-15 µs
+    of a tell's; the cursor costs a few. It falls back to ``exec_driver_sql`` wherever
+    the two could differ: outside a transaction (SQLAlchemy would begin one), with
+    statement logging or ``*_cursor_execute`` listeners (tracing), or without
+    SQLAlchemy's error handler. ``params``: one tuple or dict, or a list of them (executemany).
+    """
+    if (
+        _HANDLE_ERROR is None
+        or not conn.in_transaction()
+        or conn._echo  # echo=True logs every statement; only exec_driver_sql does
+        or conn.dispatch.before_cursor_execute
+        or conn.dispatch.after_cursor_execute
+    ):
+        return Ran(conn.exec_driver_sql(sql, params).rowcount)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if isinstance(params, list):
+            cursor.executemany(sql, params)
+        else:
+            cursor.execute(sql, params)
+        ran = Ran(cursor.rowcount)
+    except BaseException as exc:  # as SQLAlchemy does: an interrupt mid-statement makes the connection suspect
+        _HANDLE_ERROR(conn, exc, sql, params, cursor, None)  # raises the translated error
+        raise  # not reached
+    cursor.close()
+    return ran
 
 
 # Column types whose bind processing the caller does (see DriverStatement): JSON its text;
@@ -117,9 +161,11 @@ def driver_upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
         stmt, names = _driver_upsert(conn.dialect, table, columns, keys, len(chunk))
-        stmt.execute(
-            conn, [{name: row[c] for row, row_names in zip(chunk, names) for c, name in zip(columns, row_names)}]
-        )
+        if stmt.names is not None:  # positional: the values row after row (the order _driver_upsert checked)
+            params: Any = tuple([row[c] for row in chunk for c in columns])
+        else:
+            params = {name: row[c] for row, row_names in zip(chunk, names) for c, name in zip(columns, row_names)}
+        run_driver_sql(conn, stmt.sql, params)
 
 
 _MAX_BINDS = 999  # SQLite's smallest compiled-in limit of bound values per statement

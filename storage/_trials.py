@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from studyhall.storage._optuna import table
+from studyhall.storage._samples import F8, decode_samples, encode_samples
 from studyhall.storage._schema import trial_metrics
 from studyhall.storage._sql import driver_upsert
 from studyhall.storage._storage import Storage
@@ -69,18 +70,21 @@ def finish_trial(
     replaces the ask time (a trial that waited in a queue). Returns False, having
     written nothing, when the trial was no longer RUNNING.
     """
-    rows = [
-        {
-            "study_id": study_id,
-            "trial_id": trial_id,
-            "trial_number": trial_number,
-            "name": name,
-            **{c: summary[c] for c in _STAT_COLUMNS},
-            "histogram": json.dumps(summary["histogram"]),  # driver_upsert takes a JSON column's text
-            "samples": None if samples is None else np.ascontiguousarray(samples, dtype="<f8").tobytes(),
-        }
-        for name, summary, samples in metrics
-    ]
+    rows = []
+    for name, summary, samples in metrics:
+        samples_format, blob = (F8, None) if samples is None else encode_samples(samples)
+        rows.append(
+            {
+                "study_id": study_id,
+                "trial_id": trial_id,
+                "trial_number": trial_number,
+                "name": name,
+                **{c: summary[c] for c in _STAT_COLUMNS},
+                "histogram": json.dumps(summary["histogram"]),  # driver_upsert takes a JSON column's text
+                "samples": blob,
+                "samples_format": samples_format,
+            }
+        )
 
     def telemetry(conn: sa.Connection) -> None:
         driver_upsert(conn, trial_metrics, rows, keys=("trial_id", "name"))
@@ -128,12 +132,12 @@ def read_study_samples(st: Storage, study_id: int, name: str) -> dict[int, np.nd
 
     def read(conn: sa.Connection) -> dict[int, np.ndarray]:
         result = conn.execute(
-            sa.select(trial_metrics.c.trial_number, trial_metrics.c.samples).where(
+            sa.select(trial_metrics.c.trial_number, trial_metrics.c.samples_format, trial_metrics.c.samples).where(
                 trial_metrics.c.study_id == study_id, trial_metrics.c.name == name
             )
         )
         return {
-            r.trial_number: np.frombuffer(r.samples, dtype="<f8") if r.samples is not None else np.empty(0)
+            r.trial_number: decode_samples(r.samples_format, r.samples) if r.samples is not None else np.empty(0)
             for r in result
         }
 

@@ -118,17 +118,22 @@ class Summary:
         return cls(n=int(d["n"]), **stats, histogram=hist, **extra)
 
 
-def as_array(samples: Iterable[float], what: str = "samples") -> np.ndarray:
-    """``samples`` as a 1-d float64 array; non-numeric or non-finite values are an InvalidRequest."""
+def as_array(samples: Iterable[float], what: str = "samples", *, finite: bool = True) -> np.ndarray:
+    """``samples`` as a 1-d float64 array; non-numeric values are an InvalidRequest, and non-finite ones unless ``finite=False``."""
     try:
         arr = np.asarray(list(samples) if not isinstance(samples, np.ndarray) else samples, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"{what} must be numbers; got {samples!r:.80}") from exc
     arr = arr.reshape(-1)
+    if finite:
+        _check_finite(arr, what)
+    return arr
+
+
+def _check_finite(arr: np.ndarray, what: str) -> None:
     if arr.size and not np.isfinite(arr).all():
         bad = arr[~np.isfinite(arr)][0]
         raise InvalidRequest(f"{what} contain a non-finite value ({bad}); pass finite numbers only")
-    return arr
 
 
 def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Summary:
@@ -144,14 +149,20 @@ def summarize(samples: Iterable[float] | np.ndarray, bins: int = MAX_BINS) -> Su
     return summarize_array(arr, bins)
 
 
-def summarize_array(arr: np.ndarray, bins: int = MAX_BINS) -> Summary:
-    """:func:`summarize` of samples :func:`as_array` already checked (1-d float64, finite, at least one)."""
+def summarize_array(arr: np.ndarray, bins: int = MAX_BINS, *, what: str | None = None) -> Summary:
+    """:func:`summarize` of samples :func:`as_array` already checked (1-d float64, finite, at least one).
+
+    ``what``: the samples' finiteness is not checked yet (``as_array(..., finite=False)``);
+    a non-finite one is an InvalidRequest naming ``what``.
+    """
     # tell() runs this once per metric with the CPU caches full of SQL work, where each numpy
     # call costs several microseconds. Pass/fail scores, the common case, are all 0 or 1: two
-    # counts say everything, and the rest is arithmetic on them.
+    # counts say everything, and the rest is arithmetic on them (they need no finiteness pass).
     ones = int(np.count_nonzero(arr == 1.0))
-    if ones == int(np.count_nonzero(arr)):  # every sample that is not 0 is 1
+    if ones == int(np.count_nonzero(arr)):  # every sample that is not 0 is 1 (NaN and inf are neither)
         return _binary_summary(arr.size, ones, bins)
+    if what is not None:
+        _check_finite(arr, what)
     return _sorted_summary(arr, bins)
 
 

@@ -75,7 +75,7 @@ def check_tell(
     told = Told(parse_state(state) if state is not None else TrialState.COMPLETE, None, dict(user_attrs or {}), [])
     for key, val in told.user_attrs.items():
         attr_json("user attribute", key, val)  # JSON, key and size: refused here, before anything is written
-    score = _summarise(told, "score", as_array(scores, "scores")) if scores is not None else None
+    score = _summarise(told, "score", scores, "scores") if scores is not None else None
     told.values = _values(value, values, scores, told.state, score, directions, study_name)
     if told.state == TrialState.PRUNED and running.last_step is not None:
         last = running.intermediate_values[running.last_step]
@@ -85,17 +85,18 @@ def check_tell(
     for name, samples in (metrics or {}).items():
         if not isinstance(name, str) or not name or len(name) > MAX_METRIC_NAME or "\x00" in name:
             raise InvalidRequest(f"metric names must be strings of 1-{MAX_METRIC_NAME} characters; got {name!r:.60}")
-        _summarise(told, name, as_array(samples, f"metric {name!r}"))
+        _summarise(told, name, samples, f"metric {name!r}")
     if error is not None:
         told.user_attrs["error"] = str(error)[:MAX_ERROR_LEN]
     return told
 
 
-def _summarise(told: Told, name: str, samples: np.ndarray) -> Summary | None:
+def _summarise(told: Told, name: str, given: Any, what: str) -> Summary | None:
     # A distribution is kept as a row and as flat user_attrs (name.p50, ...); no samples, no row.
+    samples = as_array(given, what, finite=False)
     if not samples.size:
         return None
-    s = summarize_array(samples)  # checked by as_array already
+    s = summarize_array(samples, what=what)  # finiteness checked there: 0/1 samples need no pass for it
     told.user_attrs.update(summary_attrs(name, s))
     told.rows.append((name, s.as_dict(), samples))
     return s

@@ -3,11 +3,13 @@
 Everything is aggregated in the process that tells (the parent of a worker pool),
 so there are no multiprocess files. Histograms take a whole trial's samples in
 one numpy call: a tell with 1,000 scores costs one ``searchsorted``, not 1,000
-``observe`` calls.
+``observe`` calls; pass/fail scores (a Wilson interval in their Summary) cost
+two additions, from the counts the Summary already took.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,7 @@ class _BulkHistogram(Collector):
     def __init__(self, name: str, documentation: str, buckets: Sequence[float], label: str = "study") -> None:
         self.name, self.documentation, self.label = name, documentation, label
         self.bounds = np.asarray(sorted(buckets), dtype=np.float64)
+        self._bounds = self.bounds.tolist()  # for bisect: the same "left" search as searchsorted
         self._series: dict[str, tuple[np.ndarray, list[float]]] = {}  # label -> (counts, [sum])
         self._lock = threading.Lock()
 
@@ -61,6 +64,18 @@ class _BulkHistogram(Collector):
                 series = self._series[label] = (np.zeros(self.bounds.size + 1, dtype=np.int64), [0.0])
             series[0][:] += counts
             series[1][0] += total
+
+    def observe_counts(self, counts: Iterable[tuple[float, int]], label: str = "") -> None:
+        """Add ``count`` values equal to ``value`` for each (value, count): what ``observe`` of them would add."""
+        bounds = self._bounds
+        add = [(bisect.bisect_left(bounds, value), value, count) for value, count in counts if count]
+        with self._lock:
+            series = self._series.get(label)
+            if series is None:
+                series = self._series[label] = (np.zeros(self.bounds.size + 1, dtype=np.int64), [0.0])
+            for i, value, count in add:
+                series[0][i] += count
+                series[1][0] += value * count
 
     def collect(self) -> Iterable[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
@@ -149,13 +164,13 @@ def after_tell(
     if values:
         trial_values.observe(values[:1], study)
     retries = 0.0
-    for name, _, samples in rows:
+    for name, summary, samples in rows:
         if samples is None:
             continue
         if name == SCORE:
-            example_scores.observe(samples, study)
+            _observe(example_scores, samples, summary, study)
         elif name == LATENCY:
-            llm_latency.observe(samples, study)
+            _observe(llm_latency, samples, summary, study)
         elif name == LLM_ATTEMPTS:  # each call's attempts: everything past the first is a retry
             retries += float(np.maximum(np.asarray(samples, dtype=np.float64) - 1.0, 0.0).sum())
     if retries and not any(k in attrs for k in LLM_RETRIES):
@@ -173,3 +188,14 @@ def after_tell(
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
                 counter.labels(study).inc(v)
                 break
+
+
+def _observe(hist: _BulkHistogram, samples: Any, summary: Mapping[str, Any], label: str) -> None:
+    # A Wilson interval means every sample is 0 or 1 (optimizer/study/_summary.py): its count
+    # and mean, ones / n, are the whole distribution, without another pass over the samples.
+    if summary.get("ci_method") == "wilson":
+        n = int(summary["n"])
+        ones = round(summary["mean"] * n)  # exact: mean = ones / n, off by far less than 0.5 below 2**50
+        hist.observe_counts(((0.0, n - ones), (1.0, ones)), label)
+    else:
+        hist.observe(samples, label)

@@ -52,6 +52,12 @@ def test_non_finite_values_are_refused_and_leave_the_trial_running(orch, study_n
         study.tell(t, value)
     with pytest.raises(InvalidRequest, match="non-finite"):
         study.tell(t, scores=[1.0, value])
+    # 0/1 samples skip the finiteness pass: NaN and inf are neither 0 nor 1, so they are still caught
+    for samples in ([value], [0.0, value, 1.0], np.array([1.0] * 9 + [value])):
+        with pytest.raises(InvalidRequest, match="scores contain a non-finite"):
+            study.tell(t, scores=samples)
+        with pytest.raises(InvalidRequest, match="metric 'm' contain a non-finite"):
+            study.tell(t, 0.5, metrics={"m": samples})
     assert study.trial(t.number).state.name == "RUNNING"
     assert study.trial(t.number).user_attrs == {}
     study.tell(t, 0.5)  # still tellable

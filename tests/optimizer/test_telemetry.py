@@ -171,3 +171,20 @@ def test_each_summary_carries_its_interval_to_attrs_note_and_metrics(sqlite_url,
     pooled = study.metrics().per_trial[t.number]
     assert (stored.ci_low, stored.ci_high, stored.ci_method) == (pooled.ci_low, pooled.ci_high, "wilson")
     assert stored.ci_low == attrs["score.ci_low"]
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [[0.0], [1.0], [0.0] * 1000, [1.0] * 7, [1, 0, 1, 1], list(np.random.default_rng(0).random(200_001) < 0.3)],
+    ids=["a 0", "a 1", "1000 zeros", "7 ones", "3 of 4", "200,001"],
+)
+def test_pass_fail_scores_reach_prometheus_from_their_two_counts(samples, monkeypatch):
+    # The same buckets and sum as observing every sample, without another pass over them.
+    from studyhall.optimizer.telemetry import _registry
+
+    arr = np.asarray(samples, dtype=np.float64)
+    every, counted = (_registry._BulkHistogram("h", "h", _registry.SCORE_BUCKETS) for _ in range(2))
+    every.observe(arr, "s")
+    monkeypatch.setattr(counted, "observe", lambda *a: pytest.fail("observed sample by sample"))
+    _registry._observe(counted, arr, summarize(arr).as_dict(), "s")
+    assert list(counted.collect())[0].samples == list(every.collect())[0].samples
