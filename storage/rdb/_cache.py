@@ -5,7 +5,9 @@ database for the trials newer than the newest one seen (the watermark) and for t
 state and parameter count of the unfinished ones; only trials that are new or
 changed are then read whole. A study's trial ids grow in commit order (every
 process creating a trial locks the study's row first, Optuna included), so nothing
-committed below the watermark can appear later.
+committed below the watermark can appear later. Only what a refresh read moves the
+watermark: a trial this process creates may have an id above another process's
+trial committed since the last refresh, which must still be read.
 
 ::
 
@@ -65,7 +67,6 @@ class StudyCache:
             self.unfinished.discard(trial_id)
         else:
             self.unfinished.add(trial_id)
-        self.watermark = max(self.watermark, trial_id)
         for name, dist in frozen.distributions.items():
             self.distributions.setdefault(name, dist)
 
@@ -95,6 +96,7 @@ class StudyCache:
         if not self.by_id:  # cold: everything, in six queries
             for frozen in load_trials(conn, parse, study_id=self.study_id):
                 self.put(frozen)
+                self.watermark = max(self.watermark, frozen._trial_id)
             return
         q = statements()
         args: dict[str, object] = {"sid": self.study_id, "watermark": self.watermark}
@@ -105,10 +107,13 @@ class StudyCache:
         else:
             query = q.refresh_with_states
         stale: list[int] = []
+        newest = self.watermark
         for trial_id, state, count in conn.execute(query, args):
+            newest = max(newest, trial_id)
             known = self.by_id.get(trial_id)
             if known is None or known.state != state or (trial_id not in owned and len(known.params) != count):
                 stale.append(trial_id)
         if stale:
             for frozen in load_trials(conn, parse, ids=stale):
                 self.put(frozen)
+        self.watermark = newest
