@@ -9,11 +9,19 @@ import typer
 
 from studyhall.optimizer.cli._app import StorageOpt, app, console, fail, open_storage, quiet_optuna, safe, user_errors
 from studyhall.optimizer.service._hosts import is_loopback
-from studyhall.optimizer.service._limits import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, LOG_LEVELS, MAX_CONNECTIONS
+from studyhall.optimizer.service._limits import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    HTTP_IMPLS,
+    LOG_LEVELS,
+    MAX_CONNECTIONS,
+)
 
 HostOpt = Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")]
 LogLevel = enum.Enum("LogLevel", {name: name for name in LOG_LEVELS}, type=str)  # type: ignore[misc]
 INFO = LogLevel("info")
+HttpImpl = enum.Enum("HttpImpl", {name: name for name in HTTP_IMPLS}, type=str)  # type: ignore[misc]
+HTTPTOOLS = HttpImpl("httptools")
 
 
 @app.command()
@@ -45,6 +53,12 @@ def serve(
         int, typer.Option(min=1, help="Open connections at most; more are answered 503 and closed.")
     ] = MAX_CONNECTIONS,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="uvicorn's log level.")] = INFO,
+    http: Annotated[
+        HttpImpl,
+        typer.Option(
+            case_sensitive=False, help="HTTP/1.1 parser: httptools (C, faster) or h11 (pure Python); same limits."
+        ),
+    ] = HTTPTOOLS,
 ) -> None:
     """Serve the create-study / ask / tell API over HTTP (docs at /docs, schema at /openapi.json)."""
     from studyhall.optimizer.service._app import create_app
@@ -66,5 +80,11 @@ def serve(
         highlight=False,
     )
     run_server(
-        service, host, port, log_level=log_level.value, header_timeout=header_timeout, max_connections=max_connections
+        service,
+        host,
+        port,
+        log_level=log_level.value,
+        header_timeout=header_timeout,
+        max_connections=max_connections,
+        http=http.value,
     )
