@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from typing import Annotated
 
 import typer
@@ -53,6 +54,14 @@ def serve(
         int, typer.Option(min=1, help="Open connections at most; more are answered 503 and closed.")
     ] = MAX_CONNECTIONS,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="uvicorn's log level.")] = INFO,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Service processes answering on the one port (default: the number of CPU cores); "
+            "1 serves from this process.",
+        ),
+    ] = None,
     http: Annotated[
         HttpImpl,
         typer.Option(
@@ -71,20 +80,48 @@ def serve(
             "or bind 127.0.0.1"
         )
     quiet_optuna()
-    st = open_storage(storage)
+    st = open_storage(storage)  # checks (and migrates) the database once, before any worker starts
     with user_errors(st.url):
         service = create_app(st, token or None, body_timeout=body_timeout, allowed_hosts=allow_host)
+    n = workers or default_workers()
     console.print(
         f"studyhall serving {safe(repr(st))} on http://{safe(host)}:{port} (docs: /docs)"
-        f"{' with a token' if token else ''}",
+        f"{' with a token' if token else ''}{f' in {n} worker processes' if n > 1 else ''}",
         highlight=False,
     )
-    run_server(
-        service,
-        host,
-        port,
+    if n == 1:
+        run_server(
+            service,
+            host,
+            port,
+            log_level=log_level.value,
+            header_timeout=header_timeout,
+            max_connections=max_connections,
+            http=http.value,
+        )
+        return
+    from studyhall.optimizer.service._workers import WorkerSettings, run_workers
+
+    del service  # each worker builds its own app on its own connection to the database
+    st.close()
+    settings = WorkerSettings(
+        storage=st,
+        token=token or None,
+        body_timeout=body_timeout,
+        allowed_hosts=allow_host,
         log_level=log_level.value,
         header_timeout=header_timeout,
         max_connections=max_connections,
         http=http.value,
     )
+    status = run_workers(settings, host, port, n)
+    if status:
+        raise typer.Exit(status)
+
+
+def default_workers() -> int:
+    """One service process per CPU core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

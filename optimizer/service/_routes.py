@@ -243,8 +243,15 @@ def _tell(study: Study, number: int, body: m.TellRequest, leases: Leases, st: St
         if body.key is not None and leases.told_by(trial_id, body.key):
             return st.optuna.get_trial(trial_id)
         if not isinstance(exc, LeaseRanOut):
-            if st.optuna.get_trial(trial_id).state.is_finished():
-                raise Conflict("TrialFinished", str(exc)) from exc
+            now = st.optuna.get_trial(trial_id)
+            if now.state.is_finished():
+                # Finished before this tell read it, or (a sweep in another thread or worker) after.
+                why = "; its lease had expired" if now.user_attrs.get("failure") == "lease" else ""
+                raise Conflict(
+                    "TrialFinished",
+                    f"trial {number} of study {study.name!r} is already finished ({now.state.name}){why}; "
+                    "ask for a new trial instead",
+                ) from exc
             raise
         raise Conflict(
             "LeaseExpired",

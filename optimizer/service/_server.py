@@ -50,6 +50,24 @@ def _busy_response(limit: int) -> bytes:
     return head.encode() + body
 
 
+class ConnectionCensus:
+    """Open connections of every worker process of one server, a slot each in shared memory.
+
+    The cap counts connections across ``--workers``: each worker writes its own count into
+    its slot (from its event loop only) and sums every slot, so two workers accepting at
+    the same instant may together go past the cap by at most one connection each.
+    """
+
+    def __init__(self, counts: Any, slot: int) -> None:
+        self.counts = counts  # a multiprocessing RawArray of longs, one per worker
+        self.slot = slot
+
+    def update(self, mine: int) -> int:
+        """Record this worker's open connections; the total of every worker."""
+        self.counts[self.slot] = mine
+        return int(sum(self.counts))
+
+
 class _Guards:
     """The connection cap and the header deadline, for a uvicorn HTTP protocol class that follows it in the MRO.
 
@@ -60,6 +78,7 @@ class _Guards:
 
     header_timeout: float = HEADER_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
+    census: ConnectionCensus | None = None  # several worker processes: the cap is on their total
     _header_deadline: asyncio.TimerHandle | None = None
     # What the uvicorn protocol provides.
     connections: set[Any]
@@ -69,7 +88,7 @@ class _Guards:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection; refuse it over the cap, else start its header deadline."""
         super().connection_made(transport)  # type: ignore[misc]
-        if len(self.connections) > self.max_connections:
+        if self._open_connections() > self.max_connections:
             self.transport.write(_busy_response(self.max_connections))
             self.transport.close()
             return
@@ -79,6 +98,11 @@ class _Guards:
         """Forget the deadline of a connection that is gone."""
         self._headers_arrived()
         super().connection_lost(exc)  # type: ignore[misc]
+        self._open_connections()
+
+    def _open_connections(self) -> int:
+        mine = len(self.connections)
+        return mine if self.census is None else self.census.update(mine)
 
     def _awaiting_headers(self) -> bool:
         raise NotImplementedError
@@ -142,10 +166,38 @@ class GuardedHttpToolsProtocol(_Guards, HttpToolsProtocol):
 _PROTOCOLS: dict[str, type[_Guards]] = {"httptools": GuardedHttpToolsProtocol, "h11": GuardedH11Protocol}
 
 
-def protocol(header_timeout: float, max_connections: int, http: HttpImpl = "httptools") -> type[asyncio.Protocol]:
+def protocol(
+    header_timeout: float,
+    max_connections: int,
+    http: HttpImpl = "httptools",
+    census: ConnectionCensus | None = None,
+) -> type[asyncio.Protocol]:
     """The guarded ``http`` protocol with these limits, for ``uvicorn.Config(http=...)``."""
     base = _PROTOCOLS[http]
-    return type(base.__name__, (base,), {"header_timeout": header_timeout, "max_connections": max_connections})
+    limits = {"header_timeout": header_timeout, "max_connections": max_connections, "census": census}
+    return type(base.__name__, (base,), limits)
+
+
+def config(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_level: str = "info",
+    header_timeout: float = HEADER_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
+    http: HttpImpl = "httptools",
+    census: ConnectionCensus | None = None,
+) -> uvicorn.Config:
+    """uvicorn's configuration for ``app`` with the limits above (host and port unused on a socket passed in)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=protocol(header_timeout, max_connections, http, census),
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
 
 
 def serve(
@@ -158,20 +210,29 @@ def serve(
     max_connections: int = MAX_CONNECTIONS,
     http: HttpImpl = "httptools",
 ) -> None:
-    """Run ``app`` with uvicorn on ``host:port`` until interrupted, with the limits above.
-
-    The objects alive at this point (the app, every imported module) live as long as
-    the process, so they leave the garbage collector's view (``gc.freeze``): a full
-    collection over them took over 100 ms, stalling every request in flight.
-    """
-    gc.collect()
-    gc.freeze()
-    config = uvicorn.Config(
+    """Run ``app`` with uvicorn on ``host:port`` until interrupted, with the limits above."""
+    cfg = config(
         app,
-        host=host,
-        port=port,
+        host,
+        port,
         log_level=log_level,
-        http=protocol(header_timeout, max_connections, http),
-        timeout_keep_alive=KEEP_ALIVE_S,
+        header_timeout=header_timeout,
+        max_connections=max_connections,
+        http=http,
     )
-    uvicorn.Server(config).run()
+    Server(cfg).run()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, with the objects alive when it starts out of the garbage collector's view.
+
+    They (the app, every imported module) live as long as the process, so they leave
+    the collector's view (``gc.freeze``): a full collection over them took over 100 ms,
+    stalling every request in flight.
+    """
+
+    def run(self, sockets: list[Any] | None = None) -> None:
+        """Serve until told to stop."""
+        gc.collect()
+        gc.freeze()
+        super().run(sockets)
