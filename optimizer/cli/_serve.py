@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import os
 from typing import Annotated
 
 import typer
@@ -55,13 +54,13 @@ def serve(
     ] = MAX_CONNECTIONS,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="uvicorn's log level.")] = INFO,
     workers: Annotated[
-        int | None,
+        int,
         typer.Option(
             min=1,
-            help="Service processes answering on the one port (default: the number of CPU cores); "
-            "1 serves from this process.",
+            help="Service processes answering on the one port; 1 serves from this process. On SQLite, "
+            "deleting a study while several processes serve can leave the others with stale trials (docs/service.md).",
         ),
-    ] = None,
+    ] = 1,
     http: Annotated[
         HttpImpl,
         typer.Option(
@@ -83,7 +82,7 @@ def serve(
     st = open_storage(storage)  # checks (and migrates) the database once, before any worker starts
     with user_errors(st.url):
         service = create_app(st, token or None, body_timeout=body_timeout, allowed_hosts=allow_host)
-    n = workers or default_workers()
+    n = workers
     console.print(
         f"studyhall serving {safe(repr(st))} on http://{safe(host)}:{port} (docs: /docs)"
         f"{' with a token' if token else ''}{f' in {n} worker processes' if n > 1 else ''}",
@@ -117,11 +116,3 @@ def serve(
     status = run_workers(settings, host, port, n)
     if status:
         raise typer.Exit(status)
-
-
-def default_workers() -> int:
-    """One service process per CPU core this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

@@ -9,8 +9,8 @@ the database work taking turns on it; N processes share the load (issue 12)::
      │     │  (the kernel hands each new connection to one of them)
      │     └─ watches the supervisor: gone, even SIGKILLed ─> shuts down like on SIGTERM
      └─ waits on the workers' sentinels and on SIGINT/SIGTERM:
-          a serving worker died ─> logged with its exit code or signal, replaced
-          a worker died before serving ─> every worker stopped, exit 1 (it would fail again)
+          a worker died serving, or was killed by a signal ─> logged with its exit code or signal, replaced
+          a worker exited with an error before serving ─> every worker stopped, exit 1 (it would fail again)
           SIGINT/SIGTERM ─> SIGTERM to each worker, GRACE_S for their answers in flight, then SIGKILL
 
 Everything a worker knows that matters across workers lives in the database: studies
@@ -159,7 +159,7 @@ def run_workers(settings: WorkerSettings, host: str, port: int, workers: int) ->
                 if child.process.exitcode is None or stop.is_set():
                     continue
                 why = _exit_reason(child.process.exitcode)
-                if not child.ready:
+                if not child.ready and child.process.exitcode > 0:  # its app or server failed: it would again
                     _log.error("service worker %s %s before it could serve; stopping", child.process.pid, why)
                     status = 1
                     stop.set()
