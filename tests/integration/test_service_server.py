@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import select
 import time
 
@@ -137,17 +138,17 @@ def test_idle_and_slow_clients_cannot_hold_the_service(sqlite_url, server):
         "studies.example",
     )
     with serving(sqlite_url, *limits, token=None) as [base]:
-        held = [open_conn(base) for _ in range(8)]
-        for sock in held:
-            sock.sendall(PARTIAL_HEADERS)
-        # over the cap: answered 503 and closed at once, not left waiting
-        with open_conn(base) as extra:
-            refused = answer(extra, within=5)
-        assert refused.startswith(b"HTTP/1.1 503") and b"TooManyConnections" in refused
-        # headers that never end: closed after the header timeout, freeing the slots
-        for sock in held:
-            assert answer(sock, within=10) == b""
-            sock.close()
+        with contextlib.ExitStack() as stack:
+            held = [stack.enter_context(open_conn(base)) for _ in range(9)]
+            for sock in held:
+                sock.sendall(PARTIAL_HEADERS)
+            # One over the cap: answered 503 and closed at once, not left waiting. (Which one: with
+            # several workers each accepts from the shared socket at its own pace, not in connect order.)
+            answers = [answer(sock, within=5 if i == 8 else 10) for i, sock in enumerate(held)]
+            [refused] = [a for a in answers if a]
+            assert refused.startswith(b"HTTP/1.1 503") and b"TooManyConnections" in refused
+            # headers that never end: closed after the header timeout (the other eight), freeing the slots
+            assert answers.count(b"") == 8
         assert httpx.get(f"{base}/v1/studies", timeout=5).status_code == 200
 
         # the next request on a kept-alive connection has the same deadline
