@@ -133,7 +133,7 @@ class _Child:
 
 def run_workers(settings: WorkerSettings, host: str, port: int, workers: int) -> int:
     """Serve with ``workers`` processes on ``host:port`` until SIGINT/SIGTERM; the exit status."""
-    sock = uvicorn.Config(lambda: None, host=host, port=port).bind_socket()
+    sock = uvicorn.Config(lambda: None, host=host, port=port, log_level=settings.log_level).bind_socket()
     # The self-pipe wakes the wait below on a signal (a handler alone would wait out the timeout).
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
