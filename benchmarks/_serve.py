@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def serve(url: str) -> Iterator[str]:
-    """`studyhall serve` on a free loopback port until the block ends."""
+def serve(url: str, *options: str) -> Iterator[str]:
+    """`studyhall serve OPTIONS` on a free loopback port until the block ends."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -36,6 +36,7 @@ def serve(url: str) -> Iterator[str]:
             str(port),
             "--log-level",
             "warning",
+            *options,
         ],
         cwd=ROOT,
         env=env,

@@ -7,11 +7,13 @@ with 1 and 8 concurrent clients and HTTP's rate as a fraction of in-process.
     python benchmarks/service.py            # 180 round trips per scenario, random + TPE
     python benchmarks/service.py --quick    # 40 round trips, random only
     python benchmarks/service.py --storage postgresql+psycopg://postgres@127.0.0.1/test
+    python benchmarks/service.py --serve "--workers 2" --serve "--workers 1"   # server variants, alternated
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import threading
@@ -67,6 +69,12 @@ def main() -> None:
     ap.add_argument("--storage", default=None, help="storage URL (default: a fresh SQLite file)")
     ap.add_argument("--sampler", action="append", choices=["random", "tpe"], help="only this sampler (repeatable)")
     ap.add_argument("--clients", type=int, action="append", help="only this many clients (repeatable; default 1 and 8)")
+    ap.add_argument(
+        "--serve",
+        action="append",
+        help="`studyhall serve` options of one server variant, e.g. '--workers 2' (repeatable: the variants "
+        "take turns with in-process in each round; default: serve's defaults)",
+    )
     args = ap.parse_args()
     n = args.n or (40 if args.quick else 180)
     rounds = 1 if args.quick else max(1, args.rounds)
@@ -79,37 +87,52 @@ def main() -> None:
             f"{'sampler':8} {'clients':>7} {'in-process':>11} {'HTTP':>8} {'HTTP/in-process':>16}"
             f" {'ask p50/p99 ms in-process':>26} {'HTTP':>12}"
         )
-        with serve(url) as base, Client(base) as remote:
+        variants = args.serve or [""]
+        with contextlib.ExitStack() as stack:
+            bases = [stack.enter_context(serve(url, *v.split())) for v in variants]
+            remote = stack.enter_context(Client(bases[0]))
+            made: list[str] = []  # deleted at the end: SQLite reuses a deleted study's ids, which other processes cache
             for smp in samplers:
                 for clients in args.clients or (1, 8):
                     name = f"bench-{uuid.uuid4().hex[:8]}"
                     orch.create_study(f"{name}-local", sampler=smp, seed=0)
-                    remote.create_study(f"{name}-http", sampler=smp, seed=0)
+                    made.append(f"{name}-local")
+                    for i in range(len(bases)):
+                        remote.create_study(f"{name}-http{i}", sampler=smp, seed=0)
+                        made.append(f"{name}-http{i}")
                     opened: list[Client] = []
 
-                    def remote_study(name: str = name, opened: list[Client] = opened) -> object:
-                        c = Client(base)
+                    def remote_study(i: int, name: str = name, opened: list[Client] = opened) -> object:
+                        c = Client(bases[i])
                         opened.append(c)
-                        return c.load_study(f"{name}-http")
+                        return c.load_study(f"{name}-http{i}")
 
-                    local_rates, http_rates = [], []
+                    local_rates: list[float] = []
+                    http_rates: list[list[float]] = [[] for _ in bases]
                     local_asks: list[float] = []
-                    http_asks: list[float] = []
-                    for _ in range(rounds):  # alternating, so that load from elsewhere hits both sides alike
+                    http_asks: list[list[float]] = [[] for _ in bases]
+                    for _ in range(rounds):  # alternating, so that load from elsewhere hits every side alike
                         local_rates.append(
                             rate(n // rounds, clients, lambda name=name: orch.load_study(f"{name}-local"), local_asks)
                         )
-                        http_rates.append(rate(n // rounds, clients, remote_study, http_asks))
+                        for i in range(len(bases)):
+                            http_rates[i].append(rate(n // rounds, clients, lambda i=i: remote_study(i), http_asks[i]))
                     for c in opened:
                         c.close()
-                    orch.delete_study(f"{name}-local")  # leave a shared database as it was
-                    orch.delete_study(f"{name}-http")
-                    local, http = statistics.median(local_rates), statistics.median(http_rates)
-                    lat = [f"{percentile(a, 0.5):.1f}/{percentile(a, 0.99):.1f}" for a in (local_asks, http_asks)]
-                    print(
-                        f"{smp:8} {clients:>7} {local:>11.1f} {http:>8.1f} {http / local:>15.2f}x {lat[0]:>26} {lat[1]:>12}",
-                        flush=True,
-                    )
+                    local = statistics.median(local_rates)
+                    for i, variant in enumerate(variants):
+                        http = statistics.median(http_rates[i])
+                        lat = [
+                            f"{percentile(a, 0.5):.1f}/{percentile(a, 0.99):.1f}" for a in (local_asks, http_asks[i])
+                        ]
+                        spread = f"{min(http_rates[i]):.0f}-{max(http_rates[i]):.0f}"
+                        print(
+                            f"{smp:8} {clients:>7} {local:>11.1f} {http:>8.1f} {http / local:>15.2f}x {lat[0]:>26} "
+                            f"{lat[1]:>12}  HTTP range {spread} {variant}",
+                            flush=True,
+                        )
+            for made_name in made:
+                orch.delete_study(made_name)  # leave a shared database as it was
 
 
 if __name__ == "__main__":

@@ -9,11 +9,19 @@ import typer
 
 from studyhall.optimizer.cli._app import StorageOpt, app, console, fail, open_storage, quiet_optuna, safe, user_errors
 from studyhall.optimizer.service._hosts import is_loopback
-from studyhall.optimizer.service._limits import BODY_TIMEOUT_S, HEADER_TIMEOUT_S, LOG_LEVELS, MAX_CONNECTIONS
+from studyhall.optimizer.service._limits import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    HTTP_IMPLS,
+    LOG_LEVELS,
+    MAX_CONNECTIONS,
+)
 
 HostOpt = Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")]
 LogLevel = enum.Enum("LogLevel", {name: name for name in LOG_LEVELS}, type=str)  # type: ignore[misc]
 INFO = LogLevel("info")
+HttpImpl = enum.Enum("HttpImpl", {name: name for name in HTTP_IMPLS}, type=str)  # type: ignore[misc]
+HTTPTOOLS = HttpImpl("httptools")
 
 
 @app.command()
@@ -45,6 +53,20 @@ def serve(
         int, typer.Option(min=1, help="Open connections at most; more are answered 503 and closed.")
     ] = MAX_CONNECTIONS,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="uvicorn's log level.")] = INFO,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Service processes answering on the one port; 1 serves from this process. On SQLite, "
+            "deleting a study while several processes serve can leave the others with stale trials (docs/service.md).",
+        ),
+    ] = 1,
+    http: Annotated[
+        HttpImpl,
+        typer.Option(
+            case_sensitive=False, help="HTTP/1.1 parser: httptools (C, faster) or h11 (pure Python); same limits."
+        ),
+    ] = HTTPTOOLS,
 ) -> None:
     """Serve the create-study / ask / tell API over HTTP (docs at /docs, schema at /openapi.json)."""
     from studyhall.optimizer.service._app import create_app
@@ -57,14 +79,40 @@ def serve(
             "or bind 127.0.0.1"
         )
     quiet_optuna()
-    st = open_storage(storage)
+    st = open_storage(storage)  # checks (and migrates) the database once, before any worker starts
     with user_errors(st.url):
         service = create_app(st, token or None, body_timeout=body_timeout, allowed_hosts=allow_host)
+    n = workers
     console.print(
         f"studyhall serving {safe(repr(st))} on http://{safe(host)}:{port} (docs: /docs)"
-        f"{' with a token' if token else ''}",
+        f"{' with a token' if token else ''}{f' in {n} worker processes' if n > 1 else ''}",
         highlight=False,
     )
-    run_server(
-        service, host, port, log_level=log_level.value, header_timeout=header_timeout, max_connections=max_connections
+    if n == 1:
+        run_server(
+            service,
+            host,
+            port,
+            log_level=log_level.value,
+            header_timeout=header_timeout,
+            max_connections=max_connections,
+            http=http.value,
+        )
+        return
+    from studyhall.optimizer.service._workers import WorkerSettings, run_workers
+
+    del service  # each worker builds its own app on its own connection to the database
+    st.close()
+    settings = WorkerSettings(
+        storage=st,
+        token=token or None,
+        body_timeout=body_timeout,
+        allowed_hosts=allow_host,
+        log_level=log_level.value,
+        header_timeout=header_timeout,
+        max_connections=max_connections,
+        http=http.value,
     )
+    status = run_workers(settings, host, port, n)
+    if status:
+        raise typer.Exit(status)

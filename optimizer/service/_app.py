@@ -5,6 +5,7 @@
     request ─> Gate (Host and Origin are allowed names (_hosts.py), bearer token,
                │      body <= max_body_bytes within body_timeout, request metrics,
                │      catch-all 500 envelope; in _http.py)
+               ├─> an ordinary ask or tell: the same work without FastAPI's layers (_hot.py)
                └─> FastAPI routes (_routes.py; pydantic shapes in _models.py, NUL-free
                    names; NaN/Infinity rejected by the JSON parser) ─> Orchestrator / Study
                    (their own validation) ─> Leases (trials asked here are leased, _leases.py)
@@ -36,6 +37,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from studyhall.optimizer.service._hosts import AllowedHosts
+from studyhall.optimizer.service._hot import HotRoutes
 from studyhall.optimizer.service._http import Gate, Metrics, add_bearer_scheme, install_error_handlers
 from studyhall.optimizer.service._leases import Leases
 from studyhall.optimizer.service._limits import BODY_TIMEOUT_S, MAX_BODY_BYTES
@@ -93,12 +95,19 @@ def create_app(
     app.state.storage = st
     app.state.leases = leases
     install_error_handlers(app)
-    app.include_router(api_router(studies, leases, metrics))
+    api = api_router(studies, leases, metrics)
+    app.include_router(api.router)
     add_health_routes(app, st, metrics)
     if token:
         add_bearer_scheme(app)
     app.add_middleware(
-        Gate, token=token, max_body_bytes=max_body_bytes, body_timeout=body_timeout, hosts=hosts, metrics=metrics
+        Gate,
+        token=token,
+        max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
+        hosts=hosts,
+        metrics=metrics,
+        hot=HotRoutes(app, api.sweep, api.ask, api.tell),
     )
     return app
 

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import FastAPI, Request, Response
@@ -26,6 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from studyhall.optimizer.service import _models as m
 from studyhall.optimizer.service._hosts import AllowedHosts, host_name, origin_name
 from studyhall.storage import DuplicateStudy, InvalidRequest, StudyNotFound, TransientStorageError, TrialNotFound
+
+if TYPE_CHECKING:
+    from studyhall.optimizer.service._hot import HotRoutes
 
 _log = logging.getLogger("studyhall.service")
 
@@ -187,8 +190,10 @@ class Gate:
         body_timeout: float,
         hosts: AllowedHosts,
         metrics: Metrics,
+        hot: HotRoutes | None = None,
     ) -> None:
         self.app = app
+        self.hot = hot
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
@@ -235,6 +240,8 @@ class Gate:
                 )(scope, receive, send_tracked)
                 return
             body_read = True
+            if self.hot is not None and await self.hot.answer(scope, body, receive, send_tracked):
+                return
             await self.app(scope, _replay(body, receive), send_tracked)
         except Exception:
             _log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))

@@ -12,3 +12,4 @@ HEADER_TIMEOUT_S = 10.0  # a connection that sends no complete request headers f
 KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed (uvicorn)
 MAX_CONNECTIONS = 200  # open connections of `studyhall serve`; more are answered 503 (the usual limit is 1024 fds)
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+HTTP_IMPLS = ("httptools", "h11")  # uvicorn's HTTP/1.1 protocols, the default first (_server.py)

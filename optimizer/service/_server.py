@@ -12,8 +12,9 @@ connections, so none may hold a file descriptor for long without sending a reque
                       _http.py) ─> the answer; idle keep-alive closes after 5 s (uvicorn)
 
 uvicorn has no header deadline of its own (its keep-alive timer stops at the first
-byte of the next request), so :class:`GuardedH11Protocol` adds one to its h11
-protocol, the pure-Python one that is always installed.
+byte of the next request), so :class:`_Guards` adds one to both of its HTTP/1.1
+protocols: httptools (a C parser, the default: it takes about half the server's CPU
+time per request that h11 does) and h11 (pure Python), chosen with ``--http``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from typing import Any
+from typing import Any, Literal
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from studyhall.optimizer.service._limits import HEADER_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS
+
+HttpImpl = Literal["httptools", "h11"]
 
 
 def _busy_response(limit: int) -> bytes:
@@ -46,28 +50,85 @@ def _busy_response(limit: int) -> bytes:
     return head.encode() + body
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, refusing connections over ``max_connections`` and closing those
-    whose request headers do not arrive within ``header_timeout`` seconds (subclassed per server
-    by :func:`protocol` with the two limits)."""
+class ConnectionCensus:
+    """Open connections of every worker process of one server, a slot each in shared memory.
+
+    The cap counts connections across ``--workers``: each worker writes its own count into
+    its slot (from its event loop only) and sums every slot, so two workers accepting at
+    the same instant may together go past the cap by at most one connection each.
+    """
+
+    def __init__(self, counts: Any, slot: int) -> None:
+        self.counts = counts  # a multiprocessing RawArray of longs, one per worker
+        self.slot = slot
+
+    def update(self, mine: int) -> int:
+        """Record this worker's open connections; the total of every worker."""
+        self.counts[self.slot] = mine
+        return int(sum(self.counts))
+
+
+class _Guards:
+    """The connection cap and the header deadline, for a uvicorn HTTP protocol class that follows it in the MRO.
+
+    Each protocol says when a connection is waiting for request headers
+    (:meth:`_awaiting_headers`) and calls :meth:`_await_headers` / :meth:`_headers_arrived`
+    at its own points.
+    """
 
     header_timeout: float = HEADER_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
+    census: ConnectionCensus | None = None  # several worker processes: the cap is on their total
     _header_deadline: asyncio.TimerHandle | None = None
+    # What the uvicorn protocol provides.
+    connections: set[Any]
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection; refuse it over the cap, else start its header deadline."""
-        super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
-            transport.write(_busy_response(self.max_connections))
-            transport.close()
+        super().connection_made(transport)  # type: ignore[misc]
+        if self._open_connections() > self.max_connections:
+            self.transport.write(_busy_response(self.max_connections))
+            self.transport.close()
             return
         self._await_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the deadline of a connection that is gone."""
         self._headers_arrived()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
+        self._open_connections()
+
+    def _open_connections(self) -> int:
+        mine = len(self.connections)
+        return mine if self.census is None else self.census.update(mine)
+
+    def _awaiting_headers(self) -> bool:
+        raise NotImplementedError
+
+    def _await_headers(self) -> None:
+        self._headers_arrived()
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _headers_arrived(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_late(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing() and self._awaiting_headers():
+            self.transport.close()
+
+
+class GuardedH11Protocol(_Guards, H11Protocol):
+    """uvicorn's h11 protocol, refusing connections over ``max_connections`` and closing those
+    whose request headers do not arrive within ``header_timeout`` seconds (subclassed per server
+    by :func:`protocol` with the two limits)."""
+
+    def _awaiting_headers(self) -> bool:
+        return self.conn.their_state is h11.IDLE
 
     def handle_events(self) -> None:
         """uvicorn's event loop over the received bytes; once a request's headers are in, no deadline."""
@@ -81,27 +142,61 @@ class GuardedH11Protocol(H11Protocol):
             self._await_headers()
         super().on_response_complete()  # may go on with a pipelined request (handle_events)
 
-    def _await_headers(self) -> None:
+
+class GuardedHttpToolsProtocol(_Guards, HttpToolsProtocol):
+    """uvicorn's httptools protocol with the same two limits as :class:`GuardedH11Protocol`."""
+
+    def _awaiting_headers(self) -> bool:
+        # self.cycle is the last request whose headers were parsed; while it is unanswered
+        # (or pipelined behind another) the connection is not waiting for headers.
+        return self.cycle is None or self.cycle.response_complete
+
+    def on_headers_complete(self) -> None:
+        """A request's headers are in: no deadline until it is answered."""
         self._headers_arrived()
-        self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
+        super().on_headers_complete()
 
-    def _headers_arrived(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _headers_late(self) -> None:
-        self._header_deadline = None
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self.transport.close()
+    def on_response_complete(self) -> None:
+        """After an answer, a kept-alive connection waits for the next request's headers under the same deadline."""
+        super().on_response_complete()  # starts a pipelined request whose headers are already in
+        if not self.transport.is_closing() and self._awaiting_headers():
+            self._await_headers()
 
 
-def protocol(header_timeout: float, max_connections: int) -> type[GuardedH11Protocol]:
-    """A :class:`GuardedH11Protocol` with these limits, for ``uvicorn.Config(http=...)``."""
-    return type(
-        "GuardedH11Protocol",
-        (GuardedH11Protocol,),
-        {"header_timeout": header_timeout, "max_connections": max_connections},
+_PROTOCOLS: dict[str, type[_Guards]] = {"httptools": GuardedHttpToolsProtocol, "h11": GuardedH11Protocol}
+
+
+def protocol(
+    header_timeout: float,
+    max_connections: int,
+    http: HttpImpl = "httptools",
+    census: ConnectionCensus | None = None,
+) -> type[asyncio.Protocol]:
+    """The guarded ``http`` protocol with these limits, for ``uvicorn.Config(http=...)``."""
+    base = _PROTOCOLS[http]
+    limits = {"header_timeout": header_timeout, "max_connections": max_connections, "census": census}
+    return type(base.__name__, (base,), limits)
+
+
+def config(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_level: str = "info",
+    header_timeout: float = HEADER_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
+    http: HttpImpl = "httptools",
+    census: ConnectionCensus | None = None,
+) -> uvicorn.Config:
+    """uvicorn's configuration for ``app`` with the limits above (host and port unused on a socket passed in)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=protocol(header_timeout, max_connections, http, census),
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 
@@ -113,21 +208,31 @@ def serve(
     log_level: str = "info",
     header_timeout: float = HEADER_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
+    http: HttpImpl = "httptools",
 ) -> None:
-    """Run ``app`` with uvicorn on ``host:port`` until interrupted, with the limits above.
-
-    The objects alive at this point (the app, every imported module) live as long as
-    the process, so they leave the garbage collector's view (``gc.freeze``): a full
-    collection over them took over 100 ms, stalling every request in flight.
-    """
-    gc.collect()
-    gc.freeze()
-    config = uvicorn.Config(
+    """Run ``app`` with uvicorn on ``host:port`` until interrupted, with the limits above."""
+    cfg = config(
         app,
-        host=host,
-        port=port,
+        host,
+        port,
         log_level=log_level,
-        http=protocol(header_timeout, max_connections),
-        timeout_keep_alive=KEEP_ALIVE_S,
+        header_timeout=header_timeout,
+        max_connections=max_connections,
+        http=http,
     )
-    uvicorn.Server(config).run()
+    Server(cfg).run()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, with the objects alive when it starts out of the garbage collector's view.
+
+    They (the app, every imported module) live as long as the process, so they leave
+    the collector's view (``gc.freeze``): a full collection over them took over 100 ms,
+    stalling every request in flight.
+    """
+
+    def run(self, sockets: list[Any] | None = None) -> None:
+        """Serve until told to stop."""
+        gc.collect()
+        gc.freeze()
+        super().run(sockets)
