@@ -57,8 +57,8 @@ def serve(
         int,
         typer.Option(
             min=1,
-            help="Service processes answering on the one port; 1 serves from this process. On SQLite, "
-            "deleting a study while several processes serve can leave the others with stale trials (docs/service.md).",
+            help="Service processes answering on the one port; 1 serves from this process. More is faster "
+            "on several cores, but each /metrics scrape then shows one process's counters (docs/service.md).",
         ),
     ] = 1,
     http: Annotated[

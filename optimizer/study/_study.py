@@ -30,7 +30,7 @@ from studyhall.optimizer.study._tell import Told, check_tell, frozen_after, pars
 from studyhall.optimizer.telemetry._notes import before_tell
 from studyhall.optimizer.telemetry._registry import after_tell
 from studyhall.optimizer.telemetry._study import study_metrics
-from studyhall.storage import InvalidRequest, Storage, TrialNotFound, retrying
+from studyhall.storage import InvalidRequest, Storage, StudyNotFound, TrialNotFound, retrying
 from studyhall.storage._trials import (
     InTransaction,
     TrialWrite,
@@ -346,6 +346,8 @@ class Study:
         # trial's last intermediate value and the returned FrozenTrial all come from it.
         running = self.storage.optuna.get_trial(self._trial_id(number))
         if running.state.is_finished():
+            running = self._read_again(number)
+        if running.state.is_finished():
             raise InvalidRequest(
                 f"trial {number} of study {self.name!r} is already finished ({running.state.name}); "
                 "ask for a new trial instead"
@@ -371,6 +373,17 @@ class Study:
             raise InvalidRequest(f"trial {number} of study {self.name!r} was finished meanwhile")
         after_tell(self.name, told.state, told.values, told.rows, told.user_attrs)
         return frozen_after(running, told, started_at, done_at)
+
+    def _read_again(self, number: int) -> FrozenTrial:
+        # Finished trials are served from this process's cache. Before refusing a tell on
+        # one, look at the database: another process may have deleted the study and created
+        # it again, and SQLite gives the new trials the deleted ones' ids (a refresh notices).
+        self._ids.pop(number, None)
+        try:
+            self.storage.optuna.get_all_trials(self._study_id, deepcopy=False)
+        except KeyError as exc:
+            raise StudyNotFound(f"study {self.name!r} was deleted; create it again, or load another") from exc
+        return self.storage.optuna.get_trial(self._trial_id(number))
 
     def _number(self, trial: TrialHandle | int) -> int:
         number = trial.number if isinstance(trial, TrialHandle) else trial

@@ -9,6 +9,12 @@ committed below the watermark can appear later. Only what a refresh read moves t
 watermark: a trial this process creates may have an id above another process's
 trial committed since the last refresh, which must still be read.
 
+SQLite gives a deleted study's id, and its trials' ids, to the next ones created, so
+a study deleted and created again by another process looks like the same study
+here. Each refresh therefore also reads back one finished trial (the anchor: the
+oldest this process saw finish; finished trials never change): gone, or ended at
+another moment, and the study is another one: everything is read again.
+
 ::
 
     refresh ─> SELECT id, state, n_params WHERE id > watermark OR id IN unfinished
@@ -37,6 +43,9 @@ class StudyCache:
 
     def __init__(self, study_id: int) -> None:
         self.study_id = study_id
+        self._clear()
+
+    def _clear(self) -> None:
         self.name: str | None = None
         self.directions: list[StudyDirection] | None = None
         self.by_id: dict[int, FrozenTrial] = {}
@@ -47,6 +56,10 @@ class StudyCache:
         self.unfinished: set[int] = set()
         # The first distribution stored for each parameter name: new ones must be compatible.
         self.distributions: dict[str, BaseDistribution] = {}
+        # The oldest finished trial seen, and its datetime_complete as the database returns it
+        # (None until a refresh has read it): how a study deleted and created again is noticed.
+        self.anchor = -1
+        self.anchor_complete: object = None
 
     def put(self, frozen: FrozenTrial) -> None:
         """Add or replace a trial."""
@@ -65,6 +78,8 @@ class StudyCache:
         self.id_of_number[frozen.number] = trial_id
         if frozen.state.is_finished():
             self.unfinished.discard(trial_id)
+            if self.anchor < 0 or trial_id < self.anchor:
+                self.anchor, self.anchor_complete = trial_id, None
         else:
             self.unfinished.add(trial_id)
         for name, dist in frozen.distributions.items():
@@ -87,19 +102,21 @@ class StudyCache:
         wanted = set(states)
         return [t for t in self._ordered if t.state in wanted]
 
-    def refresh(self, conn: sa.Connection, parse: Distributions, owned: Container[int]) -> None:
+    def refresh(self, conn: sa.Connection, parse: Distributions, owned: Container[int]) -> list[int]:
         """Bring the cache up to date: one query, plus reads of whatever is new or changed.
 
         ``owned`` trials are written through this process's cache; they are re-read
-        only when their state changed under us (another process failed them).
+        only when their state changed under us (another process failed them). Returns
+        the ids of the trials forgotten because the study was deleted (and perhaps
+        created again) meanwhile, else nothing.
         """
         if not self.by_id:  # cold: everything, in six queries
             for frozen in load_trials(conn, parse, study_id=self.study_id):
                 self.put(frozen)
                 self.watermark = max(self.watermark, frozen._trial_id)
-            return
+            return []
         q = statements()
-        args: dict[str, object] = {"sid": self.study_id, "watermark": self.watermark}
+        args: dict[str, object] = {"sid": self.study_id, "watermark": self.watermark, "anchor": self.anchor}
         if not self.unfinished:
             query = q.refresh_newer
         elif len(self.unfinished) <= _MAX_IDS_IN_QUERY:
@@ -108,12 +125,23 @@ class StudyCache:
             query = q.refresh_with_states
         stale: list[int] = []
         newest = self.watermark
-        for trial_id, state, count in conn.execute(query, args):
+        anchored = self.anchor < 0
+        for trial_id, state, count, completed in conn.execute(query, args):
+            if trial_id == self.anchor:
+                if self.anchor_complete is None:
+                    self.anchor_complete = completed
+                anchored = completed == self.anchor_complete
             newest = max(newest, trial_id)
             known = self.by_id.get(trial_id)
             if known is None or known.state != state or (trial_id not in owned and len(known.params) != count):
                 stale.append(trial_id)
+        if not anchored:  # not the study this cache knew: read the one there is now, if any
+            forgotten = list(self.by_id)
+            self._clear()
+            self.refresh(conn, parse, ())
+            return forgotten
         if stale:
             for frozen in load_trials(conn, parse, ids=stale):
                 self.put(frozen)
         self.watermark = newest
+        return []

@@ -73,8 +73,9 @@ def statements() -> Statements:
     tid: sa.BindParameter[int] = sa.bindparam("tid")
     sid: sa.BindParameter[int] = sa.bindparam("sid")
     n_params = sa.select(sa.func.count()).where(p.c.trial_id == t.c.trial_id).scalar_subquery()
-    refresh = sa.select(t.c.trial_id, t.c.state, n_params)
-    newer = t.c.trial_id > sa.bindparam("watermark")
+    refresh = sa.select(t.c.trial_id, t.c.state, n_params, t.c.datetime_complete)
+    # The trials above the watermark, and the cache's anchor (storage/rdb/_cache.py).
+    newer = sa.or_(t.c.trial_id > sa.bindparam("watermark"), t.c.trial_id == sa.bindparam("anchor"))
     t2 = t.alias("owner")
     is_owner = sys_attrs.c.trial_id == tid, sys_attrs.c.key == OWNER_ATTR
     owner = sa.select(sys_attrs.c.value_json).where(*is_owner).scalar_subquery()

@@ -855,12 +855,13 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     ) -> list[FrozenTrial]:
         with self._lock:
             cache = self._cache(study_id)
-            empty = not cache.by_id
 
             def refresh(conn: sa.Connection) -> None:
-                if empty:  # no trial yet: say so if there is no such study
+                for trial_id in cache.refresh(conn, self._parse, self._owner_of.keys()):
+                    self._owner_of.pop(trial_id, None)  # the study was deleted: its trials are no one's
+                    self._tokens.pop(trial_id, None)
+                if not cache.by_id:  # no trial (any more): say so if there is no such study
                     self._check_study_exists(conn, study_id)
-                cache.refresh(conn, self._parse, self._owner_of.keys())
 
             self._txn(refresh, read=True)
             trials = cache.trials(states if states is None else [s for s in TrialState if s in states])

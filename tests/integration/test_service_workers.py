@@ -49,12 +49,6 @@ def test_workers_on_one_sqlite_file_tell_each_trial_exactly_once(sqlite_url, stu
     assert_exactly(sqlite_url, study_name, told)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLite reuses the ids of a deleted study and its trials, and another process's storage cache "
-    "(storage/rdb/_cache.py, by study id) still holds the deleted trials: a bug of the storage layer, "
-    "which is why `serve --workers` defaults to 1",
-)
 def test_a_study_deleted_and_created_again_is_the_new_one_in_every_process(sqlite_url, study_name):
     # Two service processes (as two workers would be), each caching the study and its trials.
     def post(base: str, path: str, body: dict[str, object]) -> httpx.Response:
