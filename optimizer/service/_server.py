@@ -90,7 +90,7 @@ class _Guards:
         super().connection_made(transport)  # type: ignore[misc]
         if self._open_connections() > self.max_connections:
             self.transport.write(_busy_response(self.max_connections))
-            self.transport.close()
+            self._close()
             return
         self._await_headers()
 
@@ -119,7 +119,14 @@ class _Guards:
     def _headers_late(self) -> None:
         self._header_deadline = None
         if not self.transport.is_closing() and self._awaiting_headers():
-            self.transport.close()
+            self._close()
+
+    def _close(self) -> None:
+        # Counted gone at once, not when connection_lost comes on a later loop turn: another
+        # worker accepting meanwhile would count it and refuse a connection within the cap.
+        self.transport.close()
+        self.connections.discard(self)
+        self._open_connections()
 
 
 class GuardedH11Protocol(_Guards, H11Protocol):
