@@ -30,15 +30,12 @@ from starlette.types import Receive, Scope, Send
 
 from studyhall.optimizer.service import _models as m
 from studyhall.optimizer.service._http import parse_json
+from studyhall.optimizer.service._routes import AskWork, TellWork
 
 _ASK = re.compile(r"/v1/studies/([^/]+)/ask")
 # No leading zeros, at most Optuna's integer column: anything else is FastAPI's to judge.
 _TELL = re.compile(r"/v1/studies/([^/]+)/trials/(0|[1-9][0-9]{0,9})/tell")
 _NAME = re.compile(r"[^\x00/]{1," + str(m.MAX_NAME) + "}")
-MAX_TRIAL_NUMBER = 2**31 - 1
-
-AskWork = Callable[[str, m.AskRequest], Awaitable[dict[str, Any]]]
-TellWork = Callable[[str, int, m.TellRequest], Awaitable[dict[str, Any]]]
 
 
 class HotRoutes:
@@ -68,7 +65,7 @@ class HotRoutes:
         elif (match := _TELL.fullmatch(path)) is not None:
             name, number, model = match[1], int(match[2]), m.TellRequest
             template = "/v1/studies/{name}/trials/{number}/tell"
-            if number > MAX_TRIAL_NUMBER:
+            if number > m.MAX_TRIAL_NUMBER:
                 return False
         else:
             return False

@@ -27,6 +27,7 @@ MAX_SAFE_INT = 2**53
 # (widths, squares, log) cannot overflow.
 MAX_ABS_FLOAT = 1e15
 MAX_NAME = 512  # Optuna's indexed string columns
+MAX_TRIAL_NUMBER = 2**31 - 1  # Optuna's integer column
 MAX_PARAMS = 256
 MAX_CHOICES = 1000
 MAX_K = 256

@@ -33,10 +33,13 @@ from studyhall.storage import InvalidRequest, Storage, StudyNotFound, retrying
 from studyhall.storage._leases import EXPIRED, LeaseRanOut
 
 T = TypeVar("T")
-MAX_TRIAL_NUMBER = 2**31 - 1  # Optuna's integer column
+AskWork = Callable[[str, m.AskRequest], Awaitable[dict[str, Any]]]
+"""ask's work, ``(study name, body) -> answer``: the route's and the gate's fast path's (``_hot.py``)."""
+TellWork = Callable[[str, int, m.TellRequest], Awaitable[dict[str, Any]]]
+"""tell's work, ``(study name, trial number, body) -> answer``."""
 
 StudyName = Annotated[str, Path(min_length=1, max_length=m.MAX_NAME, pattern=r"^[^\x00/]+$")]
-TrialNumber = Annotated[int, Path(ge=0, le=MAX_TRIAL_NUMBER)]
+TrialNumber = Annotated[int, Path(ge=0, le=m.MAX_TRIAL_NUMBER)]
 
 
 class Studies:
@@ -122,8 +125,8 @@ class Api:
 
     router: APIRouter
     sweep: Callable[[], Awaitable[None]]
-    ask: Callable[[str, m.AskRequest], Awaitable[dict[str, Any]]]
-    tell: Callable[[str, int, m.TellRequest], Awaitable[dict[str, Any]]]
+    ask: AskWork
+    tell: TellWork
 
 
 def api_router(studies: Studies, leases: Leases, metrics: Metrics) -> Api:
@@ -179,10 +182,7 @@ def add_study_routes(api: APIRouter, studies: Studies) -> None:
 
 def add_leased_trial_routes(
     api: APIRouter, studies: Studies, leases: Leases, metrics: Metrics
-) -> tuple[
-    Callable[[str, m.AskRequest], Awaitable[dict[str, Any]]],
-    Callable[[str, int, m.TellRequest], Awaitable[dict[str, Any]]],
-]:
+) -> tuple[AskWork, TellWork]:
     """Ask (a lease starts), tell (it ends) and heartbeat (it is renewed); also the work of ask and tell."""
     st = studies.orch.storage
     pool = worker_threads(st)
@@ -326,7 +326,7 @@ def add_trial_routes(api: APIRouter, studies: Studies) -> None:
         name: StudyName,
         state: m.TrialStateName | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-        offset: Annotated[int, Query(ge=0, le=MAX_TRIAL_NUMBER)] = 0,
+        offset: Annotated[int, Query(ge=0, le=m.MAX_TRIAL_NUMBER)] = 0,
     ) -> dict[str, Any]:
         """A study's trials ordered by number, optionally only those in ``state``."""
         trials = studies.get(name).trials(states=[state] if state else None)
