@@ -59,9 +59,7 @@ class _BulkHistogram(Collector):
         with np.errstate(over="ignore"):  # samples near the float limit: the running sum may be +Inf
             total = float(arr.sum())
         with self._lock:
-            series = self._series.get(label)
-            if series is None:
-                series = self._series[label] = (np.zeros(self.bounds.size + 1, dtype=np.int64), [0.0])
+            series = self._series_of(label)
             series[0][:] += counts
             series[1][0] += total
 
@@ -70,12 +68,17 @@ class _BulkHistogram(Collector):
         bounds = self._bounds
         add = [(bisect.bisect_left(bounds, value), value, count) for value, count in counts if count]
         with self._lock:
-            series = self._series.get(label)
-            if series is None:
-                series = self._series[label] = (np.zeros(self.bounds.size + 1, dtype=np.int64), [0.0])
+            series = self._series_of(label)
             for i, value, count in add:
                 series[0][i] += count
                 series[1][0] += value * count
+
+    def _series_of(self, label: str) -> tuple[np.ndarray, list[float]]:
+        # (bucket counts, [sum]) of ``label``, made on its first observation; with self._lock held
+        series = self._series.get(label)
+        if series is None:
+            series = self._series[label] = (np.zeros(self.bounds.size + 1, dtype=np.int64), [0.0])
+        return series
 
     def collect(self) -> Iterable[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
