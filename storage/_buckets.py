@@ -89,7 +89,7 @@ class SqlBuckets:
                 return now, 0.0, 0.0
             return now, float(row.paused_until), float(row.tat)
 
-        return self.storage.transaction(read)
+        return self.storage.transaction(read, read=True)
 
     def _now(self, conn: sa.Connection) -> float:
         return float(conn.exec_driver_sql(self._clock_sql).scalar_one())

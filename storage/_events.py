@@ -201,7 +201,7 @@ def read_events(
                 break
         return out
 
-    return st.transaction(read)
+    return st.transaction(read, read=True)
 
 
 def _json_path(key: str | Sequence[str]) -> tuple[str, ...]:
@@ -223,11 +223,11 @@ def _json_value(key: Any, value: Any) -> Any:
 def read_event(st: Storage, event_id: int) -> EventRow | None:
     """One event by id, or None."""
     query = sa.select(*_COLUMNS).where(events.c.id == event_id)
-    raw = st.transaction(lambda conn: conn.execute(query).first())
+    raw = st.transaction(lambda conn: conn.execute(query).first(), read=True)
     return None if raw is None else _row(raw)
 
 
 def read_trace(st: Storage, correlation_id: str) -> list[EventRow]:
     """Every event of one trace ordered by path: a parent always comes before its children."""
     query = sa.select(*_COLUMNS).where(events.c.correlation_id == correlation_id).order_by(events.c.path)
-    return [_row(raw) for raw in st.transaction(lambda conn: conn.execute(query).all())]
+    return [_row(raw) for raw in st.transaction(lambda conn: conn.execute(query).all(), read=True)]

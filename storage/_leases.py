@@ -113,7 +113,7 @@ def told_by(st: Storage, trial_id: int, key: str) -> bool:
     """Whether the trial was told by the tell named ``key`` (its answer may have been lost)."""
     attrs = table("TrialSystemAttributeModel")
     query = sa.select(attrs.c.value_json).where(attrs.c.trial_id == trial_id, attrs.c.key == TELL_KEY_ATTR)
-    stored = st.transaction(lambda conn: conn.execute(query).scalar())
+    stored = st.transaction(lambda conn: conn.execute(query).scalar(), read=True)
     return stored is not None and json.loads(stored) == key
 
 
@@ -141,7 +141,7 @@ def renew(st: Storage, trial_id: int, now: float, lease_s: float | None = None) 
 def expired(st: Storage, now: float, limit: int) -> list[Lease]:
     """Up to ``limit`` leases that ended before ``now``, the oldest first (claimed ones included)."""
     query = sa.select(leases).where(leases.c.expires_at < now).order_by(leases.c.expires_at).limit(limit)
-    rows = st.transaction(lambda c: c.execute(query).all())
+    rows = st.transaction(lambda c: c.execute(query).all(), read=True)
     return [Lease(r.trial_id, r.study_id, r.lease_s, r.expires_at) for r in rows]
 
 

@@ -24,7 +24,7 @@ def cached_response(st: Storage, key: str) -> dict[str, Any] | None:
         row = conn.execute(sa.select(llm_cache.c.response).where(llm_cache.c.key == key)).first()
         return None if row is None else dict(row.response)
 
-    return st.transaction(read)
+    return st.transaction(read, read=True)
 
 
 def cache_response(st: Storage, key: str, model: str, response: dict[str, Any]) -> None:

@@ -57,5 +57,5 @@ def read_trial_samples(st: Storage, trial_id: int, name: str) -> np.ndarray | No
     query = sa.select(trial_metrics.c.samples_format, trial_metrics.c.samples).where(
         trial_metrics.c.trial_id == trial_id, trial_metrics.c.name == name
     )
-    row = st.transaction(lambda conn: conn.execute(query).first())
+    row = st.transaction(lambda conn: conn.execute(query).first(), read=True)
     return None if row is None or row.samples is None else decode_samples(row.samples_format, row.samples)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import sqlite3
@@ -113,6 +114,41 @@ class _Turn:
         self.depth = 0  # nested turns of the thread holding ``lock`` (the file is locked once)
 
 
+class WouldWait(Exception):
+    """The first write turn inside :func:`unless_waiting` was not free: nothing was written; run the work elsewhere."""
+
+
+class _Budget:
+    """What :func:`unless_waiting` allows: a wait for the first write turn of up to ``wait_s``, none after it."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self.first = True
+
+
+_unless_waiting: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
+    "studyhall_unless_waiting", default=None
+)
+
+
+@contextlib.contextmanager
+def unless_waiting(wait_s: float) -> Iterator[None]:
+    """Within the block, WouldWait instead of a wait longer than ``wait_s`` for the first write turn.
+
+    For work that had better run on an event loop than hop to a thread (the HTTP
+    service's ask and tell on SQLite): it may block the loop for one turn's
+    ``wait_s``, never for another writer's long transaction. Only the first turn may
+    refuse, so work that gets WouldWait wrote nothing and can simply run again
+    elsewhere; once a turn was taken, later ones wait as always. (SQLite's own lock,
+    held by a program that does not use studyhall, is still waited for.)
+    """
+    token = _unless_waiting.set(_Budget(wait_s))
+    try:
+        yield
+    finally:
+        _unless_waiting.reset(token)
+
+
 class _Turns:
     """One writing transaction at a time per SQLite database, handed over in order, across processes.
 
@@ -158,12 +194,22 @@ class _Turns:
         if turn.pid != os.getpid():  # a forked child: the parent's lock state means nothing here
             with self._guard:
                 turn = self._turns[engine] = _Turn(turn.path)
-        deadline = time.monotonic() + self.WAIT_S
-        if not turn.lock.acquire(timeout=self.WAIT_S):
+        budget = _unless_waiting.get()
+        refusable = budget is not None and budget.first
+        wait_s = self.WAIT_S
+        if budget is not None:
+            budget.first = False
+            if refusable:
+                wait_s = budget.wait_s
+        if not turn.lock.acquire(timeout=wait_s):
+            if refusable:
+                raise WouldWait("another thread of this process is writing")
             yield  # let SQLite's busy timeout decide
             return
         try:
-            filed = turn.depth > 0 or self._lock_file(turn, deadline)
+            filed = turn.depth > 0 or self._lock_file(turn, time.monotonic() + wait_s)
+            if refusable and not filed and turn.path is not None:
+                raise WouldWait("another process is writing")
             turn.depth += 1
             try:
                 yield
@@ -200,6 +246,21 @@ class _Turns:
 
 
 turns = _Turns()
+
+
+@contextlib.contextmanager
+def begun(engine: sa.Engine, *, read: bool) -> Iterator[sa.Connection]:
+    """A connection of ``engine`` in a transaction for the block: a writer's after its turn, a reader's at once.
+
+    On SQLite a writer begins IMMEDIATE in its turn; a reader (``read``) begins a plain
+    BEGIN and reads a WAL snapshot beside the writers, queueing behind nobody. Other
+    databases ignore the difference.
+    """
+    with contextlib.nullcontext() if read else turns.taken(engine), engine.connect() as conn:
+        if read:
+            conn.execution_options(studyhall_read=True)
+        with conn.begin():
+            yield conn
 
 
 def install_hooks(engine: sa.Engine) -> None:

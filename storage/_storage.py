@@ -222,14 +222,15 @@ class Storage:
         return (connect, (self.url,), None)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[sa.Connection]:
+    def session(self, *, read: bool = False) -> Iterator[sa.Connection]:
         """A transaction on studyhall's tables: commit on success, roll back on error.
 
         Errors are translated into :class:`StorageError`; wrap the whole unit of work
-        in :meth:`transaction` to have transient ones retried.
+        in :meth:`transaction` to have transient ones retried. ``read``: the block only
+        reads (on SQLite it then waits for no writer).
         """
         try:
-            with _sqlite.turns.taken(self.engine), self.engine.begin() as conn:
+            with _sqlite.begun(self.engine, read=read) as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
             if is_transient(exc):
@@ -238,11 +239,11 @@ class Storage:
                 f"the database rejected a studyhall write ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             ) from exc
 
-    def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
-        """Run ``fn(conn)`` in one transaction, retrying the whole of it on transient errors."""
+    def transaction(self, fn: Callable[[sa.Connection], T], *, read: bool = False) -> T:
+        """Run ``fn(conn)`` in one transaction, retrying the whole of it on transient errors (``read``: as in session)."""
 
         def attempt() -> T:
-            with self.session() as conn:
+            with self.session(read=read) as conn:
                 return fn(conn)
 
         return retrying(attempt)
@@ -257,7 +258,7 @@ class Storage:
         def read(conn: sa.Connection) -> float:
             return float(conn.exec_driver_sql(q).scalar_one())
 
-        return self.transaction(read)
+        return self.transaction(read, read=True)
 
     def study_id(self, name: str) -> int | None:
         """The Optuna study id of ``name``, or None when there is no such study."""
@@ -302,7 +303,7 @@ class Storage:
                     stale.append(trial_id)
             return stale
 
-        return self.transaction(query)
+        return self.transaction(query, read=True)
 
     def close(self) -> None:
         """Stop the heartbeat thread and close every pooled connection."""

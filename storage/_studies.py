@@ -29,7 +29,7 @@ class StudyRow(NamedTuple):
 def study_names(st: Storage) -> list[str]:
     """Every study name in the storage, sorted."""
     s = table("StudyModel")
-    return st.transaction(lambda c: sorted(r[0] for r in c.execute(sa.select(s.c.study_name))))
+    return st.transaction(lambda c: sorted(r[0] for r in c.execute(sa.select(s.c.study_name))), read=True)
 
 
 def study_rows(st: Storage) -> list[StudyRow]:
@@ -62,7 +62,7 @@ def study_rows(st: Storage) -> list[StudyRow]:
             out.append(StudyRow(name, dd, int(counts.get(sid, 0)), None if bv is None else float(bv)))
         return out
 
-    return st.transaction(read)
+    return st.transaction(read, read=True)
 
 
 def running_and_waiting(st: Storage, study_id: int) -> tuple[list[int], int]:
@@ -88,7 +88,7 @@ def running_and_waiting(st: Storage, study_id: int) -> tuple[list[int], int]:
             state == TrialState.WAITING for _, state in rows
         )
 
-    return st.transaction(read)
+    return st.transaction(read, read=True)
 
 
 def state_counts(st: Storage, study_id: int) -> tuple[dict[str, int], float | None]:
@@ -106,7 +106,7 @@ def state_counts(st: Storage, study_id: int) -> tuple[dict[str, int], float | No
         best = conn.execute(best_q).scalar()
         return counts, None if best is None else float(best)
 
-    return st.transaction(read)
+    return st.transaction(read, read=True)
 
 
 def complete_values(st: Storage, study_id: int, n_objectives: int) -> tuple[int, int, list[list[float]]]:
@@ -131,7 +131,7 @@ def complete_values(st: Storage, study_id: int, n_objectives: int) -> tuple[int,
                 out[objective].append(float(value))
         return int(total), int(complete), out
 
-    return st.transaction(read)
+    return st.transaction(read, read=True)
 
 
 def delete_study_rows(st: Storage, study_id: int) -> None:

@@ -19,4 +19,4 @@ def study_user_attr_by_name(st: Storage, key: str) -> dict[str, Any]:
         .select_from(s.join(a, a.c.study_id == s.c.study_id))
         .where(a.c.key == key)
     )
-    return st.transaction(lambda conn: {name: json.loads(value) for name, value in conn.execute(query)})
+    return st.transaction(lambda conn: {name: json.loads(value) for name, value in conn.execute(query)}, read=True)

@@ -111,7 +111,7 @@ def study_of_trial(st: Storage, trial_id: int) -> int | None:
     """The id of the study trial ``trial_id`` belongs to; None if there is no such trial."""
     t = table("TrialModel")
     query = sa.select(t.c.study_id).where(t.c.trial_id == trial_id)
-    return st.transaction(lambda conn: conn.execute(query).scalar_one_or_none())
+    return st.transaction(lambda conn: conn.execute(query).scalar_one_or_none(), read=True)
 
 
 def read_trial_metrics(st: Storage, trial_id: int) -> dict[str, dict[str, Any]]:
@@ -124,7 +124,7 @@ def read_trial_metrics(st: Storage, trial_id: int) -> dict[str, dict[str, Any]]:
         )
         return {r.name: dict(r._mapping) for r in result}
 
-    return st.transaction(read)
+    return st.transaction(read, read=True)
 
 
 def read_study_samples(st: Storage, study_id: int, name: str) -> dict[int, np.ndarray]:
@@ -141,4 +141,4 @@ def read_study_samples(st: Storage, study_id: int, name: str) -> dict[int, np.nd
             for r in result
         }
 
-    return st.transaction(read)
+    return st.transaction(read, read=True)

@@ -31,6 +31,7 @@ from studyhall.optimizer.study._study import Study
 from studyhall.optimizer.study._summary import Summary
 from studyhall.storage import InvalidRequest, Storage, StudyNotFound, retrying
 from studyhall.storage._leases import EXPIRED, LeaseRanOut
+from studyhall.storage._sqlite import WouldWait, unless_waiting
 
 T = TypeVar("T")
 AskWork = Callable[[str, m.AskRequest], Awaitable[dict[str, Any]]]
@@ -187,11 +188,13 @@ def add_leased_trial_routes(
     st = studies.orch.storage
     pool = worker_threads(st)
 
-    # ask and tell are the hot path: async work that hops to a worker thread (_on_worker) once for
-    # the database and answers JSON it built itself. (A sync endpoint hops twice:
-    # FastAPI validates its return value against response_model in the threadpool too.
-    # response_model stays, for the OpenAPI schema that clients and the fuzz tests check.)
+    # ask and tell are the hot path: async work that answers JSON it built itself, its
+    # database work done by _database_work (on SQLite right on the event loop, elsewhere on
+    # a worker thread). (A sync endpoint hops to a thread twice: FastAPI validates its
+    # return value against response_model in the threadpool too. response_model stays, for
+    # the OpenAPI schema that clients and the fuzz tests check.)
     # The gate answers ordinary asks and tells with the same work, without FastAPI (_hot.py).
+    inline_wait_s = INLINE_TURN_WAIT_S.get(st.dialect)
 
     async def ask_work(name: str, body: m.AskRequest) -> dict[str, Any]:
         def work() -> dict[str, Any]:
@@ -201,7 +204,7 @@ def add_leased_trial_routes(
             trials = [{"number": h.number, "params": m.finite(h.params), "lease_expires_at": expires} for h in handles]
             return {"trials": trials}
 
-        return await _on_worker(pool, work)
+        return await _database_work(pool, work, inline_wait_s)
 
     async def tell_work(name: str, number: int, body: m.TellRequest) -> dict[str, Any]:
         def work() -> dict[str, Any]:
@@ -209,7 +212,7 @@ def add_leased_trial_routes(
             metrics.told.labels(frozen.state.name.lower()).inc()
             return m.trial_out(frozen)
 
-        return await _on_worker(pool, work)
+        return await _database_work(pool, work, inline_wait_s)
 
     @api.post("/studies/{name}/ask", response_model=m.AskResponse, responses=errors(400, 404, 413, 422))
     async def ask(name: StudyName, body: m.AskRequest) -> Response:
@@ -286,13 +289,20 @@ def _tell(study: Study, number: int, body: m.TellRequest, leases: Leases, st: St
 
 
 # ask's and tell's own worker threads: a plain executor hop costs less than anyio's
-# (measured: about 0.3-1 ms of server CPU per ask+tell pair, and lower latency).
-# On SQLite writers take turns anyway: with more than two threads the others only contend
-# for the GIL and the turn (8 clients, random sampler: 2 threads answered 5-15% more pairs/s
-# than 32, ask p99 20-25 ms against 53-61 ms; TPE 147 against 115 pairs/s). Elsewhere the
-# database's round trips overlap, so more threads wait on it at once.
+# (measured: about 0.3-1 ms of server CPU per ask+tell pair, and lower latency). With more
+# than a few threads on SQLite the others only contend for the GIL and the write turn
+# (2 threads answered 5-15% more pairs/s than 32). Elsewhere the database's round trips
+# overlap, so more threads wait on it at once.
 THREADS = {"sqlite": 2}
 DEFAULT_THREADS = 32
+# On SQLite the work runs on the event loop itself when the write turn is free within this
+# many seconds (storage/_sqlite.py: unless_waiting), and on a thread only when it is not.
+# SQLite writes one transaction at a time anyway, and the database is a local file, so a
+# thread buys no overlap there; what it costs is the GIL handed back and forth between the
+# loop and the threads at every SQLite call (8 clients, random sampler, 2 cores: 1.5-1.6x
+# the pairs/s of 2 threads, 3.8-4.0 ms of server CPU per pair instead of 6; TPE 1.2-1.3x,
+# ask p99 lower with both). Elsewhere a round trip to the server would stall the loop.
+INLINE_TURN_WAIT_S = {"sqlite": 0.003}
 
 
 _POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
@@ -312,8 +322,15 @@ def worker_threads(storage: Storage) -> concurrent.futures.ThreadPoolExecutor:
         return pool
 
 
-async def _on_worker(pool: concurrent.futures.Executor, fn: Callable[[], T]) -> T:
-    """``fn()`` on a thread of ``pool``, in a copy of this task's context (as ``run_in_threadpool`` does)."""
+async def _database_work(pool: concurrent.futures.Executor, fn: Callable[[], T], inline_wait_s: float | None) -> T:
+    """``fn()`` right here if ``inline_wait_s`` is set and its first write turn comes within it, else on a thread
+    of ``pool`` in a copy of this task's context (as ``run_in_threadpool`` does)."""
+    if inline_wait_s is not None:
+        try:
+            with unless_waiting(inline_wait_s):
+                return fn()
+        except WouldWait:
+            pass  # nothing was written: the same work, from the start, on a thread that may wait
     ctx = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(pool, ctx.run, fn)
 

@@ -34,7 +34,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Container, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,7 +53,7 @@ from studyhall.storage._limits import attr_json, check_name
 from studyhall.storage._optuna import table
 from studyhall.storage._retry import is_transient, retrying
 from studyhall.storage._sql import driver_upsert, upsert
-from studyhall.storage._sqlite import turns
+from studyhall.storage._sqlite import begun
 from studyhall.storage.rdb._cache import StudyCache
 from studyhall.storage.rdb._pending import Pending
 from studyhall.storage.rdb._rows import (
@@ -139,13 +139,8 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
     @contextmanager
     def _transaction(self, *, read: bool) -> Iterator[sa.Connection]:
         try:
-            # SQLite: writers take turns (storage/_sqlite.py); a reader begins a plain BEGIN
-            # and reads a WAL snapshot beside them, queueing behind nobody.
-            with nullcontext() if read else turns.taken(self.engine), self.engine.connect() as conn:
-                if read:
-                    conn.execution_options(studyhall_read=True)
-                with conn.begin():
-                    yield conn
+            with begun(self.engine, read=read) as conn:
+                yield conn
         except (sa.exc.IntegrityError, _Changed):
             raise
         except sa.exc.SQLAlchemyError as exc:
@@ -319,7 +314,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             .select_from(s.outerjoin(a, a.c.study_id == s.c.study_id))
             .where(s.c.study_id == study_id)
         )
-        rows = self._txn(lambda conn: conn.execute(query).all())
+        rows = self._txn(lambda conn: conn.execute(query).all(), read=True)
         if not rows:
             raise KeyError(_NOT_FOUND)
         return {key: json.loads(text) for _, key, text in rows if key is not None}
@@ -331,7 +326,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         return self._study_attrs("StudySystemAttributeModel", study_id)
 
     def get_study_id_from_name(self, study_name: str) -> int:
-        study_id = self._txn(lambda conn: conn.execute(statements().study_id, {"name": study_name}).scalar())
+        study_id = self._txn(lambda conn: conn.execute(statements().study_id, {"name": study_name}).scalar(), read=True)
         if study_id is None:
             raise KeyError(_NOT_FOUND)
         return int(study_id)
@@ -341,7 +336,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             cache = self._studies.get(study_id)
             if cache is not None and cache.name is not None:
                 return cache.name
-        name = self._txn(lambda conn: conn.execute(statements().study_name, {"sid": study_id}).scalar())
+        name = self._txn(lambda conn: conn.execute(statements().study_name, {"sid": study_id}).scalar(), read=True)
         if name is None:
             raise KeyError(_NOT_FOUND)
         with self._lock:
@@ -353,7 +348,9 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             cache = self._studies.get(study_id)
             if cache is not None and cache.directions is not None:
                 return list(cache.directions)
-        rows = self._txn(lambda conn: conn.execute(statements().directions, {"sid": study_id}).scalars().all())
+        rows = self._txn(
+            lambda conn: conn.execute(statements().directions, {"sid": study_id}).scalars().all(), read=True
+        )
         if not rows:
             raise KeyError(_NOT_FOUND)
         with self._lock:
@@ -387,7 +384,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
                 for study_id, name in names
             ]
 
-        return self._txn(read)
+        return self._txn(read, read=True)
 
     # ---- creating trials ---------------------------------------------------------------
 
@@ -880,7 +877,8 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         trial_id = self._txn(
             lambda conn: conn.execute(
                 sa.select(t.c.trial_id).where(t.c.study_id == study_id, t.c.number == trial_number)
-            ).scalar()
+            ).scalar(),
+            read=True,
         )
         if trial_id is None:
             raise KeyError(f"No trial with trial number {trial_number} exists in study with study_id {study_id}.")
@@ -961,7 +959,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             rows = conn.execute(q.running_beats, {"sid": study_id})
             return [trial_id for trial_id, beat in rows if (now - beat).total_seconds() > grace]
 
-        return self._txn(read)
+        return self._txn(read, read=True)
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import select
+import subprocess
+import threading
 import time
 
 import httpx
 import pytest
 
 from studyhall.optimizer import Client, Float, Int, InvalidRequest, Orchestrator
-from tests._util import wait_until
+from tests._util import python, wait_until
 from tests.integration._serving import (
     PARTIAL_HEADERS,
     TOKEN,
@@ -182,3 +184,38 @@ def test_idle_and_slow_clients_cannot_hold_the_service(sqlite_url, server):
             with open_conn(base) as conn:
                 conn.sendall(b"GET /v1/studies HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
                 assert answer(conn, within=10).startswith(b"HTTP/1.1 " + status), host
+
+
+HOLDER = """
+import sys
+from studyhall.storage import connect
+from studyhall.storage._sqlite import turns
+st = connect(sys.argv[1])
+with turns.taken(st.engine):
+    print("holding", flush=True)
+    sys.stdin.read()  # until the test kills this process
+"""
+
+
+def test_a_long_write_elsewhere_on_sqlite_does_not_stall_the_services_other_requests(sqlite_url, study_name):
+    # On SQLite ask and tell run on the event loop when the write turn is free; when another
+    # process holds it they wait on a thread instead, and the loop goes on answering.
+    with serving(sqlite_url) as [base], Client(base, TOKEN) as c:
+        study = c.create_study(study_name, sampler="random")
+        with python(HOLDER, sqlite_url, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+            assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+            asked: list[object] = []
+            asker = threading.Thread(target=lambda: asked.append(study.ask({"x": Float(0, 1)})))
+            asker.start()
+            for _ in range(3):  # answered while the ask waits for the turn
+                t0 = time.monotonic()
+                assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+                assert c.load_study(study_name).name == study_name
+                assert time.monotonic() - t0 < 5
+            assert asker.is_alive() and not asked  # still waiting for the holder's turn
+            holder.kill()
+        asker.join(30)
+        assert len(asked) == 1
+        study.tell(asked[0], 0.5)
+    trials = Orchestrator(sqlite_url).load_study(study_name).trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"]  # one trial: the refused attempt wrote nothing

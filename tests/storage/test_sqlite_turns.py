@@ -10,8 +10,11 @@ import threading
 import time
 from pathlib import Path
 
+import optuna
+import pytest
+
 from studyhall.storage import connect
-from studyhall.storage._sqlite import turns
+from studyhall.storage._sqlite import WouldWait, turns, unless_waiting
 from tests._util import python, wait_until
 
 WRITER = """
@@ -26,7 +29,7 @@ print("wrote", flush=True)
 HOLDER = """
 import sys
 from studyhall.storage import connect
-from studyhall.storage._sqlite import turns
+from studyhall.storage._sqlite import WouldWait, turns, unless_waiting
 st = connect(sys.argv[1])
 with turns.taken(st.engine):
     print("holding", flush=True)
@@ -96,4 +99,87 @@ def test_a_writer_that_waits_past_the_busy_timeout_goes_ahead(sqlite_url, monkey
         t0 = time.monotonic()
         st.transaction(lambda c: c.exec_driver_sql("CREATE TABLE t (a)"))  # SQLite's own lock is free
         assert time.monotonic() - t0 >= 0.3
+        holder.kill()
+
+
+def _count(st, table: str) -> int:
+    return st.transaction(lambda c: c.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar())
+
+
+def test_unless_waiting_refuses_a_busy_first_turn_and_writes_nothing(sqlite_url):
+    st = connect(sqlite_url)
+    st.transaction(lambda c: c.exec_driver_sql("CREATE TABLE marks (who TEXT)"))
+    mark = lambda c: c.exec_driver_sql("INSERT INTO marks VALUES ('x')")  # noqa: E731
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with turns.taken(st.engine):
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        t0 = time.monotonic()
+        with pytest.raises(WouldWait), unless_waiting(0.05):
+            st.transaction(mark)
+        assert time.monotonic() - t0 < 5  # not SQLite's 30 s, not the holder's whole turn
+    finally:
+        release.set()
+        holder.join()
+    assert _count(st, "marks") == 0
+    with unless_waiting(0.05):  # the turn is free now: the work goes ahead here
+        st.transaction(mark)
+    assert _count(st, "marks") == 1
+
+
+def test_unless_waiting_refuses_when_another_process_holds_the_turn(sqlite_url):
+    st = connect(sqlite_url)
+    with python(HOLDER, sqlite_url, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        assert _line(holder, within=60) == "holding\n"
+        with pytest.raises(WouldWait), unless_waiting(0.05):
+            st.transaction(lambda c: c.exec_driver_sql("CREATE TABLE t (a)"))
+        holder.kill()
+    st.transaction(lambda c: c.exec_driver_sql("CREATE TABLE t (a)"))  # it wrote nothing before
+
+
+def test_after_its_first_turn_unless_waiting_waits_like_everyone(sqlite_url):
+    # Work that already wrote must never be told to start again elsewhere.
+    st = connect(sqlite_url)
+    st.transaction(lambda c: c.exec_driver_sql("CREATE TABLE marks (who TEXT)"))
+    mark = lambda c: c.exec_driver_sql("INSERT INTO marks VALUES ('x')")  # noqa: E731
+    started, release = threading.Event(), threading.Event()
+
+    def hold_then_release() -> None:
+        started.wait(30)
+        with turns.taken(st.engine):
+            release.set()
+            time.sleep(0.2)  # a turn longer than the 0.05 s budget, not a synchronization
+
+    other = threading.Thread(target=hold_then_release)
+    other.start()
+    with unless_waiting(0.05):
+        st.transaction(mark)  # the first turn: free
+        started.set()
+        assert release.wait(30)
+        st.transaction(mark)  # busy for 0.2 s: waited for, not refused
+    other.join()
+    assert _count(st, "marks") == 2
+
+
+def test_reads_do_not_wait_for_a_writers_turn(sqlite_url):
+    # Health checks and lookups must not queue behind another process's long write.
+    st = connect(sqlite_url)
+    sid = st.optuna.create_new_study([optuna.study.StudyDirection.MINIMIZE], "readable")
+    with python(HOLDER, sqlite_url, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        assert _line(holder, within=60) == "holding\n"
+        t0 = time.monotonic()
+        st.now()
+        assert st.study_id("readable") == sid
+        assert st.optuna.get_study_id_from_name("readable") == sid
+        assert st.optuna.get_study_directions(sid) == [optuna.study.StudyDirection.MINIMIZE]
+        assert [s.study_name for s in st.optuna.get_all_studies()] == ["readable"]
+        assert st.stale_trial_ids(sid) == []
+        assert time.monotonic() - t0 < 5  # not a turn's wait (the holder never lets go)
         holder.kill()
