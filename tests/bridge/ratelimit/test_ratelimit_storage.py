@@ -153,12 +153,13 @@ def test_three_processes_share_one_limit(shared_url):
     with FakeProvider(rpm=40, tpm=12_000, per=2.0, latency_s=(0.005, 0.03), api_key=key) as fp:
         limiter = RateLimiter(
             f"procs-{uuid.uuid4().hex[:8]}",
-            # The provider's own limits. Held back: 0.5 s of refill, the default for a one-minute
-            # window scaled to this 2 s one would be 0.2 s, but a cold process's first request
-            # (connecting, on a loaded machine) takes as long here as anywhere, and the provider
-            # refills nothing while it is full. A slot's wait counts from its booking (it used to
-            # count from before the wait for the rows' lock: requests went early).
-            limits=[Limit(requests=40, per=2.0, headroom=0.5), Limit(tokens=12_000, per=2.0, headroom=0.5)],
+            # The provider's own limits. Held back: 1 s of refill, what a one-minute limit holds
+            # back by default. Scaled to this 2 s window the default would be 0.2 s, but a
+            # process stalls as long here as anywhere (a cold first request connecting; CI's
+            # full suite on two cores stalled one past 0.5 s: one 429), and the provider refills
+            # nothing while it is full. A slot's wait counts from its booking (it used to count
+            # from before the wait for the rows' lock: requests went early).
+            limits=[Limit(requests=40, per=2.0, headroom=1.0), Limit(tokens=12_000, per=2.0, headroom=1.0)],
             storage=shared_url,
         )
         lm = LLMClient("fake-model", base_url=fp.base_url, limiter=limiter, timeout=60, max_retries=8)
