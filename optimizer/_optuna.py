@@ -18,6 +18,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from studyhall.storage.rdb import Queued
+
 if TYPE_CHECKING:
     from studyhall.storage._trials import TrialWrite
     from studyhall.storage.rdb import SQLStorage
@@ -72,37 +74,60 @@ def ask(
 ) -> optuna.Trial:
     """``optuna.Study.ask(fixed_distributions=dists)``, with a new trial written in one transaction.
 
-    An enqueued (WAITING) trial is claimed first, as Optuna does. Otherwise the
-    trial is begun in memory (``SQLStorage.begin_trial``), Optuna's ``Trial`` and the
-    sampler fill in its parameters, and ``commit_trial`` writes the row, the
+    The trial is begun in memory (``SQLStorage.begin_trial``), Optuna's ``Trial`` and
+    the sampler fill in its parameters, and ``commit_trial`` writes the row, the
     parameters and (``heartbeat``) its first beat together. A failure before the
-    commit writes nothing. ``total``: a new trial is created only while the study has
+    commit writes nothing. An enqueued (WAITING) trial is claimed first, as Optuna
+    does: the commit's transaction looks for one (the queue is nearly always empty, so
+    this costs one statement rather than a transaction before every ask), and if one
+    waits, the begun trial is dropped and the queued one claimed. ``total``: a new trial is created only while the study has
     fewer trials besides retries (else ``TotalReached``); a queued one is always claimed.
     ``extra(conn, trial_id)`` is written in the new trial's transaction (a claimed one's
     in a transaction of its own, after the claim): the HTTP service's lease.
     """
     sid = study._study_id
-    study._thread_local.cached_all_trials = None  # Optuna syncs with the storage once per ask
-    waiting = storage.pop_waiting_trial(sid)
-    if waiting is not None:
-        if heartbeat:
-            storage.record_heartbeat(waiting)
-        trial = optuna.Trial(study, waiting)
-        for name, dist in dists.items():
-            trial._suggest(name, dist)
-        if extra is not None:
-            storage.transaction(lambda conn: extra(conn, waiting))
-        return trial
-    provisional = storage.begin_trial(sid)
-    try:
-        trial = optuna.Trial(study, provisional)
-        for name, dist in dists.items():
-            trial._suggest(name, dist)
-        frozen = storage.commit_trial(provisional, heartbeat=heartbeat, total=total, extra=extra)
-    except BaseException:
-        storage.discard_trial(provisional)
-        raise
-    trial._trial_id = frozen._trial_id  # the storage also maps the provisional id, but say the truth
+    while True:
+        study._thread_local.cached_all_trials = None  # Optuna syncs with the storage once per ask
+        provisional = storage.begin_trial(sid)
+        try:
+            trial = optuna.Trial(study, provisional)
+            for name, dist in dists.items():
+                trial._suggest(name, dist)
+            frozen = storage.commit_trial(
+                provisional, heartbeat=heartbeat, total=total, extra=extra, unless_queued=True
+            )
+        except Queued:
+            storage.discard_trial(provisional)
+        except BaseException:
+            storage.discard_trial(provisional)
+            raise
+        else:
+            trial._trial_id = frozen._trial_id  # the storage also maps the provisional id, but say the truth
+            return trial
+        waiting = storage.pop_waiting_trial(sid)
+        if waiting is not None:
+            return _claimed(study, storage, waiting, dists, heartbeat=heartbeat, extra=extra)
+        # another process claimed the queued trial first: ask again
+
+
+def _claimed(
+    study: optuna.Study,
+    storage: SQLStorage,
+    waiting: int,
+    dists: dict[str, BaseDistribution],
+    *,
+    heartbeat: bool,
+    extra: TrialWrite | None,
+) -> optuna.Trial:
+    # A claimed trial is RUNNING already; its first beat and lease follow in transactions of their own.
+    if heartbeat:
+        storage.record_heartbeat(waiting)
+    study._thread_local.cached_all_trials = None
+    trial = optuna.Trial(study, waiting)
+    for name, dist in dists.items():
+        trial._suggest(name, dist)
+    if extra is not None:
+        storage.transaction(lambda conn: extra(conn, waiting))
     return trial
 
 

@@ -1,5 +1,5 @@
 """studyhall's Optuna storage: Optuna's RDB schema, written with SQLAlchemy Core, read through a cache."""
 
-from studyhall.storage.rdb._storage import SQLStorage, TotalReached
+from studyhall.storage.rdb._storage import Queued, SQLStorage, TotalReached
 
-__all__ = ["SQLStorage", "TotalReached"]
+__all__ = ["Queued", "SQLStorage", "TotalReached"]

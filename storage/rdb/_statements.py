@@ -42,6 +42,7 @@ class Statements:
     lock_study: Any
     study_exists: Any
     waiting_head: Any
+    waiting_any: Any
     count_trials: Any
     count_first_attempts: Any
     insert_trial: Any
@@ -107,6 +108,8 @@ def statements() -> Statements:
         .where(t.c.study_id == sid, t.c.state == TrialState.WAITING)
         .order_by(t.c.trial_id)
         .limit(8),
+        # Whether any trial is enqueued (commit_trial(unless_queued=True)).
+        waiting_any=sa.select(t.c.trial_id).where(t.c.study_id == sid, t.c.state == TrialState.WAITING).limit(1),
         count_trials=sa.select(sa.func.count()).where(t.c.study_id == sid),
         # What a total (max_total_trials) counts: every trial but retries, in any state.
         count_first_attempts=sa.select(sa.func.count()).where(

@@ -86,6 +86,10 @@ class TotalReached(Exception):
     """``commit_trial(total=N)`` created nothing: the study already has N trials besides retries."""
 
 
+class Queued(Exception):
+    """``commit_trial(unless_queued=True)`` created nothing: an enqueued (WAITING) trial is to be claimed first."""
+
+
 _JSON_SCALARS = (float, int, str, bool)
 
 
@@ -399,6 +403,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         heartbeat: bool = False,
         total: int | None = None,
         extra: Callable[[sa.Connection, int], None] | None = None,
+        unless_queued: bool = False,
     ) -> FrozenTrial:
         """Write a whole new trial (row, values, params, attrs, intermediates) in one transaction."""
         q = statements()
@@ -415,6 +420,10 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
             # Every process creating a trial locks the study's row first (Optuna too), so
             # numbers are unique and trial ids commit in order within a study.
             self._lock_study(conn, pending.study_id)
+            # A queued trial goes first, even past a total: asked here rather than in a
+            # transaction of its own before the sampling, as it is nearly always empty.
+            if unless_queued and conn.execute(q.waiting_any, {"sid": pending.study_id}).first() is not None:
+                raise Queued
             # Under the study's lock: of hosts asking at once, exactly the total get a trial.
             if (
                 total is not None
@@ -472,6 +481,7 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         heartbeat: bool = True,
         total: int | None = None,
         extra: Callable[[sa.Connection, int], None] | None = None,
+        unless_queued: bool = False,
     ) -> FrozenTrial:
         """Write the trial begun as ``provisional`` in one transaction; its id from now on is the real one.
 
@@ -481,12 +491,15 @@ class SQLStorage(BaseStorage, BaseHeartbeat):
         ``total``: raise ``TotalReached`` instead if the study already has that many
         trials besides retries (checked under the study's lock, so exact across hosts).
         ``extra(conn, trial_id)`` runs in the same transaction (the HTTP service's lease);
-        an exception from it writes nothing.
+        an exception from it writes nothing. ``unless_queued``: raise ``Queued`` instead if
+        the study has an enqueued (WAITING) trial, which ``pop_waiting_trial`` then claims.
         """
         with self._lock:
             pending = self._pending.pop(provisional)
         token = uuid.uuid4().hex
-        frozen = self._insert(pending, token, heartbeat=heartbeat, total=total, extra=extra)
+        frozen = self._insert(
+            pending, token, heartbeat=heartbeat, total=total, extra=extra, unless_queued=unless_queued
+        )
         with self._lock:
             self._alias[provisional] = frozen._trial_id
         return frozen

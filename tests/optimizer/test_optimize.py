@@ -361,4 +361,7 @@ def test_results_are_told_while_asks_are_slow(sqlite_url, study_name):
     study = Orchestrator(sqlite_url).create_study(study_name, sampler=sampler)
     study.optimize(f"{OBJ}:quadratic", n_trials=16, workers=2, space={"x": Float(-10, 10)}, progress=False)
     assert sampler.log.count("ask") == 16 and sampler.log.count("tell") == 16
-    assert sampler.log.index("tell") < 6, sampler.log  # told once its worker is free, not after every ask
+    # Told once its worker is free, not after every ask (the bug: all 16 asks first). Three
+    # trials are in flight at once; under load a worker starts late and a few more asks go
+    # first (6 seen with two CPU burners on two cores).
+    assert sampler.log.index("tell") < 9, sampler.log

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import threading
 
 import optuna
 import pytest
+import sqlalchemy as sa
 
 from studyhall.optimizer import Categorical, Float, Int, Orchestrator, StudyInfo, Summary, TrialHandle
 from studyhall.storage import DuplicateStudy, InvalidRequest, StudyNotFound
@@ -96,6 +99,34 @@ def test_enqueue_is_handed_out_first(orch, study_name):
     study.enqueue({"instruction": 3, "temperature": 0.2, "k": 4})
     t = study.ask(SPACE)
     assert t.params == {"instruction": 3, "temperature": 0.2, "k": 4}
+
+
+def test_an_ask_is_one_transaction_when_nothing_is_queued(orch, study_name):
+    # The queue is looked at inside the trial's own transaction, not in one before it.
+    # (A random sampler reads no trials; the heartbeat thread's beats are not the ask's.)
+    study = orch.create_study(study_name, sampler="random")
+    study.ask(SPACE)  # teaches the study its space (a write of its own)
+    begun = []
+    me = threading.get_ident()
+    listener = lambda conn: begun.append(conn) if threading.get_ident() == me else None  # noqa: E731
+    sa.event.listen(orch.storage.engine, "begin", listener)
+    try:
+        study.ask(SPACE)
+    finally:
+        sa.event.remove(orch.storage.engine, "begin", listener)
+    assert len(begun) == 1
+
+
+def test_threads_asking_at_once_claim_a_queued_trial_once(orch, study_name):
+    study = orch.create_study(study_name)
+    study.ask(SPACE)
+    queued = {"instruction": 5, "temperature": 0.5, "k": 5}
+    study.enqueue(queued)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        asked = list(pool.map(lambda _: orch.load_study(study_name).ask(SPACE), range(4)))
+    assert sum(t.params == queued for t in asked) == 1
+    assert len({t.number for t in asked}) == 4
+    assert [t.state.name for t in study.trials()].count("WAITING") == 0
 
 
 @pytest.mark.parametrize(
