@@ -184,8 +184,13 @@ def test_three_hosts_one_killed_one_cut_off(hosts, postgresql_url, study_name, t
     assert max(params.values()) == 1, "a parameter set completed twice"
     for t in first:
         if t.state.name == "FAIL":
-            assert "stale" in t.user_attrs["error"], (t.number, t.user_attrs)
-            assert retries[t.number] == 1, f"trial {t.number} failed as stale and was retried {retries[t.number]} times"
+            # Stale (its host died or was cut off), or failed by host 2 itself: its objective's rate
+            # limiter, which keeps its buckets in the same database, could not reach it through the
+            # outage, and host 2's tell came back before the other hosts' stale checks (seen under
+            # heavy load). Either way it is retried once.
+            error = t.user_attrs["error"]
+            assert "stale" in error or "could not reach the database" in error, (t.number, t.user_attrs)
+            assert retries[t.number] == 1, f"trial {t.number} failed and was retried {retries[t.number]} times"
         assert retries[t.number] <= 1
 
     records = _records(logs)
