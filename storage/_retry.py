@@ -36,6 +36,12 @@ _CONNECTION_TEXT = (
     "can't connect to",  # MySQL's client, whatever the errno
     "connection is bad",
 )
+# A connection that can never be used again, though the driver does not call it a
+# disconnect: psycopg's answer to a connection killed in the middle of a command and
+# used once more (seen once while connections were killed every 0.7 s). The engine
+# treats these as disconnects (``invalidate_unusable``), so a retry gets a new one.
+_UNUSABLE_TEXT = ("another command is already in progress",)
+_CONNECTION_TEXT = (*_CONNECTION_TEXT, *_UNUSABLE_TEXT)
 _TRANSIENT_TEXT = (
     "database is locked",
     "database table is locked",
@@ -64,6 +70,12 @@ def is_connection_error(exc: BaseException | None) -> bool:
     transient (retried), and worded as a connection problem when the retries run out.
     """
     return _matches(exc, _CONNECTION_SQLSTATE, _CONNECTION_MYSQL, _CONNECTION_TEXT)
+
+
+def invalidate_unusable(ctx: sa.engine.ExceptionContext) -> None:
+    """An engine's ``handle_error`` hook: a connection left unusable is dropped from the pool, as a disconnect is."""
+    if not ctx.is_disconnect and any(t in str(ctx.original_exception).lower() for t in _UNUSABLE_TEXT):
+        ctx.is_disconnect = True
 
 
 def _matches(exc: BaseException | None, sqlstates: set[str], mysql: set[int], texts: tuple[str, ...]) -> bool:

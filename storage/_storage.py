@@ -32,7 +32,7 @@ from studyhall.storage import _sqlite
 from studyhall.storage._errors import InvalidRequest, StorageError, StudyhallError
 from studyhall.storage._heartbeat import Heartbeat
 from studyhall.storage._optuna import ensure_optuna_schema, table
-from studyhall.storage._retry import is_transient, retrying, setup_retry
+from studyhall.storage._retry import invalidate_unusable, is_transient, retrying, setup_retry
 from studyhall.storage._versions import schema_is_current
 from studyhall.storage.rdb import SQLStorage
 
@@ -165,6 +165,7 @@ class Storage:
         self.engine: sa.Engine = sa.create_engine(self.url, **engine_kwargs)
         if self.dialect == "postgresql":
             sa.event.listen(self.engine, "connect", self._postgresql_session)
+        sa.event.listen(self.engine, "handle_error", invalidate_unusable)
         # Optuna's own tables, created and version-checked by Optuna's own code. Before
         # the SQLite hooks: Optuna's version check opens a second connection inside its
         # session, which an IMMEDIATE transaction would lock out.

@@ -105,3 +105,19 @@ def test_killed_connections_lose_nothing_and_print_nothing(backend, request, cap
         trials = study.trials()
     assert len(trials) == 60 and {t.state.name for t in trials} == {"COMPLETE"}
     assert [r.getMessage() for r in caplog.records if r.name.startswith("sqlalchemy")] == []
+
+
+def test_a_connection_left_in_the_middle_of_a_command_is_replaced_not_reported(postgresql_url):
+    # Seen once with connections killed every 0.7 s: psycopg answered "another command is
+    # already in progress" and the write failed as a StorageError instead of being retried.
+    st = connect(postgresql_url)
+    attempts = []
+
+    def write(conn: sa.Connection) -> int:
+        attempts.append(conn.connection.dbapi_connection)
+        if len(attempts) == 1:  # this connection is now in the middle of a command nobody reads
+            conn.connection.dbapi_connection.pgconn.send_query(b"SELECT 1")
+        return int(conn.exec_driver_sql("SELECT 41 + 1").scalar_one())
+
+    assert st.transaction(write) == 42
+    assert len(attempts) == 2 and attempts[1] is not attempts[0]  # retried on a new connection
