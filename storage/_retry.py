@@ -17,6 +17,11 @@ from studyhall.storage._errors import TransientStorageError
 
 T = TypeVar("T")
 
+# A connection that can never be used again, though the driver does not call it a
+# disconnect: psycopg's answer to a connection killed in the middle of a command and
+# used once more (seen once while connections were killed every 0.7 s). The engine
+# treats these as disconnects (``invalidate_unusable``), so a retry gets a new one.
+_UNUSABLE_TEXT = ("another command is already in progress",)
 # Substrings and codes that mark an error worth retrying, by backend. The connection
 # ones also mean "the network or the server is away" (the final error says so).
 _CONNECTION_TEXT = (
@@ -35,13 +40,8 @@ _CONNECTION_TEXT = (
     "broken pipe",
     "can't connect to",  # MySQL's client, whatever the errno
     "connection is bad",
+    *_UNUSABLE_TEXT,
 )
-# A connection that can never be used again, though the driver does not call it a
-# disconnect: psycopg's answer to a connection killed in the middle of a command and
-# used once more (seen once while connections were killed every 0.7 s). The engine
-# treats these as disconnects (``invalidate_unusable``), so a retry gets a new one.
-_UNUSABLE_TEXT = ("another command is already in progress",)
-_CONNECTION_TEXT = (*_CONNECTION_TEXT, *_UNUSABLE_TEXT)
 _TRANSIENT_TEXT = (
     "database is locked",
     "database table is locked",
