@@ -106,10 +106,15 @@ def _count(st, table: str) -> int:
     return st.transaction(lambda c: c.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar())
 
 
+def _marks(st):  # type: ignore[no-untyped-def]
+    """A table of marks in ``st``, and a write that adds one."""
+    st.transaction(lambda c: c.exec_driver_sql("CREATE TABLE marks (who TEXT)"))
+    return lambda c: c.exec_driver_sql("INSERT INTO marks VALUES ('x')")
+
+
 def test_unless_waiting_refuses_a_busy_first_turn_and_writes_nothing(sqlite_url):
     st = connect(sqlite_url)
-    st.transaction(lambda c: c.exec_driver_sql("CREATE TABLE marks (who TEXT)"))
-    mark = lambda c: c.exec_driver_sql("INSERT INTO marks VALUES ('x')")  # noqa: E731
+    mark = _marks(st)
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -147,8 +152,7 @@ def test_unless_waiting_refuses_when_another_process_holds_the_turn(sqlite_url):
 def test_after_its_first_turn_unless_waiting_waits_like_everyone(sqlite_url):
     # Work that already wrote must never be told to start again elsewhere.
     st = connect(sqlite_url)
-    st.transaction(lambda c: c.exec_driver_sql("CREATE TABLE marks (who TEXT)"))
-    mark = lambda c: c.exec_driver_sql("INSERT INTO marks VALUES ('x')")  # noqa: E731
+    mark = _marks(st)
     started, release = threading.Event(), threading.Event()
 
     def hold_then_release() -> None:
