@@ -80,8 +80,9 @@ def ask(
     commit writes nothing. An enqueued (WAITING) trial is claimed first, as Optuna
     does: the commit's transaction looks for one (the queue is nearly always empty, so
     this costs one statement rather than a transaction before every ask), and if one
-    waits, the begun trial is dropped and the queued one claimed. ``total``: a new trial is created only while the study has
-    fewer trials besides retries (else ``TotalReached``); a queued one is always claimed.
+    waits, the begun trial is dropped and the queued one claimed. ``total``: a new
+    trial is created only while the study has fewer trials besides retries (else
+    ``TotalReached``); a queued one is always claimed.
     ``extra(conn, trial_id)`` is written in the new trial's transaction (a claimed one's
     in a transaction of its own, after the claim): the HTTP service's lease.
     """
