@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import dataclasses
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -195,16 +196,19 @@ def add_leased_trial_routes(
     # the OpenAPI schema that clients and the fuzz tests check.)
     # The gate answers ordinary asks and tells with the same work, without FastAPI (_hot.py).
     inline_wait_s = INLINE_TURN_WAIT_S.get(st.dialect)
+    ask_costs = AskCosts()
 
     async def ask_work(name: str, body: m.AskRequest) -> dict[str, Any]:
         def work() -> dict[str, Any]:
+            started = time.thread_time()
             space = m.space_from_spec(body.space) if body.space is not None else None
             handles, expires = studies.using(name, lambda study: leases.ask(study, space, body.k, body.lease_s))
+            ask_costs.record(name, time.thread_time() - started)
             metrics.asked.inc(len(handles))
             trials = [{"number": h.number, "params": m.finite(h.params), "lease_expires_at": expires} for h in handles]
             return {"trials": trials}
 
-        return await _database_work(pool, work, inline_wait_s)
+        return await _database_work(pool, work, inline_wait_s if ask_costs.inline(name) else None)
 
     async def tell_work(name: str, number: int, body: m.TellRequest) -> dict[str, Any]:
         def work() -> dict[str, Any]:
@@ -303,6 +307,33 @@ DEFAULT_THREADS = 32
 # the pairs/s of 2 threads, 3.8-4.0 ms of server CPU per pair instead of 6; TPE 1.2-1.3x,
 # ask p99 lower with both). Elsewhere a round trip to the server would stall the loop.
 INLINE_TURN_WAIT_S = {"sqlite": 0.003}
+
+
+class AskCosts:
+    """The CPU time of each study's last ask, to keep the asks of slow samplers off the event loop.
+
+    An ask on the loop holds it for as long as its sampler works (a Gaussian process,
+    TPE over tens of thousands of trials: hundreds of ms), and every request that comes
+    meanwhile waits; on a thread the interpreter interleaves them every few ms. So a
+    study whose last ask took more than ``LIMIT_S`` of CPU asks on a thread; thread
+    CPU time, not wall time, so that waiting for the GIL there does not keep it there.
+    """
+
+    LIMIT_S = 0.05  # TPE at 3,000 trials: 22-25 ms per ask
+    MAX_STUDIES = 10_000
+
+    def __init__(self) -> None:
+        self._cpu_s: dict[str, float] = {}
+
+    def inline(self, name: str) -> bool:
+        """Whether the next ask of study ``name`` may run on the event loop."""
+        return self._cpu_s.get(name, 0.0) <= self.LIMIT_S
+
+    def record(self, name: str, cpu_s: float) -> None:
+        """Note what an ask of study ``name`` cost (only asks that succeeded: names of real studies)."""
+        if len(self._cpu_s) >= self.MAX_STUDIES and name not in self._cpu_s:
+            self._cpu_s.clear()
+        self._cpu_s[name] = cpu_s
 
 
 _POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}

@@ -590,3 +590,31 @@ def test_a_tell_sent_again_after_its_answer_was_lost_is_answered_as_stored(http,
     with pytest.raises(InvalidRequest, match="already finished"):
         other.tell(t.number, 0.25, user_attrs={"k": 1})  # the same values from another client: not its tell
     assert len(study.trials()) == 1 and study.trials()[0].value == 0.25
+
+
+def test_a_study_whose_asks_are_slow_asks_on_a_thread(sqlite_url, study_name, monkeypatch):
+    # On SQLite ask and tell run on the event loop, except the asks of a study whose last
+    # ask took more than AskCosts.LIMIT_S of CPU (a slow sampler would hold the loop).
+    from studyhall.optimizer.service import _routes
+
+    on_loop: list[bool] = []
+    real = _routes._database_work
+
+    async def spy(pool, fn, inline_wait_s):  # type: ignore[no-untyped-def]
+        on_loop.append(inline_wait_s is not None)
+        return await real(pool, fn, inline_wait_s)
+
+    monkeypatch.setattr(_routes, "_database_work", spy)
+    monkeypatch.setattr(_routes.AskCosts, "LIMIT_S", 0.0)  # any ask that cost anything counts as slow
+    with TestClient(app_for_tests(sqlite_url)) as c:
+        assert c.post("/v1/studies", json={"name": study_name}).status_code == 201
+        told = []
+        for _ in range(2):
+            r = c.post(f"/v1/studies/{study_name}/ask", json={"space": SPACE_JSON})
+            assert r.status_code == 200, r.text
+            number = r.json()["trials"][0]["number"]
+            r = c.post(f"/v1/studies/{study_name}/trials/{number}/tell", json={"value": 1.0})
+            told.append(r.json()["state"])
+    # ask (no cost known yet: the loop), tell (the loop), ask (the last one cost CPU: a thread), tell
+    assert on_loop == [True, True, False, True]
+    assert told == ["complete", "complete"]
