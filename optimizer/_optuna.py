@@ -97,11 +97,10 @@ def ask(
             frozen = storage.commit_trial(
                 provisional, heartbeat=heartbeat, total=total, extra=extra, unless_queued=True
             )
-        except Queued:
+        except BaseException as exc:
             storage.discard_trial(provisional)
-        except BaseException:
-            storage.discard_trial(provisional)
-            raise
+            if not isinstance(exc, Queued):
+                raise
         else:
             trial._trial_id = frozen._trial_id  # the storage also maps the provisional id, but say the truth
             return trial

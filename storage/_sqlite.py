@@ -122,8 +122,12 @@ class _Budget:
     """What :func:`unless_waiting` allows: a wait for the first write turn of up to ``wait_s``, none after it."""
 
     def __init__(self, wait_s: float) -> None:
-        self.wait_s = wait_s
-        self.first = True
+        self.wait_s: float | None = wait_s
+
+    def first_turn(self) -> float | None:
+        """The wait allowed if this is the block's first turn (it may then refuse), else None."""
+        wait_s, self.wait_s = self.wait_s, None
+        return wait_s
 
 
 _unless_waiting: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
@@ -195,12 +199,9 @@ class _Turns:
             with self._guard:
                 turn = self._turns[engine] = _Turn(turn.path)
         budget = _unless_waiting.get()
-        refusable = budget is not None and budget.first
-        wait_s = self.WAIT_S
-        if budget is not None:
-            budget.first = False
-            if refusable:
-                wait_s = budget.wait_s
+        first_wait = budget.first_turn() if budget is not None else None
+        refusable = first_wait is not None
+        wait_s = self.WAIT_S if first_wait is None else first_wait
         if not turn.lock.acquire(timeout=wait_s):
             if refusable:
                 raise WouldWait("another thread of this process is writing")

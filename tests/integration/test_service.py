@@ -600,7 +600,7 @@ def test_a_study_whose_asks_are_slow_asks_on_a_thread(sqlite_url, study_name, mo
     on_loop: list[bool] = []
     real = _routes._database_work
 
-    async def spy(pool, fn, inline_wait_s):  # type: ignore[no-untyped-def]
+    async def spy(pool, fn, inline_wait_s):
         on_loop.append(inline_wait_s is not None)
         return await real(pool, fn, inline_wait_s)
 

@@ -106,7 +106,7 @@ def _count(st, table: str) -> int:
     return st.transaction(lambda c: c.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar())
 
 
-def _marks(st):  # type: ignore[no-untyped-def]
+def _marks(st):
     """A table of marks in ``st``, and a write that adds one."""
     st.transaction(lambda c: c.exec_driver_sql("CREATE TABLE marks (who TEXT)"))
     return lambda c: c.exec_driver_sql("INSERT INTO marks VALUES ('x')")
