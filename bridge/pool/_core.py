@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from studyhall.bridge._errors import InvalidRequest, PoolClosed, RestartStorm, TaskTimeout, WorkerCrashed
 from studyhall.bridge.pool._tasks import Task, fail
@@ -22,6 +22,8 @@ from studyhall.bridge.pool._workers import WorkerProcess, WorkerState
 
 if TYPE_CHECKING:
     import itertools
+
+    from studyhall.bridge.pool._zygote import Zygote
 
 INF = float("inf")
 # Workers that can take (or are running) work, as opposed to ones on their way out.
@@ -114,6 +116,8 @@ class PoolCore:
     _wake_w: int
     _wake_armed: bool
     _supervisor: threading.Thread | None
+    _zygote: Zygote | None | Literal[False]  # forks the workers (Linux): started with the first; False: given up
+    _preload: tuple[str, ...]  # modules the zygote imports
 
     def _wake(self) -> None:
         if self._wake_armed:

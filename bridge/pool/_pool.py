@@ -44,7 +44,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -87,6 +87,10 @@ class WorkerPool(TaskDispatch, Supervisor):
             first. 0 (default) hands a task out only when a worker is free. Not with
             ``max_memory_mb``.
         timeouts: the phases of stopping and watching workers (``PoolTimeouts``).
+        preload: modules imported once, before the workers are forked, so that each
+            starts with them loaded (on Linux, where workers are forked from a warm
+            zygote process; elsewhere they are ignored). Only modules that start no
+            threads when imported: a fork copies no threads.
 
     Example:
         >>> from studyhall.bridge import WorkerPool
@@ -109,6 +113,7 @@ class WorkerPool(TaskDispatch, Supervisor):
         initializer: Callable[[], Any] | str | None = None,
         prefetch: int = 0,
         timeouts: PoolTimeouts | None = None,
+        preload: Sequence[str] = (),
     ) -> None:
         _check_bounds(min_workers, max_workers)
         _check_positive("task_timeout", task_timeout)
@@ -125,6 +130,12 @@ class WorkerPool(TaskDispatch, Supervisor):
                 "prefetch=1 cannot be combined with max_memory_mb: a worker replaced for its memory "
                 "would still run the task sent ahead to it; use one or the other"
             )
+        if isinstance(preload, str) or not all(
+            isinstance(m, str) and all(p.isidentifier() for p in m.split(".")) for m in preload
+        ):
+            raise InvalidRequest(
+                f"preload must be a sequence of module names such as ['numpy', 'mypkg.tasks']; got {preload!r}"
+            )
         if timeouts is not None and not isinstance(timeouts, PoolTimeouts):
             raise InvalidRequest(f"timeouts must be a PoolTimeouts(...) or None, got {type(timeouts).__name__}")
         self._prefetch = prefetch
@@ -137,6 +148,7 @@ class WorkerPool(TaskDispatch, Supervisor):
         self._health_blob = _ship("health_check", health_check)
         self._init_blob = _ship("initializer", initializer)
         self._timeouts = timeouts or PoolTimeouts()
+        self._preload = tuple(preload)
 
         self._lock = threading.Lock()
         self._state = PoolState.CREATED
@@ -163,6 +175,7 @@ class WorkerPool(TaskDispatch, Supervisor):
         weakref.finalize(self, close_fds, self._wake_r, self._wake_w).atexit = False
         self._wake_armed = False
         self._supervisor: threading.Thread | None = None
+        self._zygote = None
 
     # ------------------------------------------------------------------ public API
 

@@ -8,6 +8,7 @@ shrinking, health checks, how many to spawn), then act outside it (``_act``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -17,10 +18,10 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from studyhall.bridge._errors import PoolClosed, RestartStorm
-from studyhall.bridge.pool import _worker
+from studyhall.bridge.pool import _worker, _zygote
 from studyhall.bridge.pool._core import CAPACITY, INF, Actions, Fail, PoolCore, PoolState, live_pools
 from studyhall.bridge.pool._tasks import fail
-from studyhall.bridge.pool._workers import WorkerProcess, WorkerState
+from studyhall.bridge.pool._workers import STUDYHALL_ROOT, WorkerProcess, WorkerState
 
 logger = logging.getLogger("studyhall.bridge.pool")
 
@@ -54,6 +55,9 @@ class Supervisor(PoolCore):
         except BaseException:  # noqa: BLE001 - a bug here must not leave workers or futures behind
             logger.exception("pool supervisor failed; stopping every worker")
             self._emergency_stop("the pool's supervisor failed (see the log); create a new WorkerPool")
+        finally:
+            if self._zygote:
+                self._zygote.close()
 
     def _step(self) -> bool:
         with self._lock:
@@ -298,13 +302,13 @@ class Supervisor(PoolCore):
     def _spawn(self) -> None:
         now = time.monotonic()
         try:
-            worker = WorkerProcess(
-                list(sys.path), self._health_blob, self._init_blob, self._on_message, self._on_lane_closed, now
-            )
+            worker = self._start_worker(now)
         except OSError as exc:
             logger.error("pool: could not start a worker process: %s", exc)
             with self._lock:
                 fails = self._start_failure(None, now, f"starting one failed with {type(exc).__name__}: {exc}")
+                # No process exited to wake the supervisor: it tries again after a stagger.
+                self._held_until = min(self._held_until, now + STAGGER_S)
             self._fail_all(fails)
             return
         with self._lock:
@@ -318,6 +322,36 @@ class Supervisor(PoolCore):
             if len(self._workers) >= self._min:
                 self._filled = True
         worker.start_lane()
+
+    def _start_worker(self, now: float) -> WorkerProcess:
+        """A new worker, forked by the zygote (started first if need be) or, without one, booted."""
+        start = functools.partial(
+            WorkerProcess,
+            list(sys.path),
+            self._health_blob,
+            self._init_blob,
+            self._on_message,
+            self._on_lane_closed,
+            now,
+        )
+        if not _zygote.SUPPORTED or self._zygote is False:
+            return start()
+        if self._zygote is None or not self._zygote.usable():
+            self._zygote = _zygote.Zygote(STUDYHALL_ROOT, list(sys.path), self._preload)
+        zygote = self._zygote
+        try:
+            return start(zygote)
+        except _zygote.ZygoteGone as exc:
+            # One that never forked is not tried again (a preload that crashes it, a broken
+            # interpreter): the workers boot, and die at start-up where the fault is theirs too.
+            if not zygote.forked:
+                self._zygote = False
+            logger.warning(
+                "pool: %s; this worker%s boots as a fresh interpreter",
+                exc,
+                "" if zygote.forked else " and every later one",
+            )
+            return start()
 
     def _kill(self, worker: WorkerProcess, reason: str, now: float, actions: Actions, *, replace: bool = True) -> None:
         """Under the lock: SIGTERM the worker's group now, SIGKILL after the grace."""

@@ -1,6 +1,7 @@
 """Worker management for ``bridge.WorkerPool``: one ``WorkerProcess`` per subprocess.
 
-A ``WorkerProcess`` starts ``python -P -c WORKER_BOOT`` in a new session (so it leads
+A ``WorkerProcess`` is forked by the pool's zygote (on Linux, ``_zygote.py``) or
+started as ``python -P -c WORKER_BOOT``, in a new session either way (so it leads
 its own process group; on Linux it is the worker's keeper, see ``_worker._keep``),
 owns the parent's end of the worker's socket, a pidfd that becomes readable when
 the process exits, and the *lane* thread that reads the socket in order and hands
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import studyhall
 from studyhall.bridge.pool import _secrets, _worker
+from studyhall.bridge.pool._zygote import Forked, Zygote
 
 if TYPE_CHECKING:
     from studyhall.bridge.pool._tasks import Task
@@ -59,34 +61,19 @@ class WorkerProcess:
         on_message: Callable[[WorkerProcess, tuple[Any, ...]], None],
         on_lane_closed: Callable[[WorkerProcess], None],
         now: float,
+        zygote: Zygote | None = None,
     ) -> None:
         ours, theirs = socket.socketpair()
         try:
-            # -P: "-c" would put the working directory first on sys.path, and a
-            # project's own queue.py or socket.py would shadow what the worker imports
-            # before it takes the parent's sys.path.
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-P",
-                    "-c",
-                    _worker.WORKER_BOOT,
-                    STUDYHALL_ROOT,
-                    str(theirs.fileno()),
-                    str(os.getpid()),
-                ],
-                pass_fds=(theirs.fileno(),),
-                start_new_session=True,  # its own process group: killing it kills what it started
-                stdin=subprocess.DEVNULL,
-            )
+            self.process: Booted | Forked = zygote.fork(theirs.fileno()) if zygote is not None else Booted(theirs)
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        self.pid = self.proc.pid
+        self.pid = self.process.pid
         self.wire = _worker.Wire(ours)
-        self.sentinel = _sentinel(self.proc)
+        self.sentinel = self.process.sentinel
         self._on_message = on_message
         self._on_lane_closed = on_lane_closed
         self._reaped = False
@@ -184,15 +171,14 @@ class WorkerProcess:
             except (ProcessLookupError, PermissionError):
                 pass
 
-    def reap(self) -> int:
-        """Kill what is left of the group (a task's children), then collect the exit status."""
+    def reap(self) -> int | None:
+        """Kill what is left of the group (a task's children), then collect the exit status (None: lost)."""
         if not self._reaped:
             # Before waitpid: until the leader is reaped its pid (= the group id) cannot be reused.
             self.signal_group(signal.SIGKILL)
-            self.returncode = self.proc.wait()
+            self.returncode = self.process.wait()
             self._reaped = True
             os.close(self.sentinel)
-        assert self.returncode is not None
         return self.returncode
 
     def memory_mb(self) -> float:
@@ -223,7 +209,7 @@ class WorkerProcess:
         """How the process ended, in words that hint at the cause."""
         code = self.returncode
         if code is None:
-            return "is still running"
+            return "exited, its status lost with the pool's zygote" if self._reaped else "is still running"
         if code >= 0:
             return f"exited with code {code}"
         try:
@@ -236,6 +222,27 @@ class WorkerProcess:
             "SIGABRT": " (an abort in native code)",
         }.get(name, "")
         return f"was killed by {name}{hint}"
+
+
+class Booted:
+    """A worker started as a fresh interpreter (where there is no zygote): ``python -P -c WORKER_BOOT``."""
+
+    def __init__(self, theirs: socket.socket) -> None:
+        # -P: "-c" would put the working directory first on sys.path, and a
+        # project's own queue.py or socket.py would shadow what the worker imports
+        # before it takes the parent's sys.path.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-P", "-c", _worker.WORKER_BOOT, STUDYHALL_ROOT, str(theirs.fileno()), str(os.getpid())],
+            pass_fds=(theirs.fileno(),),
+            start_new_session=True,  # its own process group: killing it kills what it started
+            stdin=subprocess.DEVNULL,
+        )
+        self.pid = self.proc.pid
+        self.sentinel = _sentinel(self.proc)
+
+    def wait(self) -> int:
+        """Wait for the exit and collect its status."""
+        return self.proc.wait()
 
 
 def _thread_sentinel(proc: subprocess.Popen[bytes]) -> int:

@@ -61,6 +61,7 @@ class Pooled:
             max_workers=workers,
             task_timeout=trial_timeout,
             initializer=functools.partial(resolve, objective),
+            preload=[run_trial.__module__],  # what every worker runs: imported once, in the zygote
         )
         self.pool.__enter__()
         self._open = True

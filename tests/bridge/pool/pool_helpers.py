@@ -275,3 +275,18 @@ def call_and_catch(payload: Any) -> tuple[str, str]:
         return "ok", repr(ch.call(payload))
     except Exception as exc:  # noqa: BLE001 - the test looks at what arrived
         return type(exc).__name__, str(exc)
+
+
+def loaded_of(*names: str) -> list[str]:
+    """In a worker: which of ``names`` are imported already."""
+    return [n for n in names if n in sys.modules]
+
+
+def environment(name: str) -> tuple[str | None, str]:
+    """In a worker: the environment variable ``name`` and the working directory."""
+    return os.environ.get(name), os.getcwd()
+
+
+def say(text: str) -> None:
+    """Write ``text`` to the worker's standard output, below any Python buffering."""
+    os.write(1, text.encode())
