@@ -32,14 +32,18 @@ import os
 import pickle
 import signal
 import socket
-import subprocess
 import sys
 import threading
-import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studyhall.bridge.pool import _worker
+
+if TYPE_CHECKING:
+    import subprocess
+
+# subprocess and traceback are imported where used: the pool's process has them loaded
+# already, and the zygote, whose boot every first worker waits for, never needs them.
 
 SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")
 ZYGOTE_BOOT = (
@@ -74,9 +78,11 @@ class Zygote:
     """The pool's side of one zygote process (thread-safe; see the module docstring)."""
 
     def __init__(self, root: str, sys_path: list[str], preload: Sequence[str] = ()) -> None:
+        import subprocess
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.proc = subprocess.Popen(
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
                 [sys.executable, "-P", "-c", ZYGOTE_BOOT, root, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,  # its own group: the pool's Ctrl-C is the pool's to handle
@@ -125,6 +131,8 @@ class Zygote:
 
     def close(self) -> None:
         """Let the zygote go (it exits when its socket closes) and collect it."""
+        import subprocess
+
         with self._lock:
             self.alive = False
             self._sock.close()
@@ -152,6 +160,8 @@ class Zygote:
     def _lose(self, what: str, exiting_s: float) -> str:
         """Under the lock: stop using the zygote, after ``exiting_s`` for its exit status; why, in words.
         Then killed, not waited for: its workers die with it and are replaced."""
+        import subprocess
+
         self.alive = False
         self._sock.close()
         try:
@@ -181,7 +191,10 @@ def _is_open(fd: int) -> bool:
 def serve(argv: list[str]) -> None:
     """The zygote's life (see ``ZYGOTE_BOOT``): fork and reap workers on request until its socket closes."""
     fd, parent_pid = int(argv[0]), int(argv[1])
-    _worker._guard_parent(parent_pid)  # dies (and kills what it forked) with the pool's process
+    _worker._guard_parent(parent_pid)  # dies with the pool's process
+    # ... leaving each keeper to kill what is below it (its PR_SET_PDEATHSIG): a keeper
+    # killed from here first would let what its worker started escape to init.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: os._exit(0))
     ctl = socket.socket(fileno=fd)
     warm = ctl.recv(_MAX_MESSAGE)
     if not warm:
@@ -215,7 +228,7 @@ def serve(argv: list[str]) -> None:
         finally:
             for n in out:
                 os.close(n)
-    os._exit(0)
+    os._exit(0)  # each worker's keeper, told by PR_SET_PDEATHSIG, kills what is below it
 
 
 def _fork(
@@ -244,6 +257,8 @@ def _fork(
             _worker.main([str(sock), str(os.getppid())])
         except BaseException:  # noqa: BLE001 - never back into the zygote's loop
             with contextlib.suppress(Exception):
+                import traceback
+
                 sys.stderr.write("studyhall worker: starting from the pool's zygote failed:\n" + traceback.format_exc())
                 _worker._flush_stdio()
         os._exit(1)

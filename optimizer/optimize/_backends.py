@@ -42,17 +42,18 @@ class Inline:
 class Pooled:
     """``workers=N``: a WorkerPool of N; its workers start while the parent reads the study.
 
-    One trial more than there are workers is submitted (``ahead``): it waits in the
-    pool's queue, so a worker that finishes starts its next trial at once instead of
-    idling through the parent's ask.
+    Half as many trials again as there are workers are submitted (``ahead``): they
+    wait in the pool's queue, so a worker that finishes starts its next trial at once
+    instead of idling through the parent's asks. Workers that started together finish
+    together; with one trial ahead the eighth waited behind seven asks (8 workers,
+    100 ms trials: 2% of the call).
     """
-
-    ahead = 1
 
     def __init__(self, workers: int, trial_timeout: float | None, storage: Storage, objective: str | bytes) -> None:
         from studyhall.bridge import WorkerPool
 
         self.capacity = workers
+        self.ahead = max(1, workers // 2)
         self.storage = storage
         # Each worker loads the objective (and what its module imports) before its first
         # trial, so trial_timeout counts the trial alone.
