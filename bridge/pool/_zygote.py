@@ -17,9 +17,10 @@ Each fork carries what a freshly started process would have inherited at that mo
 (the environment, the working directory, standard output and error), so a worker
 forked late is started as if by ``subprocess`` then. The zygote reaps a worker only
 when asked: until the pool has reaped it, its pid (the group id the pool signals)
-cannot be reused. It dies with the pool (PR_SET_PDEATHSIG, like a worker), killing
-every worker below it, and exits when the pool closes its socket; its workers die
-with it, so the pool replaces a lost zygote the way it replaces lost workers.
+cannot be reused. It exits when the pool closes its socket or dies (PR_SET_PDEATHSIG),
+and its workers' keepers, told of that by their own PR_SET_PDEATHSIG, kill what is
+below them; so a lost zygote takes its workers along, and the pool replaces them all
+the way it replaces lost workers.
 
 Linux only (pidfds, passing descriptors); elsewhere each worker boots as before.
 """
@@ -158,8 +159,8 @@ class Zygote:
             return pickle.loads(data), list(got)
 
     def _lose(self, what: str, exiting_s: float) -> str:
-        """Under the lock: stop using the zygote, after ``exiting_s`` for its exit status; why, in words.
-        Then killed, not waited for: its workers die with it and are replaced."""
+        """Under the lock: stop using the zygote, given ``exiting_s`` to exit by itself (its status says why),
+        then killed; why, in words. Its workers die with it and are replaced."""
         import subprocess
 
         self.alive = False
