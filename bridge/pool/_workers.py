@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import studyhall
 from studyhall.bridge.pool import _secrets, _worker
-from studyhall.bridge.pool._zygote import Forked, Zygote
+from studyhall.bridge.pool._zygote import Forked, Zygote, start_interpreter
 
 if TYPE_CHECKING:
     from studyhall.bridge.pool._tasks import Task
@@ -228,15 +228,7 @@ class Booted:
     """A worker started as a fresh interpreter (where there is no zygote): ``python -P -c WORKER_BOOT``."""
 
     def __init__(self, theirs: socket.socket) -> None:
-        # -P: "-c" would put the working directory first on sys.path, and a
-        # project's own queue.py or socket.py would shadow what the worker imports
-        # before it takes the parent's sys.path.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-c", _worker.WORKER_BOOT, STUDYHALL_ROOT, str(theirs.fileno()), str(os.getpid())],
-            pass_fds=(theirs.fileno(),),
-            start_new_session=True,  # its own process group: killing it kills what it started
-            stdin=subprocess.DEVNULL,
-        )
+        self.proc = start_interpreter(_worker.WORKER_BOOT, STUDYHALL_ROOT, theirs.fileno())
         self.pid = self.proc.pid
         self.sentinel = _sentinel(self.proc)
 

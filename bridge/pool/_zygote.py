@@ -52,7 +52,7 @@ ZYGOTE_BOOT = (
 )
 WARM, FORK, FORKED, FAILED, REAP, REAPED = "warm", "fork", "forked", "failed", "reap", "reaped"
 REPLY_TIMEOUT_S = 30.0  # a fork or a reap of an exited process takes milliseconds; a stuck zygote is replaced
-_MAX_MESSAGE = 1 << 20  # an environment of several hundred KiB still fits one datagram
+_MAX_MESSAGE = 1 << 20  # what a reply may be; a request is capped by the socket's send buffer (about 200 KiB)
 
 
 class ZygoteGone(OSError):
@@ -79,16 +79,9 @@ class Zygote:
     """The pool's side of one zygote process (thread-safe; see the module docstring)."""
 
     def __init__(self, root: str, sys_path: list[str], preload: Sequence[str] = ()) -> None:
-        import subprocess
-
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-                [sys.executable, "-P", "-c", ZYGOTE_BOOT, root, str(theirs.fileno()), str(os.getpid())],
-                pass_fds=(theirs.fileno(),),
-                start_new_session=True,  # its own group: the pool's Ctrl-C is the pool's to handle
-                stdin=subprocess.DEVNULL,
-            )
+            self.proc = start_interpreter(ZYGOTE_BOOT, root, theirs.fileno())
         except BaseException:
             ours.close()
             raise
@@ -176,6 +169,22 @@ class Zygote:
         else:  # it ended by itself: how says why (a broken interpreter: exit code 1)
             what = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
         return f"the pool's zygote (pid {self.proc.pid}), which forks the workers, {what}"
+
+
+def start_interpreter(boot: str, root: str, fd: int) -> subprocess.Popen[bytes]:
+    """``python -P -c boot root fd <this pid>``: a fresh interpreter holding socket ``fd``, in a session of its own
+    (its own process group: the pool signals it and what it starts; the terminal's Ctrl-C is the pool's to handle)."""
+    import subprocess
+
+    # -P: "-c" would put the working directory first on sys.path, and a project's own
+    # queue.py or socket.py would shadow what the process imports before it takes the
+    # pool's sys.path.
+    return subprocess.Popen(
+        [sys.executable, "-P", "-c", boot, root, str(fd), str(os.getpid())],
+        pass_fds=(fd,),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _is_open(fd: int) -> bool:
